@@ -1,0 +1,158 @@
+"""The retrieval report of a run: report.json, report.md, pr_curve.png, retrieval_examples.png."""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cmah_jax import metrics  # noqa: E402
+from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
+
+_NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
+
+
+def _json_ready(results: dict, config) -> dict:
+  out = {k: v for k, v in results.items() if k != "arrays"}
+  out["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                               else str(o)))
+
+
+def write_markdown(path: str, results: dict, config) -> None:
+  bits = str(results["bits"])
+  lines = [
+      "# CMAH retrieval report", "",
+      f"Dataset `{config.dataset.name}` ({config.dataset.get('config', None)}), model "
+      f"`{config.model.variant}`, {bits} bits, {results.get('steps', '?')} steps, "
+      f"train {results.get('train_seconds', 0):.0f}s, eval {results.get('eval_seconds', 0):.0f}s. "
+      f"{results['num_queries']} queries (query split) against {results['num_database']} "
+      "database objects (database split); relevant = same class.", "",
+      "| direction | mAP@all | " + " | ".join(
+          f"P@{k}" for k in results["precision_at_k"]["i2p"]) + " |",
+      "|---|---|" + "---|" * len(results["precision_at_k"]["i2p"]),
+  ]
+  for d in DIRECTIONS:
+    pk = " | ".join(f"{v:.4f}" for v in results["precision_at_k"][d].values())
+    lines.append(f"| {_NAMES[d]} | {results['map'][d][bits]:.4f} | {pk} |")
+  lines += ["", f"Chance mAP (random codes): {results['chance_map']:.4f}", "",
+            "![PR curves](pr_curve.png)", "", "![Retrieval examples](retrieval_examples.png)",
+            ""]
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def plot_pr_curves(path: str, results: dict) -> None:
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for d in DIRECTIONS:
+    c = results["pr_curve"][d]
+    prec = np.array([np.nan if p is None else p for p in c["precision"]], float)
+    ax.plot(c["recall"], prec, marker=".", label=f"{_NAMES[d]} (mAP "
+            f"{results['map'][d][str(results['bits'])]:.3f})")
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.set_title(f"Hamming-radius PR curves, {results['bits']} bits")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _draw_points(ax, pts, color="k"):
+  # A fixed oblique view: rotate about z then tilt, draw x/y, shade by depth.
+  az, el = np.deg2rad(35), np.deg2rad(20)
+  rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+  rx = np.array([[1, 0, 0], [0, np.cos(el), -np.sin(el)], [0, np.sin(el), np.cos(el)]])
+  p = pts @ rz.T @ rx.T
+  order = np.argsort(p[:, 1])
+  ax.scatter(p[order, 0], p[order, 2], s=1.5, c=-p[order, 1], cmap="Greys", vmin=-2, vmax=1)
+  ax.set_xlim(-1.1, 1.1)
+  ax.set_ylim(-1.1, 1.1)
+  ax.set_aspect("equal")
+
+
+def _frame(ax, ok):
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if ok is not None:
+    for s in ax.spines.values():
+      s.set_edgecolor("tab:green" if ok else "tab:red")
+      s.set_linewidth(3)
+
+
+def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
+                            num_queries: int = 4, top: int = 8, class_names=None) -> None:
+  """Rows of (query, its top-`top` results), green/red frames for right/wrong class:
+  first image queries retrieving point clouds, then point-cloud queries retrieving images."""
+  src = builder.as_data_source()
+  q_src, d_src = src["query"], src["database"]
+  arr = results["arrays"]
+  rng = np.random.default_rng(0)
+  rows = []
+  for d, (qm, dm) in DIRECTIONS.items():
+    qids = rng.choice(len(arr["query"]["label"]), size=min(num_queries,
+                      len(arr["query"]["label"])), replace=False)
+    dist = metrics.hamming_distances(arr["query"][qm][qids], arr["database"][dm])
+    ranked = np.argsort(dist, axis=1, kind="stable")[:, :top]
+    rows += [(d, q, r) for q, r in zip(qids, ranked)]
+  fig, axes = plt.subplots(len(rows), top + 1, figsize=(1.3 * (top + 1), 1.4 * len(rows)))
+  axes = np.atleast_2d(axes)
+  name = (lambda y: class_names[y]) if class_names else (lambda y: str(y))
+  for r, (d, q, ranked) in enumerate(rows):
+    qm, dm = DIRECTIONS[d]
+    qex = q_src[int(q)]
+    ql = int(arr["query"]["label"][q])
+    ax = axes[r, 0]
+    if qm == "image":
+      ax.imshow(np.asarray(qex["images"])[eval_view % len(qex["images"])])
+    else:
+      _draw_points(ax, np.asarray(qex["points"]))
+    _frame(ax, None)
+    ax.set_title(f"query: {name(ql)}", fontsize=7)
+    for c, j in enumerate(ranked):
+      ax = axes[r, c + 1]
+      ex = d_src[int(j)]
+      if dm == "image":
+        ax.imshow(np.asarray(ex["images"])[eval_view % len(ex["images"])])
+      else:
+        _draw_points(ax, np.asarray(ex["points"]))
+      dl = int(arr["database"]["label"][j])
+      _frame(ax, dl == ql)
+      ax.set_title(name(dl), fontsize=6)
+  fig.suptitle("Top-8 retrievals: image -> point cloud (upper rows), "
+               "point cloud -> image (lower rows)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def class_names(builder):
+  """Class names of a builder (`info.metadata["class_names"]` or a ClassLabel), or None."""
+  meta = builder.info.metadata
+  if meta and meta.get("class_names"):
+    return list(meta["class_names"])
+  return list(getattr(builder.info.features["label"], "names", None) or []) or None
+
+
+def write_report(workdir: str, results: dict, config, model, params, builder,
+                 input_config) -> dict:
+  """Write report.json, report.md, pr_curve.png and retrieval_examples.png to `workdir`."""
+  del model, params
+  data = _json_ready(results, config)
+  with open(os.path.join(workdir, "report.json"), "w") as f:
+    json.dump(data, f, indent=2)
+  write_markdown(os.path.join(workdir, "report.md"), results, config)
+  plot_pr_curves(os.path.join(workdir, "pr_curve.png"), results)
+  names = class_names(builder)
+  plot_retrieval_examples(os.path.join(workdir, "retrieval_examples.png"), results, builder,
+                          int(input_config.eval_view),
+                          num_queries=int(config.eval.num_examples_in_figure),
+                          class_names=list(names) if names else None)
+  return data

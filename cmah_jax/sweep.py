@@ -1,0 +1,53 @@
+"""Train and evaluate one model per code length and write one table.
+
+  python -m cmah_jax.sweep --config=configs/default.py --workdir=work/sweep \
+      --bits=16,32,64,128
+
+Each code length runs in `WORKDIR/bits_K` (resumable like any run); the table of mAP@all in
+both directions goes to `WORKDIR/sweep.md` and `WORKDIR/sweep.json`.
+"""
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
+_BITS = flags.DEFINE_list("bits", ["16", "32", "64", "128"], "Code lengths.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def sweep_table(rows: list[dict]) -> str:
+  lines = ["| bits | mAP i2p | mAP p2i | chance | steps | train s |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    b = str(r["bits"])
+    lines.append(f"| {b} | {r['map']['i2p'][b]:.4f} | {r['map']['p2i'][b]:.4f} | "
+                 f"{r['chance_map']:.4f} | {r['steps']} | {r['train_seconds']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  from cmah_jax import train
+
+  rows = []
+  for bits in (int(b) for b in _BITS.value):
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.model.bits = bits
+    workdir = os.path.join(_WORKDIR.value, f"bits_{bits}")
+    train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "report.json")) as f:
+      rows.append(json.load(f))
+  table = sweep_table(rows)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, "sweep.md"), "w") as f:
+    f.write(table)
+  with open(os.path.join(_WORKDIR.value, "sweep.json"), "w") as f:
+    json.dump([{k: r[k] for k in ("bits", "map", "chance_map", "steps", "train_seconds")}
+               for r in rows], f, indent=2)
+  print(table)
+
+
+if __name__ == "__main__":
+  app.run(main)

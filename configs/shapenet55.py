@@ -1,0 +1,15 @@
+"""Paper scale on ShapeNet-55 (Point-BERT) with ULIP renders.
+
+  python -m cmah_jax.data.prepare --dataset=shapenet55 --manual_dir=DIR --data_dir=work/data
+  python main.py --config=configs/shapenet55.py:data_dir=work/data --workdir=work/shapenet55
+
+Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,
+dataset_config, epochs. See docs/real_datasets.md for the layout.
+"""
+from configs import paper_scale
+
+TRAIN_EXAMPLES = 41952  # approx. objects in the train split: sizes the epoch-based schedule
+
+
+def get_config(arg=None):
+  return paper_scale.get_paper_config("shapenet55", TRAIN_EXAMPLES, arg)

@@ -1,0 +1,48 @@
+"""Train and evaluate CMAH.
+
+  python main.py --config=configs/default.py --workdir=work/default
+  python main.py --config=configs/default.py:bits=32,runlocal --workdir=work/smoke
+
+Multi-host: pass --distributed (or run under a cluster that JAX detects: SLURM, TPU pod,
+Open MPI) and every process runs this same command; see launch/.
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize(). Default: when a cluster "
+    "environment is detected (SLURM_NTASKS>1, TPU pod, JAX_COORDINATOR_ADDRESS).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _cluster_detected() -> bool:
+  env = os.environ
+  return (int(env.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in env
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+          or "MEGASCALE_COORDINATOR_ADDRESS" in env or "TPU_WORKER_HOSTNAMES" in env)
+
+
+def main(argv):
+  del argv
+  import jax  # after absl parsed flags (JAX_PLATFORMS etc. may come from the environment)
+
+  if _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _cluster_detected()):
+    jax.distributed.initialize()
+  logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)",
+               jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  print(f"[cmah_jax] process {jax.process_index()}/{jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} global "
+        f"{jax.devices()[0].platform} devices", flush=True)
+
+  from cmah_jax import train
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

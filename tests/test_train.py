@@ -1,0 +1,185 @@
+"""End-to-end training: report, exact resume, topology changes, multi-device equivalence."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from cmah_jax import checkpointing, train
+from cmah_jax.metric_writer import read_jsonl
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(data_dir, steps=6, **changes):
+  c = default.get_config(f"runlocal,steps={steps},data_dir={data_dir}")
+  c.log_every_steps = 1
+  for k, v in changes.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def params_of(result):
+  return jax.tree.map(np.asarray, jax.device_get(result.state["params"]))
+
+
+def losses_of(workdir):
+  return [r["loss/total"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "loss/total" in r]
+
+
+def assert_trees_close(a, b, **tol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, **tol)
+
+
+def test_end_to_end_report(data_dir, tmp_path):
+  result = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  report = json.load(open(tmp_path / "report.json"))
+  bits = str(report["bits"])
+  for d in ("i2p", "p2i"):
+    assert 0.0 <= report["map"][d][bits] <= 1.0
+  assert 0.0 < report["chance_map"] < 1.0
+  assert report["steps"] == 6 and report["train_seconds"] > 0
+  assert report["config"]["model"]["variant"] == "tiny"
+  for f in ("report.md", "pr_curve.png", "retrieval_examples.png", "metrics.jsonl"):
+    assert (tmp_path / f).stat().st_size > 0, f
+  assert len(losses_of(str(tmp_path))) == 6
+  assert int(result.state["step"]) == 6
+  assert result.metrics[f"map/i2p/{bits}"] == report["map"]["i2p"][bits]
+
+
+def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypatch):
+  full = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "full"))
+
+  # Interrupted run: SIGTERM arrives right after the step-3 checkpoint is started.
+  real_save = checkpointing.save
+
+  def save_then_signal(manager, step, state, force=False):
+    started = real_save(manager, step, state, force=force)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return started
+
+  monkeypatch.setattr(checkpointing, "save", save_then_signal)
+  stopped = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "resumed"))
+  assert stopped.metrics["stopped_at"] == 3
+  assert not (tmp_path / "resumed" / "report.json").exists()
+  monkeypatch.setattr(checkpointing, "save", real_save)
+  resumed = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "resumed"))
+  assert int(resumed.state["step"]) == 6
+  assert_trees_close(params_of(resumed), params_of(full), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(losses_of(str(tmp_path / "resumed")),
+                             losses_of(str(tmp_path / "full")), rtol=1e-5)
+
+
+def test_restore_on_another_topology_and_device_count_equivalence(data_dir, tmp_path):
+  # 6 steps on 1 device, on 2 devices, and 3 steps on 4 devices resumed on 1 device.
+  one = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "one"),
+                                 devices=jax.devices()[:1])
+  two = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "two"),
+                                 devices=jax.devices()[:2])
+  np.testing.assert_allclose(losses_of(str(tmp_path / "two")),
+                             losses_of(str(tmp_path / "one")), rtol=1e-4)
+  assert_trees_close(params_of(two), params_of(one), rtol=1e-3, atol=1e-5)
+
+  with pytest.raises(ValueError, match="input.batch_size"):
+    train.train_and_evaluate(tiny_config(data_dir, **{"input.batch_size": 6}),
+                             str(tmp_path / "bad"), devices=jax.devices()[:4])
+  part = tiny_config(data_dir, steps=6, checkpoint_every_steps=3)
+  # Stop the 4-device run after its step-3 checkpoint by asking for the signal.
+  workdir = str(tmp_path / "moved")
+  orig = checkpointing.save
+
+  def save_then_signal(manager, step, state, force=False):
+    ok = orig(manager, step, state, force=force)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return ok
+
+  checkpointing.save = save_then_signal
+  try:
+    train.train_and_evaluate(part, workdir, devices=jax.devices()[:4])
+  finally:
+    checkpointing.save = orig
+  moved = train.train_and_evaluate(part, workdir, devices=jax.devices()[:1])
+  assert int(moved.state["step"]) == 6
+  assert_trees_close(params_of(moved), params_of(one), rtol=1e-3, atol=1e-5)
+
+
+def test_clear_errors(data_dir, tmp_path):
+  with pytest.raises(ValueError, match="Unknown config argument 'bitz'"):
+    default.get_config("bitz=3")
+  with pytest.raises(ValueError, match="Unknown dataset 'nope'.*config.dataset.name"):
+    train.train_and_evaluate(tiny_config(data_dir, **{"dataset.name": "nope"}),
+                             str(tmp_path / "a"))
+  c = tiny_config(data_dir)
+  c.model.overrides = {"depthh": 3}
+  with pytest.raises(ValueError, match="depthh"):
+    train.train_and_evaluate(c, str(tmp_path / "b"))
+  with pytest.raises(FileNotFoundError, match="config.init_from"):
+    train.train_and_evaluate(tiny_config(data_dir, init_from=str(tmp_path / "missing")),
+                             str(tmp_path / "c"))
+
+
+_WORKER = textwrap.dedent("""
+    import os, sys
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.environ["CACHE"])
+    pid, n, port, workdir, data_dir = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+                                       sys.argv[4], sys.argv[5])
+    if n > 1:
+      jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n,
+                                 process_id=pid)
+    sys.path.insert(0, os.environ["REPO"])
+    from configs import default
+    from cmah_jax import train
+    c = default.get_config(f"runlocal,steps=4,data_dir={data_dir}")
+    c.log_every_steps = 1
+    train.train_and_evaluate(c, workdir)
+""")
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, tmp_path):
+  """2 processes x 1 CPU device (jax.distributed on 127.0.0.1) == 1 process x 2 devices."""
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER)
+  env = dict(os.environ, REPO=REPO, JAX_PLATFORMS="cpu",
+             CACHE=str(os.path.join(REPO, ".cache", "jax_tests")))
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  subprocess.run([sys.executable, str(script), "0", "1", "0", str(tmp_path / "single"),
+                  data_dir], env=env, check=True, timeout=600)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), "2", port,
+                             str(tmp_path / "multi"), data_dir], env=env)
+           for i in range(2)]
+  for p in procs:
+    assert p.wait(timeout=600) == 0
+  np.testing.assert_allclose(losses_of(str(tmp_path / "multi")),
+                             losses_of(str(tmp_path / "single")), rtol=1e-4)
+  single = json.load(open(tmp_path / "single" / "report.json"))
+  multi = json.load(open(tmp_path / "multi" / "report.json"))
+  assert multi["map"] == pytest.approx(single["map"], rel=1e-6)
