@@ -268,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # --- Loop.
     total = int(config.total_steps)
     last_metrics: dict = {}
+    last_saved = start_step
     train_seconds = 0.0
     window: list = []
     t_window, window_start = time.perf_counter(), start_step
@@ -304,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           window, t_window, window_start = [], time.perf_counter(), done
         if done % config.checkpoint_every_steps == 0 or is_last:
           checkpointing.save(manager, done, state, force=True)
+          last_saved = done
         every = int(config.get("eval_every_steps", 0) or 0)
         if every and done % every == 0 and not is_last:
           results = evaluate.evaluate_retrieval(model, state["params"], builder,
@@ -315,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # checks every step.
         check = jax.process_count() == 1 or done % config.log_every_steps == 0
         if check and stop.requested():
-          checkpointing.save(manager, done, state, force=True)
+          if last_saved != done:
+            checkpointing.save(manager, done, state, force=True)
           manager.wait_until_finished()
           _log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
           return TrainResult(state, dict(last_metrics, stopped_at=done), model)

@@ -1,0 +1,250 @@
+"""The CMAH network: two towers with hash heads, plus cross-modal fusion decoders.
+
+`CMAH(config)` is a Flax Linen module; everything it does is a pure function of
+`(variables, inputs, mask_key, dropout key)`:
+
+- `apply(variables, images=None, points=None, train=False)`: either modality alone or
+  both; no masking, no dropout, no batch statistics (all norms are LayerNorm), so an
+  object's code is the same whether it is encoded alone or inside a batch.
+- `apply(variables, images, points, train=True, mask_key=k, rngs={"dropout": d})`
+  (the `"dropout"` stream only when `drop_path > 0` or `dropout > 0`): a full (unmasked)
+  encoder pass gives `h` and codes; a masked pass (visible tokens only) gives `h_masked`;
+  the fusion decoders reconstruct the masked point groups and image patches.
+
+Output keys (per modality present; shapes for batch B, code length K):
+  "point/h", "image/h"        [B, K] float32 tanh (continuous codes, full pass)
+  "point/code", "image/code"  [B, K] float32 +-1 (straight-through sign of h)
+and in training with both modalities also
+  "point/h_masked", "image/h_masked"  [B, K] float32 (masked pass)
+  "point/pred", "point/target"        [B, G_mask, k, 3] float32 (target: re-centred
+                                      masked neighbourhoods)
+  "image/pred", "image/target"        [B, T_mask, p*p*3] float32 (target: masked patches
+                                      of the normalised input image; per-patch
+                                      normalisation is applied in the loss)
+  "point/mask", "image/mask"          [B, G] / [B, T] bool, True = masked.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cmah_jax.models.encoders import TokenEncoder, global_pool
+from cmah_jax.models.fusion import FusionDecoder
+from cmah_jax.models.hash_head import HashHead
+from cmah_jax.models.image_tokenizer import ImageTokenizer
+from cmah_jax.models.point_tokenizer import PointTokenizer, PositionMLP
+from cmah_jax.models.variants import ModelConfig, resolve_config
+from cmah_jax.ops.image import normalize_images
+from cmah_jax.ops.masking import random_mask, take_tokens
+
+
+class CMAH(nn.Module):
+  """Contrastive masked auto-encoder hashing network [paper]; sizes in `config`."""
+  config: ModelConfig
+
+  # -- input sizes the variant expects (read by the pipeline / trainer)
+  @property
+  def image_size(self) -> int:
+    return self.config.image_size
+
+  @property
+  def num_points(self) -> int:
+    return self.config.num_points
+
+  @property
+  def patch_size(self) -> int:
+    return self.config.patch_size
+
+  @property
+  def bits(self) -> int:
+    return self.config.bits
+
+  @property
+  def num_groups(self) -> int:
+    return self.config.num_groups
+
+  @property
+  def group_size(self) -> int:
+    return self.config.group_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.config.num_patches
+
+  def setup(self):
+    cfg = self.config
+    dt = jnp.dtype(cfg.dtype)
+    enc = dict(depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+               drop_path=cfg.drop_path, dropout=cfg.dropout, dtype=dt)
+    dec = dict(depth=cfg.decoder_depth, num_heads=cfg.decoder_num_heads,
+               mlp_ratio=cfg.mlp_ratio, drop_path=cfg.drop_path, dropout=cfg.dropout,
+               dtype=dt)
+    # Point tower [Point-MAE]: positions added at every block, encoder and decoder.
+    self.point_tokenizer = PointTokenizer(cfg.num_groups, cfg.group_size, cfg.pointnet_dims,
+                                          cfg.point_pos_hidden, cfg.width, dt)
+    self.point_encoder = TokenEncoder(qkv_bias=cfg.point_qkv_bias, pos_every_block=True,
+                                      **enc)
+    self.point_hash = HashHead(cfg.bits, dt)
+    self.point_decoder_pos = PositionMLP(cfg.point_pos_hidden, cfg.width, dt)
+    self.point_decoder = FusionDecoder(qkv_bias=cfg.point_qkv_bias,
+                                       out_dim=3 * cfg.group_size, pos_every_block=True,
+                                       **dec)
+    # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
+    self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt)
+    self.image_encoder = TokenEncoder(qkv_bias=cfg.image_qkv_bias, pos_every_block=False,
+                                      **enc)
+    self.image_hash = HashHead(cfg.bits, dt)
+    self.image_decoder = FusionDecoder(qkv_bias=cfg.image_qkv_bias,
+                                       out_dim=cfg.patch_size ** 2 * 3,
+                                       pos_every_block=False, **dec)
+
+  # -- input checks --------------------------------------------------------------------
+  def _check_images(self, images) -> jax.Array:
+    s = self.config.image_size
+    if images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3):
+      raise ValueError(f"CMAH: images must have shape [B, {s}, {s}, 3] (model.image_size="
+                       f"{s}), got {tuple(images.shape)}")
+    return normalize_images(images)
+
+  def _check_points(self, points) -> jax.Array:
+    n = self.config.num_points
+    if points.ndim != 3 or tuple(points.shape[1:]) != (n, 3):
+      raise ValueError(f"CMAH: points must have shape [B, {n}, 3] (model.num_points={n}), "
+                       f"got {tuple(points.shape)}")
+    return jnp.asarray(points, jnp.float32)
+
+  # -- forward -------------------------------------------------------------------------
+  def __call__(self, images=None, points=None, *, train: bool, mask_key=None):
+    """images: `[B, S, S, 3]` float32 normalised (or uint8, normalised here);
+    points: `[B, N, 3]` float32. See the module docstring for the outputs."""
+    cfg = self.config
+    if images is None and points is None:
+      raise ValueError("CMAH: pass images, points, or both")
+    if train and cfg.uses_dropout_rng and not self.has_rng("dropout"):
+      raise ValueError(
+          f"CMAH: train=True with drop_path={cfg.drop_path}, dropout={cfg.dropout} needs "
+          "rngs={'dropout': key} in apply()")
+    det = not train
+    out = {}
+
+    if points is not None:
+      points = self._check_points(points)
+      p_tok, p_pos, neighborhoods, centers = self.point_tokenizer(points)
+      h, code = self.point_hash(global_pool(self.point_encoder(p_tok, p_pos, det)))
+      out["point/h"], out["point/code"] = h, code
+    if images is not None:
+      images = self._check_images(images)
+      i_tok, i_pos, patches = self.image_tokenizer(images)
+      h, code = self.image_hash(global_pool(self.image_encoder(i_tok, i_pos, det)))
+      out["image/h"], out["image/code"] = h, code
+
+    if not (train and images is not None and points is not None):
+      return out
+
+    # -- masked pass and fusion decoders (training with both modalities) ----------------
+    if mask_key is None:
+      raise ValueError("CMAH: train=True with both modalities needs mask_key")
+    b = points.shape[0]
+    if images.shape[0] != b:
+      raise ValueError(f"CMAH: images and points batch sizes differ: {images.shape[0]} vs {b}")
+    key_p, key_i = jax.random.split(mask_key)
+    keep_p, masked_p, mask_p = random_mask(key_p, b, cfg.num_groups, cfg.point_mask_ratio)
+    keep_i, masked_i, mask_i = random_mask(key_i, b, cfg.num_patches, cfg.image_mask_ratio)
+    # Tokenisers are per-token functions (no batch statistics), so the visible tokens of
+    # the masked pass are a gather of the full pass's tokens.
+    i_pos = jnp.broadcast_to(i_pos, i_tok.shape[:2] + i_pos.shape[2:])
+    p_vis = self.point_encoder(take_tokens(p_tok, keep_p), take_tokens(p_pos, keep_p), det)
+    i_vis = self.image_encoder(take_tokens(i_tok, keep_i), take_tokens(i_pos, keep_i), det)
+    out["point/h_masked"], _ = self.point_hash(global_pool(p_vis))
+    out["image/h_masked"], _ = self.image_hash(global_pool(i_vis))
+
+    dec_pos = self.point_decoder_pos(centers)
+    p_pred = self.point_decoder(p_vis, take_tokens(dec_pos, keep_p),
+                                take_tokens(dec_pos, masked_p), i_vis, det)
+    out["point/pred"] = p_pred.reshape(b, masked_p.shape[1], cfg.group_size, 3)
+    out["point/target"] = take_tokens(neighborhoods, masked_p)
+    out["image/pred"] = self.image_decoder(i_vis, take_tokens(i_pos, keep_i),
+                                           take_tokens(i_pos, masked_i), p_vis, det)
+    out["image/target"] = take_tokens(patches, masked_i)
+    out["point/mask"], out["image/mask"] = mask_p, mask_i
+    return out
+
+
+# -- construction ------------------------------------------------------------------------
+def _dummy_inputs(model: CMAH, batch_size: int = 1):
+  cfg = model.config
+  return (jnp.zeros((batch_size, cfg.image_size, cfg.image_size, 3), jnp.float32),
+          jnp.zeros((batch_size, cfg.num_points, 3), jnp.float32))
+
+
+def init_variables(model: CMAH, key: jax.Array) -> dict:
+  """All variables (`{"params": ...}`; nothing else) of `model`, from `key` alone.
+
+  Initialises through a training call with both modalities so that the decoders exist.
+  Call under `jax.jit` (as `build` does) or `jax.eval_shape` (`abstract_variables`).
+  """
+  k_params, k_dropout, k_mask = jax.random.split(key, 3)
+  images, points = _dummy_inputs(model)
+  return model.init({"params": k_params, "dropout": k_dropout}, images=images,
+                    points=points, train=True, mask_key=k_mask)
+
+
+def abstract_variables(model: CMAH) -> dict:
+  """`jax.ShapeDtypeStruct` tree of `model`'s variables, without computing them."""
+  return jax.eval_shape(functools.partial(init_variables, model), jax.random.key(0))
+
+
+def build(variant: str, bits: int, key: jax.Array, **overrides):
+  """Build a named variant (see `variants.VARIANTS`) with code length `bits`.
+
+  Args:
+    variant: "tiny" | "small" | "base".
+    bits: code length K, a positive int.
+    key: PRNG key for the parameters.
+    **overrides: any `ModelConfig` field (e.g. `depth=6`); an unknown key raises
+      `ValueError` listing the valid ones.
+  Returns:
+    (model, variables): the `CMAH` module and its `{"params": ...}`.
+  """
+  model = CMAH(resolve_config(variant, bits, overrides))
+  variables = jax.jit(functools.partial(init_variables, model))(key)
+  return model, variables
+
+
+# -- pure encoding helpers ---------------------------------------------------------------
+def hash_features(model: CMAH, variables, images=None, points=None) -> dict:
+  """Continuous codes at inference: `{"image/h": [B, K], "point/h": [B, K]}` float32 for
+  the modalities given (`train=False`: no masking, no dropout)."""
+  out = model.apply(variables, images=images, points=points, train=False)
+  return {k: v for k, v in out.items() if k.endswith("/h")}
+
+
+def encode_images(model: CMAH, variables, images) -> jax.Array:
+  """Hash codes of images.
+
+  Args:
+    images: `[B, S, S, 3]` uint8, or float32 already normalised with
+      `ops.image.normalize_images`; S = `model.image_size`.
+  Returns:
+    `[B, K]` float32 in {-1, +1}.
+
+  Under jit bind the model statically, e.g.
+  `enc = jax.jit(functools.partial(encode_images, model)); enc(variables, images)`.
+  """
+  return model.apply(variables, images=images, train=False)["image/code"]
+
+
+def encode_points(model: CMAH, variables, points) -> jax.Array:
+  """Hash codes of point clouds.
+
+  Args:
+    points: `[B, N, 3]` float32 (unit-sphere normalised), N = `model.num_points`.
+  Returns:
+    `[B, K]` float32 in {-1, +1}.
+
+  Under jit: `jax.jit(functools.partial(encode_points, model))(variables, points)`.
+  """
+  return model.apply(variables, points=points, train=False)["point/code"]

@@ -1,0 +1,56 @@
+"""Image tokens: linear embedding of non-overlapping patches + fixed 2D sin-cos positions
+[MAE]. Patches come from `ops.image.patchify` (row-major), so token `t = row * gw + col`
+and the MAE pixel target uses the very same patch layout.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmah_jax.models.transformer import dense
+from cmah_jax.ops.image import patchify
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+  """`[M]` positions -> `[M, dim]` = [sin(p * w_i), cos(p * w_i)], w_i = 10000^(-i/(dim/2))
+  [MAE]."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  angles = positions.reshape(-1).astype(np.float64)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed 2D sin-cos position embedding [MAE]: `[grid_h * grid_w, dim]` float32, row-major
+  tokens; the first half of the channels encodes the column, the second half the row (as
+  MAE's `get_2d_sincos_pos_embed`). `dim` must be a multiple of 4."""
+  if dim % 4:
+    raise ValueError(f"2D sin-cos position embedding needs width % 4 == 0, got {dim}")
+  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+  emb = np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
+  return emb.astype(np.float32)
+
+
+class ImageTokenizer(nn.Module):
+  """Normalised images -> (tokens, fixed positions, pixel patches)."""
+  patch_size: int
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array):
+    """images: `[B, H, W, 3]` float32 normalised (H, W multiples of `patch_size`).
+
+    Returns:
+      tokens: `[B, T, width]` (no positions added); pos: `[1, T, width]` float32 constant;
+      patches: `[B, T, p*p*3]` float32 (the pixel reconstruction target).
+    """
+    _, h, w, _ = images.shape
+    p = self.patch_size
+    patches = patchify(images.astype(jnp.float32), p)
+    tokens = dense(self.width, self.dtype, "patch_embed")(patches.astype(self.dtype))
+    pos = jnp.asarray(sincos_2d(self.width, h // p, w // p))[None]
+    return tokens, pos, patches

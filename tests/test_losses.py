@@ -1,0 +1,186 @@
+"""Losses against NumPy references and hand-worked examples; sharded == unsharded."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmah_jax import losses
+from cmah_jax.sharding import data_sharding, make_mesh
+
+
+# -- NumPy references ------------------------------------------------------------------
+def np_info_nce(a, b, tau):
+  """-(1/B) sum_i log(exp(<a_i,b_i>/tau) / sum_j exp(<a_i,b_j>/tau)), plain loops."""
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  n = len(a)
+  total = 0.0
+  for i in range(n):
+    sims = [float(np.dot(a[i], b[j])) / tau for j in range(n)]
+    total += -(sims[i] - np.log(np.sum(np.exp(sims))))
+  return total / n
+
+
+def np_contrastive(p, i, tau):
+  return 0.5 * (np_info_nce(p, i, tau) + np_info_nce(i, p, tau))
+
+
+def np_supcon_one_way(a, b, labels, tau):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  n = len(a)
+  total = 0.0
+  for i in range(n):
+    sims = np.array([float(np.dot(a[i], b[j])) / tau for j in range(n)])
+    log_den = np.log(np.sum(np.exp(sims)))
+    positives = [j for j in range(n) if labels[j] == labels[i]]
+    total += -np.mean([sims[j] - log_den for j in positives])
+  return total / n
+
+
+def _codes(seed, b=6, k=16):
+  rng = np.random.default_rng(seed)
+  return (np.tanh(rng.normal(size=(b, k))).astype(np.float32),
+          np.tanh(rng.normal(size=(b, k))).astype(np.float32))
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_contrastive_matches_numpy(tau):
+  p, i = _codes(0)
+  got = float(losses.contrastive_loss(jnp.asarray(p), jnp.asarray(i), tau))
+  np.testing.assert_allclose(got, np_contrastive(p.astype(np.float64), i.astype(np.float64),
+                                                 tau), rtol=1e-5)
+
+
+def test_contrastive_lowest_when_pairs_match():
+  rng = np.random.default_rng(1)
+  p = rng.normal(size=(5, 16)).astype(np.float32)
+  i = p + 0.05 * rng.normal(size=p.shape).astype(np.float32)
+  matched = float(losses.contrastive_loss(p, i, 0.1))
+  for perm in itertools.permutations(range(5)):
+    if perm == tuple(range(5)):
+      continue
+    shuffled = float(losses.contrastive_loss(p, i[list(perm)], 0.1))
+    assert matched < shuffled, perm
+
+
+def test_contrastive_scale_invariant_and_symmetric():
+  p, i = _codes(2)
+  base = losses.contrastive_loss(p, i, 0.2)
+  np.testing.assert_allclose(losses.contrastive_loss(3.0 * p, 0.5 * i, 0.2), base, rtol=1e-5)
+  np.testing.assert_allclose(losses.contrastive_loss(i, p, 0.2), base, rtol=1e-5)
+
+
+def test_contrastive_sharded_equals_single_device():
+  p, i = _codes(3, b=8)
+  single = jax.jit(losses.contrastive_loss, static_argnums=2)(p, i, 0.07)
+  mesh = make_mesh(jax.devices()[:4])
+  ps = jax.device_put(p, data_sharding(mesh))
+  is_ = jax.device_put(i, data_sharding(mesh))
+  assert len(ps.sharding.device_set) == 4 and ps.addressable_shards[0].data.shape == (2, 16)
+  sharded = jax.jit(losses.contrastive_loss, static_argnums=2)(ps, is_, 0.07)
+  np.testing.assert_allclose(float(sharded), float(single), rtol=1e-6)
+  np.testing.assert_allclose(float(single), np_contrastive(p, i, 0.07), rtol=1e-5)
+
+
+def test_supervised_contrastive_matches_numpy():
+  p, i = _codes(4)
+  labels = np.array([0, 1, 0, 2, 1, 0])
+  tau = 0.1
+  want = 0.5 * (np_supcon_one_way(p, i, labels, tau) + np_supcon_one_way(i, p, labels, tau))
+  got = float(losses.supervised_contrastive_loss(p, i, jnp.asarray(labels), tau))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # With all labels distinct it is the self-supervised loss.
+  np.testing.assert_allclose(
+      float(losses.supervised_contrastive_loss(p, i, jnp.arange(6), tau)),
+      float(losses.contrastive_loss(p, i, tau)), rtol=1e-6)
+
+
+def test_point_reconstruction_hand_worked():
+  # Group 0: pred {(0,0,0), (1,0,0)}, target {(0,0,0), (0,2,0)}.
+  #   pred->target mins: 0, 1 -> mean 0.5; target->pred mins: 0, 4 -> mean 2; sum 2.5.
+  # Group 1: identical sets in a different order -> 0.  Mean over groups: 1.25.
+  pred = np.array([[[[0, 0, 0], [1, 0, 0]],
+                    [[1, 1, 1], [0, 0, 1]]]], np.float32)
+  target = np.array([[[[0, 0, 0], [0, 2, 0]],
+                      [[0, 0, 1], [1, 1, 1]]]], np.float32)
+  np.testing.assert_allclose(float(losses.point_reconstruction_loss(pred, target)), 1.25,
+                             rtol=1e-6)
+
+
+def test_image_reconstruction_hand_worked():
+  pred = np.zeros((1, 2, 4), np.float32)
+  target = np.array([[[1, 2, 3, 4], [2, 2, 2, 2]]], np.float32)
+  # Raw MSE: patch 0 (1+4+9+16)/4 = 7.5; patch 1 4; mean 5.75.
+  np.testing.assert_allclose(
+      float(losses.image_reconstruction_loss(pred, target, norm_pix_loss=False)), 5.75,
+      rtol=1e-6)
+  # Normalised: patch 0 mean 2.5, unbiased var 5/3 -> sum of squares 5 / (5/3) = 3, /4 =
+  # 0.75; patch 1 is constant -> normalised target 0 -> 0. Mean 0.375.
+  want = 0.5 * (5.0 / (5.0 / 3.0 + 1e-6)) / 4.0
+  np.testing.assert_allclose(
+      float(losses.image_reconstruction_loss(pred, target, norm_pix_loss=True)), want,
+      rtol=1e-6)
+
+
+def _fake_outputs(seed=5, b=4, k=8):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.normal(size=s).astype(np.float32))
+  return {"point/h": f(b, k), "image/h": f(b, k), "point/h_masked": f(b, k),
+          "image/h_masked": f(b, k), "point/pred": f(b, 3, 5, 3), "point/target": f(b, 3, 5, 3),
+          "image/pred": f(b, 6, 12), "image/target": f(b, 6, 12)}
+
+
+def test_cmah_loss_combines_terms():
+  out = _fake_outputs()
+  c = losses.contrastive_loss
+  tau = 0.3
+  ff = c(out["point/h"], out["image/h"], tau)
+  mm = c(out["point/h_masked"], out["image/h_masked"], tau)
+  fm = 0.5 * (c(out["point/h"], out["image/h_masked"], tau)
+              + c(out["point/h_masked"], out["image/h"], tau))
+  pr = losses.point_reconstruction_loss(out["point/pred"], out["point/target"])
+  ir = losses.image_reconstruction_loss(out["image/pred"], out["image/target"], False)
+  cfg = dict(temperature=tau, pairs="full_full, masked_masked,full_masked", lambda_r=0.5,
+             norm_pix_loss=False, supervised=False)
+  total, terms = losses.cmah_loss(out, cfg)
+  assert set(terms) == {"loss/contrastive", "loss/point_recon", "loss/image_recon",
+                        "loss/total"}
+  np.testing.assert_allclose(terms["loss/contrastive"], ff + mm + fm, rtol=1e-6)
+  np.testing.assert_allclose(terms["loss/point_recon"], pr, rtol=1e-6)
+  np.testing.assert_allclose(terms["loss/image_recon"], ir, rtol=1e-6)
+  np.testing.assert_allclose(total, ff + mm + fm + 0.5 * (pr + ir), rtol=1e-6)
+  np.testing.assert_allclose(terms["loss/total"], total)
+  # Only full_full: masked outputs are not needed.
+  only_full = {k: v for k, v in out.items() if "masked" not in k}
+  total, terms = losses.cmah_loss(only_full, dict(cfg, pairs="full_full", lambda_r=0.0))
+  np.testing.assert_allclose(total, ff, rtol=1e-6)
+
+
+def test_cmah_loss_supervised_uses_labels():
+  out = _fake_outputs()
+  cfg = dict(temperature=0.2, pairs="full_full", lambda_r=0.0, supervised=True)
+  labels = jnp.array([0, 0, 1, 1])
+  total, _ = losses.cmah_loss(out, cfg, labels)
+  np.testing.assert_allclose(
+      total, losses.supervised_contrastive_loss(out["point/h"], out["image/h"], labels, 0.2),
+      rtol=1e-6)
+  with pytest.raises(ValueError, match="labels"):
+    losses.cmah_loss(out, cfg)
+
+
+def test_cmah_loss_clear_errors():
+  out = _fake_outputs()
+  with pytest.raises(ValueError, match="full_fll"):
+    losses.cmah_loss(out, dict(pairs="full_full,full_fll"))
+  with pytest.raises(ValueError, match="pairs"):
+    losses.cmah_loss(out, dict(pairs=""))
+  eval_out = {"point/h": out["point/h"], "image/h": out["image/h"]}
+  with pytest.raises(KeyError, match="point/h_masked"):
+    losses.cmah_loss(eval_out, dict(pairs="masked_masked", lambda_r=0.0))
+  with pytest.raises(KeyError, match="point/pred"):
+    losses.cmah_loss(eval_out, dict(pairs="full_full", lambda_r=1.0))
+  with pytest.raises(ValueError, match="must both be"):
+    losses.contrastive_loss(out["point/h"], out["image/h"][:3], 0.1)

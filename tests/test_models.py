@@ -1,0 +1,390 @@
+"""CMAH model tests on the `tiny` variant: purity, masking, gradient reach, batch
+independence, layers against NumPy references, and the `base` parameter count by hand."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmah_jax import losses
+from cmah_jax.models import (CMAH, VARIANTS, abstract_variables, build, encode_images,
+                             encode_points, hash_features, init_variables, resolve_config)
+from cmah_jax.models.hash_head import HashHead
+from cmah_jax.models.image_tokenizer import sincos_2d
+from cmah_jax.models.point_tokenizer import MiniPointNet
+from cmah_jax.models.transformer import SelfAttention
+from cmah_jax.ops.image import normalize_images, patchify, unpatchify
+from cmah_jax.ops.pointcloud import group_points
+from cmah_jax.sharding import data_sharding, make_mesh, replicated
+
+BITS = 16
+B = 4
+
+
+def _inputs(model, b=B, seed=0):
+  rng = np.random.default_rng(seed)
+  pts = rng.normal(size=(b, model.num_points, 3))
+  pts /= np.linalg.norm(pts, axis=-1, keepdims=True)
+  imgs = rng.normal(size=(b, model.image_size, model.image_size, 3))
+  return jnp.asarray(imgs, jnp.float32), jnp.asarray(pts, jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model, variables = build("tiny", BITS, jax.random.key(0))
+
+  @jax.jit
+  def fwd(variables, images, points, mask_key, dropout_key):
+    return model.apply(variables, images, points, train=True, mask_key=mask_key,
+                       rngs={"dropout": dropout_key})
+
+  images, points = _inputs(model)
+  return model, variables, fwd, images, points
+
+
+def _equal_trees(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# -- purity and masking ------------------------------------------------------------------
+def test_outputs_and_shapes(tiny):
+  model, variables, fwd, images, points = tiny
+  out = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  cfg = model.config
+  gm, tm = int(0.6 * cfg.num_groups), int(0.75 * cfg.num_patches)
+  p = model.patch_size
+  want = {"point/h": (B, BITS), "point/code": (B, BITS), "image/h": (B, BITS),
+          "image/code": (B, BITS), "point/h_masked": (B, BITS), "image/h_masked": (B, BITS),
+          "point/pred": (B, gm, cfg.group_size, 3), "point/target": (B, gm, cfg.group_size, 3),
+          "image/pred": (B, tm, p * p * 3), "image/target": (B, tm, p * p * 3),
+          "point/mask": (B, cfg.num_groups), "image/mask": (B, cfg.num_patches)}
+  assert {k: v.shape for k, v in out.items()} == want
+  for t in ("point", "image"):
+    h, code = np.asarray(out[f"{t}/h"]), np.asarray(out[f"{t}/code"])
+    assert np.all(np.abs(h) < 1)
+    np.testing.assert_array_equal(code, np.where(h >= 0, 1.0, -1.0))
+  np.testing.assert_array_equal(np.sum(out["point/mask"], 1), gm)
+  np.testing.assert_array_equal(np.sum(out["image/mask"], 1), tm)
+
+
+def test_deterministic_given_params_and_keys(tiny):
+  model, variables, fwd, images, points = tiny
+  a = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  b = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  assert _equal_trees(a, b)
+  _, variables2 = build("tiny", BITS, jax.random.key(0))
+  assert _equal_trees(variables, variables2)
+  _, variables3 = build("tiny", BITS, jax.random.key(7))
+  assert not _equal_trees(variables, variables3)
+
+
+def test_mask_key_changes_masks(tiny):
+  model, variables, fwd, images, points = tiny
+  a = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  b = fwd(variables, images, points, jax.random.key(3), jax.random.key(2))
+  assert not np.array_equal(a["point/mask"], b["point/mask"])
+  assert not np.array_equal(a["image/mask"], b["image/mask"])
+  assert not np.allclose(a["image/pred"], b["image/pred"])
+  # The full pass does not depend on the mask.
+  np.testing.assert_array_equal(a["point/h"], b["point/h"])
+  np.testing.assert_array_equal(a["image/h"], b["image/h"])
+
+
+def test_no_other_randomness(tiny):
+  """tiny has drop_path = dropout = 0: the dropout key must not matter."""
+  model, variables, fwd, images, points = tiny
+  assert not model.config.uses_dropout_rng
+  a = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  b = fwd(variables, images, points, jax.random.key(1), jax.random.key(99))
+  assert _equal_trees(a, b)
+
+
+def test_drop_path_uses_dropout_rng_only_in_training():
+  model = CMAH(resolve_config("tiny", BITS, dict(drop_path=0.5)))
+  variables = jax.jit(functools.partial(init_variables, model))(jax.random.key(0))
+  images, points = _inputs(model, b=8)
+
+  @jax.jit
+  def fwd(dropout_key):
+    return model.apply(variables, images, points, train=True, mask_key=jax.random.key(1),
+                       rngs={"dropout": dropout_key})
+
+  a, b, a2 = fwd(jax.random.key(2)), fwd(jax.random.key(3)), fwd(jax.random.key(2))
+  assert not np.allclose(a["point/h"], b["point/h"])
+  assert _equal_trees(a, a2)
+  with pytest.raises(ValueError, match="rngs"):
+    model.apply(variables, images, points, train=True, mask_key=jax.random.key(1))
+  # Inference needs no key and ignores drop-path.
+  ev = jax.jit(lambda v, i, p: model.apply(v, i, p, train=False))
+  assert _equal_trees(ev(variables, images, points), ev(variables, images, points))
+
+
+def test_eval_has_no_masking_and_matches_full_pass(tiny):
+  model, variables, fwd, images, points = tiny
+  ev = jax.jit(lambda v, i, p: model.apply(v, i, p, train=False))(variables, images, points)
+  assert set(ev) == {"point/h", "point/code", "image/h", "image/code"}
+  tr = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
+  for k in ev:
+    np.testing.assert_allclose(ev[k], tr[k], atol=1e-5)
+  with pytest.raises(ValueError, match="mask_key"):
+    model.apply(variables, images, points, train=True)
+
+
+def test_single_modality_calls(tiny):
+  model, variables, _, images, points = tiny
+  only_p = model.apply(variables, points=points, train=False)
+  only_i = model.apply(variables, images=images, train=False)
+  assert set(only_p) == {"point/h", "point/code"} and set(only_i) == {"image/h", "image/code"}
+  both = model.apply(variables, images, points, train=False)
+  np.testing.assert_allclose(only_p["point/h"], both["point/h"], atol=1e-6)
+  np.testing.assert_allclose(only_i["image/h"], both["image/h"], atol=1e-6)
+  feats = hash_features(model, variables, points=points)
+  np.testing.assert_allclose(feats["point/h"], both["point/h"], atol=1e-6)
+
+
+def test_code_identical_alone_or_in_batch(tiny):
+  model, variables, _, images, points = tiny
+  enc_p = jax.jit(functools.partial(encode_points, model))
+  enc_i = jax.jit(functools.partial(encode_images, model))
+  batch_p, batch_i = enc_p(variables, points), enc_i(variables, images)
+  assert set(np.unique(batch_p)) <= {-1.0, 1.0} and batch_p.shape == (B, BITS)
+  for j in range(B):
+    np.testing.assert_array_equal(enc_p(variables, points[j:j + 1])[0], batch_p[j])
+    np.testing.assert_array_equal(enc_i(variables, images[j:j + 1])[0], batch_i[j])
+  # Shuffling the batch shuffles the codes.
+  perm = np.array([2, 0, 3, 1])
+  np.testing.assert_array_equal(enc_p(variables, points[perm]), batch_p[perm])
+
+
+def test_codes_same_with_batch_sharded_over_4_devices(tiny):
+  model, variables, _, images, points = tiny
+  mesh = make_mesh(jax.devices()[:4])
+  enc_p = jax.jit(functools.partial(encode_points, model))
+  sharded = enc_p(jax.device_put(variables, replicated(mesh)),
+                  jax.device_put(points, data_sharding(mesh)))
+  assert len(sharded.sharding.device_set) == 4
+  np.testing.assert_array_equal(sharded, enc_p(variables, points))
+
+
+def test_encode_images_accepts_uint8(tiny):
+  model, variables, _, _, _ = tiny
+  u8 = np.random.default_rng(3).integers(0, 256, (2, model.image_size, model.image_size, 3),
+                                          dtype=np.uint8)
+  a = encode_images(model, variables, jnp.asarray(u8))
+  b = encode_images(model, variables, normalize_images(jnp.asarray(u8)))
+  np.testing.assert_array_equal(a, b)
+
+
+def test_targets_are_the_masked_inputs(tiny):
+  model, variables, fwd, images, points = tiny
+  out = fwd(variables, images, points, jax.random.key(5), jax.random.key(2))
+  pm, im = np.asarray(out["point/mask"]), np.asarray(out["image/mask"])
+  patches = np.asarray(patchify(images, model.patch_size))
+  nbhd, _ = group_points(points, model.num_groups, model.group_size)
+  for j in range(B):
+    np.testing.assert_array_equal(out["image/target"][j], patches[j][im[j]])
+    np.testing.assert_array_equal(out["point/target"][j], np.asarray(nbhd)[j][pm[j]])
+
+
+def test_masked_pass_sees_visible_tokens_only(tiny):
+  """Scrambling the masked image patches changes the full-pass code but nothing the
+  masked pass or the decoders compute (except the image target)."""
+  model, variables, fwd, images, points = tiny
+  mk, dk = jax.random.key(5), jax.random.key(2)
+  out = fwd(variables, images, points, mk, dk)
+  patches = np.asarray(patchify(images, model.patch_size))
+  noise = np.random.default_rng(0).normal(size=patches.shape).astype(np.float32) * 3
+  mask = np.asarray(out["image/mask"])[..., None]
+  s = model.image_size
+  scrambled = unpatchify(jnp.asarray(np.where(mask, noise, patches)), model.patch_size, s, s)
+  out2 = fwd(variables, scrambled, points, mk, dk)
+  for k in ("image/h_masked", "point/h_masked", "point/pred", "image/pred"):
+    np.testing.assert_allclose(out2[k], out[k], atol=1e-6, err_msg=k)
+  assert not np.allclose(out2["image/h"], out["image/h"], atol=1e-4)
+  assert not np.allclose(out2["image/target"], out["image/target"])
+
+
+# -- gradient reach ----------------------------------------------------------------------
+TOP_LEVEL = {"point_tokenizer", "point_encoder", "point_hash", "point_decoder_pos",
+             "point_decoder", "image_tokenizer", "image_encoder", "image_hash",
+             "image_decoder"}
+TOWERS = {"point_tokenizer", "point_encoder", "image_tokenizer", "image_encoder"}
+REACH = {
+    "contrastive_full": TOWERS | {"point_hash", "image_hash"},
+    "contrastive_masked": TOWERS | {"point_hash", "image_hash"},
+    # Cross-attention: each reconstruction reaches the other modality's encoder too.
+    "point_recon": TOWERS | {"point_decoder_pos", "point_decoder"},
+    "image_recon": TOWERS | {"image_decoder"},
+}
+
+
+def test_each_loss_term_reaches_exactly_its_params(tiny):
+  model, variables, _, images, points = tiny
+  params = variables["params"]
+  assert set(params) == TOP_LEVEL
+
+  def terms(params):
+    out = model.apply({"params": params}, images, points, train=True,
+                      mask_key=jax.random.key(1))
+    return jnp.stack([
+        losses.contrastive_loss(out["point/h"], out["image/h"], 0.07),
+        losses.contrastive_loss(out["point/h_masked"], out["image/h_masked"], 0.07),
+        losses.point_reconstruction_loss(out["point/pred"], out["point/target"]),
+        losses.image_reconstruction_loss(out["image/pred"], out["image/target"]),
+    ])
+
+  jac = jax.jit(jax.jacrev(terms))(params)
+  for row, (name, reach) in enumerate(REACH.items()):
+    for path, g in jax.tree_util.tree_leaves_with_path(jac):
+      top = path[0].key
+      norm = float(jnp.max(jnp.abs(g[row])))
+      where = f"{name}: {jax.tree_util.keystr(path)}"
+      if top in reach:
+        assert norm > 0, f"{where} should receive gradient"
+      else:
+        assert norm == 0, f"{where} should receive none, got {norm}"
+
+
+# -- layers against references -----------------------------------------------------------
+def _np_layer_norm(x, scale, bias, eps=1e-6):
+  mu = x.mean(-1, keepdims=True)
+  var = x.var(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+def test_hash_head_vs_numpy():
+  head = HashHead(8)
+  pooled = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
+  variables = head.init(jax.random.key(0), pooled)
+  p = jax.tree.map(np.asarray, variables["params"])
+  h, code = head.apply(variables, pooled)
+  want = np.tanh(_np_layer_norm(pooled @ p["proj"]["kernel"] + p["proj"]["bias"],
+                                p["norm"]["scale"], p["norm"]["bias"]))
+  np.testing.assert_allclose(h, want, atol=1e-5)
+  np.testing.assert_array_equal(code, np.where(want >= 0, 1, -1))
+  # sign(0) -> +1: a zero feature gives h = LN bias = 0 exactly.
+  _, code0 = head.apply(variables, np.zeros((1, 12), np.float32))
+  np.testing.assert_array_equal(code0, np.ones((1, 8)))
+
+
+def test_self_attention_vs_numpy():
+  heads, c, t = 2, 8, 5
+  attn = SelfAttention(heads, qkv_bias=True)
+  x = np.random.default_rng(1).normal(size=(2, t, c)).astype(np.float32)
+  variables = attn.init(jax.random.key(0), x, True)
+  p = jax.tree.map(np.asarray, variables["params"])
+  got = attn.apply(variables, x, True)
+  qkv = x @ p["qkv"]["kernel"] + p["qkv"]["bias"]
+  q, k, v = np.split(qkv, 3, axis=-1)
+  d = c // heads
+  out = np.zeros_like(x)
+  for b in range(2):
+    for hd in range(heads):
+      sl = slice(hd * d, (hd + 1) * d)
+      s = q[b][:, sl] @ k[b][:, sl].T / np.sqrt(d)
+      w = np.exp(s - s.max(-1, keepdims=True))
+      w /= w.sum(-1, keepdims=True)
+      out[b][:, sl] = w @ v[b][:, sl]
+  want = out @ p["proj"]["kernel"] + p["proj"]["bias"]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_mini_pointnet_vs_numpy_and_permutation_invariant():
+  net = MiniPointNet((4, 6, 10), 5)
+  nb = np.random.default_rng(2).normal(size=(2, 3, 7, 3)).astype(np.float32)
+  variables = net.init(jax.random.key(0), nb)
+  p = jax.tree.map(np.asarray, variables["params"])
+  lin = lambda x, name: x @ p[name]["kernel"] + p[name]["bias"]
+  relu = lambda x: np.maximum(x, 0)
+  f = lin(relu(_np_layer_norm(lin(nb, "conv1"), p["norm1"]["scale"], p["norm1"]["bias"])),
+          "conv2")
+  g = np.broadcast_to(f.max(-2, keepdims=True), f.shape)
+  f = np.concatenate([g, f], -1)
+  f = lin(relu(_np_layer_norm(lin(f, "conv3"), p["norm2"]["scale"], p["norm2"]["bias"])),
+          "conv4")
+  got = net.apply(variables, nb)
+  np.testing.assert_allclose(got, f.max(-2), atol=1e-5)
+  perm = np.random.default_rng(3).permutation(7)
+  np.testing.assert_allclose(net.apply(variables, nb[:, :, perm]), got, atol=1e-6)
+
+
+def test_sincos_2d_hand_worked():
+  # width 4: per axis [sin(pos), cos(pos)] (one frequency, omega = 1); columns first.
+  emb = sincos_2d(4, 2, 2)  # tokens row-major: (0,0), (0,1), (1,0), (1,1)
+  s, c = np.sin(1.0), np.cos(1.0)
+  want = np.array([[0, 1, 0, 1], [s, c, 0, 1], [0, 1, s, c], [s, c, s, c]], np.float32)
+  np.testing.assert_allclose(emb, want, atol=1e-7)
+
+
+# -- configuration -----------------------------------------------------------------------
+def test_build_validates_arguments():
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="deepth") as err:
+    build("tiny", 16, key, deepth=3)
+  assert "depth" in str(err.value) and "num_points" in str(err.value)
+  for bad in (0, -8, 1.5, "64", True):
+    with pytest.raises(ValueError, match="bits"):
+      build("tiny", bad, key)
+  with pytest.raises(ValueError, match="huge"):
+    build("huge", 16, key)
+  with pytest.raises(ValueError, match="num_heads"):
+    resolve_config("tiny", 16, dict(num_heads=5))
+
+
+def test_overrides_and_attributes():
+  model = CMAH(resolve_config("tiny", 32, dict(depth=1, image_size=48, num_points=300)))
+  assert (model.image_size, model.num_points, model.patch_size, model.bits) == (48, 300, 8, 32)
+  shapes = abstract_variables(model)["params"]
+  assert set(shapes["point_encoder"]["transformer"]) == {"block_0", "norm"}
+  assert shapes["image_hash"]["proj"]["kernel"].shape == (64, 32)
+  for name in VARIANTS:
+    cfg = resolve_config(name, 64)
+    assert cfg.image_size % cfg.patch_size == 0 and cfg.num_groups <= cfg.num_points
+
+
+def test_wrong_input_shapes_raise_clear_errors(tiny):
+  model, variables, _, images, points = tiny
+  with pytest.raises(ValueError, match="image_size"):
+    model.apply(variables, images=images[:, :16], train=False)
+  with pytest.raises(ValueError, match="num_points"):
+    model.apply(variables, points=points[:, :100], train=False)
+  with pytest.raises(ValueError, match="batch sizes"):
+    model.apply(variables, images[:2], points, train=True, mask_key=jax.random.key(0))
+
+
+def _hand_count_base(bits: int) -> int:
+  """Parameters of the `base` variant from its layer sizes (independent of the modules)."""
+  C, hidden, depth, dec_depth = 384, 4 * 384, 12, 4
+  c1, c2, c3, pos_h, k, p, K = 128, 256, 512, 128, 32, 16, bits
+  dense = lambda i, o, bias=True: i * o + (o if bias else 0)
+  ln = lambda n: 2 * n
+  mlp = dense(C, hidden) + dense(hidden, C)
+
+  def block(qkv_bias):
+    return ln(C) + dense(C, 3 * C, qkv_bias) + dense(C, C) + ln(C) + mlp
+
+  def fusion_block(qkv_bias):
+    return (ln(C) + dense(C, 3 * C, qkv_bias) + dense(C, C)                      # self-attn
+            + ln(C) + ln(C) + dense(C, C, qkv_bias) + dense(C, 2 * C, qkv_bias)  # cross-attn
+            + dense(C, C) + ln(C) + mlp)
+
+  pos_mlp = dense(3, pos_h) + dense(pos_h, C)
+  hash_head = dense(C, K) + ln(K)
+  pointnet = dense(3, c1) + ln(c1) + dense(c1, c2) + dense(2 * c2, c3) + ln(c3) + dense(c3, C)
+  point = (pointnet + pos_mlp + depth * block(False) + ln(C) + hash_head
+           + pos_mlp + C + dec_depth * fusion_block(False) + ln(C) + dense(C, 3 * k))
+  image = (dense(p * p * 3, C) + depth * block(True) + ln(C) + hash_head
+           + C + dec_depth * fusion_block(True) + ln(C) + dense(C, p * p * 3))
+  return point + image
+
+
+def test_base_parameter_count_matches_hand_count():
+  for bits in (16, 64):
+    model = CMAH(resolve_config("base", bits))
+    shapes = abstract_variables(model)
+    assert set(shapes) == {"params"}  # no batch statistics anywhere
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    print(f"base ({bits} bits): {count:,} parameters")
+    assert count == _hand_count_base(bits)
+  assert (model.image_size, model.patch_size, model.num_points) == (224, 16, 1024)
