@@ -62,6 +62,19 @@ def test_fps_duplicates_and_ties():
   np.testing.assert_array_equal(got[:2], [0, 1])
 
 
+def test_fps_nan_follows_argmax_semantics():
+  # A NaN coordinate makes NaN distances; like np.argmax / jnp.argmax, FPS then takes the
+  # first NaN (never an out-of-range index).
+  pts = np.random.default_rng(3).normal(size=(12, 3)).astype(np.float32)
+  pts[5, 1] = np.nan
+  min_d, chosen = np.full(12, np.inf, np.float32), [0]
+  for _ in range(3):
+    min_d = np.minimum(min_d, ((pts - pts[chosen[-1]]) ** 2).sum(-1))
+    chosen.append(int(np.argmax(min_d)))
+  got = np.asarray(pointcloud.farthest_point_sample(jnp.asarray(pts), 4))
+  np.testing.assert_array_equal(got, chosen)
+
+
 def test_fps_batched_jit_vmap():
   pts = np.random.default_rng(0).normal(size=(3, 40, 3)).astype(np.float32)
   ref = np.stack([fps_reference(p, 8) for p in pts])
@@ -246,9 +259,39 @@ def test_hamming_topk_matches_stable_sort(n, k, chunk):
   np.testing.assert_array_equal(dist, np.take_along_axis(ref_d, ref_i, axis=1))
 
 
+@pytest.mark.parametrize("n,k,nbytes,chunk,clustered", [
+    (5000, 2, 2, 65536, False),  # three levels (groups of blocks), partial last block/group
+    (5000, 3, 1, 65536, True),   # duplicates everywhere: ties decide nearly every slot
+    (3001, 3, 9, 1, False),      # block level only, 3 words, query tiles (chunk_size=1)
+])
+def test_hamming_topk_hierarchical_paths_match_stable_sort(n, k, nbytes, chunk, clustered):
+  rng = np.random.default_rng(n + k)
+  q = rng.integers(0, 256, (9, nbytes), dtype=np.uint8)
+  if clustered:
+    centres = rng.integers(0, 256, (5, nbytes), dtype=np.uint8)
+    d = centres[rng.integers(0, 5, n)]
+    q[:3] = centres[:3]
+  else:
+    d = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+  dist, idx = hashing.hamming_topk(q, d, k, chunk_size=chunk)
+  ref_d = _hamming_reference(q, d)
+  ref_i = np.argsort(ref_d, axis=1, kind="stable")[:, :k]
+  np.testing.assert_array_equal(idx, ref_i)
+  np.testing.assert_array_equal(dist, np.take_along_axis(ref_d, ref_i, axis=1))
+  assert dist.dtype == np.int32 and idx.dtype == np.int32
+
+
+def test_hamming_topk_no_queries():
+  d = np.random.default_rng(0).integers(0, 256, (5000, 8), dtype=np.uint8)
+  dist, idx = hashing.hamming_topk(np.zeros((0, 8), np.uint8), d, 3)
+  assert dist.shape == idx.shape == (0, 3)
+
+
 def test_hamming_topk_rejects_bad_k():
   with pytest.raises(ValueError, match="k=5"):
     hashing.hamming_topk(np.zeros((1, 1), np.uint8), np.zeros((4, 1), np.uint8), 5)
+  with pytest.raises(ValueError, match="byte widths"):
+    hashing.hamming_topk(np.zeros((1, 2), np.uint8), np.zeros((4, 1), np.uint8), 1)
 
 
 # ----------------------------------------------------------------------------- image

@@ -68,13 +68,16 @@ def unpack_codes(packed: jax.Array, num_bits: int, dtype=jnp.float32) -> jax.Arr
 
 
 def _to_words(packed: jax.Array) -> jax.Array:
-  """`[..., nbytes]` uint8 -> `[..., ceil(nbytes / 4)]` uint32 (byte order is irrelevant
-  to popcount of XOR, as long as both sides use the same one)."""
+  """`[..., nbytes]` uint8 -> `[..., ceil(nbytes / 4)]` uint32, zero-padded.
+
+  A bitcast (platform byte order): popcount of an XOR does not depend on the byte order as
+  long as both sides use the same one, and inside a fused loop it is a plain load.
+  """
   nbytes = packed.shape[-1]
   nwords = -(-nbytes // 4)
   padded = jnp.pad(packed, [(0, 0)] * (packed.ndim - 1) + [(0, nwords * 4 - nbytes)])
-  b = padded.reshape(packed.shape[:-1] + (nwords, 4)).astype(jnp.uint32)
-  return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+  return jax.lax.bitcast_convert_type(
+      padded.reshape(packed.shape[:-1] + (nwords, 4)), jnp.uint32)
 
 
 def hamming_distance(query_packed: jax.Array, db_packed: jax.Array) -> jax.Array:
@@ -98,60 +101,152 @@ def hamming_distance(query_packed: jax.Array, db_packed: jax.Array) -> jax.Array
   return dist
 
 
+# Block sizes of the hierarchical top-k below. 32 is also the longest reduction XLA:CPU
+# keeps fused with its producer (longer ones are split by its tree-reduction rewriter,
+# which would materialise the [n, q] distances).
+_BLOCK = 32   # database codes per block
+_GROUP = 32   # blocks per group
+
+
+def _sum_popcount(a_words, b_words) -> jax.Array:
+  """`sum_w popcount(a_w ^ b_w)` over two equal-length lists of broadcastable uint32
+  arrays -> int32 of the broadcast shape."""
+  acc = None
+  for a, b in zip(a_words, b_words):
+    c = jax.lax.population_count(jnp.bitwise_xor(a, b))
+    acc = c if acc is None else acc + c
+  return acc.astype(jnp.int32)
+
+
+def _smallest(values: jax.Array, k: int) -> jax.Array:
+  """Positions of the k smallest entries of each row of `values` (`[t, m]`, small
+  non-negative ints), ties to the lower position: `[t, k]` int32, in `(value, position)`
+  order.
+
+  `lax.top_k` is stable (equal values: lower index first) and fast on float32 on CPU (not
+  on int32); the values are small integers, so float32 is exact.
+  """
+  _, ids = jax.lax.top_k(-values.astype(jnp.float32), k)
+  return ids
+
+
+def _topk_tile(q_words: jax.Array, db_planar: jax.Array, n: int, k: int, max_dist: int):
+  """Exact top-k of one tile of queries (the method is described in `hamming_topk`).
+
+  Args:
+    q_words: `[W, t]` uint32 query words, one row per word.
+    db_planar: `[W, nb, 32]` uint32 database words, code `i` at `[:, i // 32, i % 32]`,
+      zero past `n`.
+    n: number of real database codes (static).
+    k: static, `1 <= k <= n`.
+    max_dist: largest possible distance, `8 * nbytes` (static).
+  Returns:
+    distances `[t, k]` int32 and indices `[t, k]` int32, in `(distance, index)` order.
+  """
+  num_words, nb, bsz = db_planar.shape
+  t = q_words.shape[1]
+  big = max_dist + 1  # ranks after every real distance
+  if n <= 2 * k * bsz:  # small database: one flat top-k over all `[t, n]` distances
+    flat = db_planar.reshape(num_words, nb * bsz)[:, :n]
+    d = _sum_popcount([q_words[w][:, None] for w in range(num_words)],
+                      [flat[w][None, :] for w in range(num_words)])
+    sel = _smallest(d, k)
+    return jnp.take_along_axis(d, sel, axis=1), sel
+
+  # Level 1, the only scan of all pairs: the minimum distance of each block to each
+  # query, `[nb, t]`, queries minor so the fused loop vectorises over queries; int16
+  # halves the bytes written and re-read (distances are <= max_dist).
+  small = jnp.int16 if big < 2 ** 15 else jnp.int32
+  mins = _sum_popcount([q_words[w][None, None, :] for w in range(num_words)],
+                       [db_planar[w][:, :, None] for w in range(num_words)])
+  mins = mins.astype(small).min(axis=1)
+  if n % bsz:  # the last block is part padding: its minimum must be over real codes only
+    last = _sum_popcount([q_words[w][None, :] for w in range(num_words)],
+                         [db_planar[w, nb - 1, :n % bsz][:, None] for w in range(num_words)])
+    mins = mins.at[nb - 1].set(last.min(axis=0).astype(small))
+
+  # Level 2: the k best blocks. Here nb > 2k, so there are at least k blocks.
+  if nb > 2 * k * _GROUP:
+    # ... found inside the k best groups of _GROUP blocks (by (group minimum, group
+    # index)); here there are more than 2k groups.
+    n_full = nb // _GROUP
+    gmins = mins[:n_full * _GROUP].reshape(n_full, _GROUP, t).min(axis=1)  # [ng, t]
+    if nb % _GROUP:
+      gmins = jnp.concatenate([gmins, mins[n_full * _GROUP:].min(axis=0)[None]], axis=0)
+    groups = jnp.sort(_smallest(gmins.T, k), axis=1)  # [t, k], ascending
+    rows = groups[:, :, None] * _GROUP + jnp.arange(_GROUP, dtype=jnp.int32)
+    rows = rows.reshape(t, k * _GROUP)  # candidate block ids, ascending
+    cand = mins[jnp.minimum(rows, nb - 1), jnp.arange(t)[:, None]]  # [t, k * G]
+    cand = jnp.where(rows < nb, cand, big)
+    blocks = jnp.take_along_axis(rows, _smallest(cand, k), axis=1)
+  else:
+    blocks = _smallest(mins.T, k)
+  blocks = jnp.sort(blocks, axis=1)  # [t, k] ascending: candidate order = index order
+
+  # Level 3: exact distances to the 32 k codes of the chosen blocks, and the final top-k.
+  codes = [db_planar[w][blocks] for w in range(num_words)]  # [t, k, 32] each
+  d = _sum_popcount([q_words[w][:, None, None] for w in range(num_words)], codes)
+  d = d.reshape(t, k * bsz)
+  index = (blocks[:, :, None] * bsz + jnp.arange(bsz, dtype=jnp.int32)).reshape(t, k * bsz)
+  d = jnp.where(index < n, d, big)
+  sel = _smallest(d, k)
+  return jnp.take_along_axis(d, sel, axis=1), jnp.take_along_axis(index, sel, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "chunk_size"))
 def hamming_topk(query_packed: jax.Array, db_packed: jax.Array, k: int,
                  chunk_size: int = 65536):
-  """The k nearest database codes of each query by Hamming distance.
+  """The k nearest database codes of each query by Hamming distance (exact).
 
-  Scans the database in chunks of `chunk_size` codes, keeping a running top-k, so memory
-  is `O(q * (chunk_size + k))` and never `[q, n, nbytes]`. Ties go to the lower database
-  index.
+  Ties go to the lower database index: the result equals the first k columns of a stable
+  argsort of the `[q, n]` distances, which is never built (nor `[q, n, nbytes]`).
+
+  Method: cut the database into blocks of 32 consecutive codes and compute, in one fused
+  XOR/popcount/min pass, the minimum distance of every block to every query (`[n / 32, q]`
+  int16; the only work over all q * n pairs). The k best codes (by `(distance, index)`)
+  lie in the k best blocks (by `(block minimum, block index)`), since each block ranked
+  before a block holds a code ranked before all of that block's codes; by the same
+  argument the k best blocks lie in the k best groups of 32 blocks. So small stable
+  top-k's over `n / 1024`, `32 k` and `32 k` values per query replace one over `n`, and
+  only the `32 k` codes of the chosen blocks get exact distances. Small databases
+  (`n <= 64 k`) take one top-k over all distances.
 
   Args:
     query_packed: `[q, nbytes]` uint8.
     db_packed: `[n, nbytes]` uint8.
     k: static, `1 <= k <= n`.
-    chunk_size: database codes per scan step (static).
+    chunk_size: static memory knob; results never depend on it. Queries go in tiles of
+      `t` with `t * m <= 512 * chunk_size`, `m = n / 32` (`n` for small databases): the
+      per-tile scratch is about `2 KiB * chunk_size` (128 MiB at the default) plus
+      `~20 * 32 k` bytes per query for the last step.
   Returns:
     distances: `[q, k]` int32, ascending.
     indices: `[q, k]` int32 database indices.
   """
+  if query_packed.shape[-1] != db_packed.shape[-1]:
+    raise ValueError(
+        f"hamming_topk: byte widths differ: queries {tuple(query_packed.shape)} vs "
+        f"database {tuple(db_packed.shape)}")
   n = db_packed.shape[0]
   if not 1 <= k <= n:
     raise ValueError(f"hamming_topk: k={k} must be in [1, n={n}]")
+  if chunk_size < 1:
+    raise ValueError(f"hamming_topk: chunk_size={chunk_size} must be >= 1")
   q = query_packed.shape[0]
-  chunk = min(chunk_size, n)
-  num_chunks = -(-n // chunk)
-  pad = num_chunks * chunk - n
-  db = jnp.pad(db_packed, ((0, pad), (0, 0)))
-  db_chunks = db.reshape(num_chunks, chunk, db.shape[-1])
-  # Distances are small integers (<= 8 * nbytes); encode (distance, index) in one float32
-  # key whose order is lexicographic, so one float top_k (fast on CPU, unlike int32) does
-  # both the ranking and the tie-break: key = -(distance * 2^b + local_index).
-  # Exactness: distance * chunk + index < 2^24 keeps float32 exact.
   max_dist = 8 * query_packed.shape[-1]
-  if (max_dist + 1) * (chunk + k) >= 2 ** 24:
-    raise ValueError(
-        f"hamming_topk: chunk_size={chunk} too large for {max_dist}-bit codes "
-        f"(need (bits + 1) * (chunk_size + k) < 2^24)")
+  q_words = _to_words(query_packed).T  # [W, q]
+  num_words = q_words.shape[0]
+  nb = -(-n // _BLOCK)
+  db_words = jnp.pad(_to_words(db_packed), ((0, nb * _BLOCK - n), (0, 0)))
+  db_planar = db_words.T.reshape(num_words, nb, _BLOCK)  # [W, nb, 32]
 
-  def scan_chunk(carry, xs):
-    best_d, best_i = carry  # [q, k]
-    start, chunk_codes = xs
-    d = hamming_distance(query_packed, chunk_codes)  # [q, chunk]
-    idx = start + jnp.arange(chunk, dtype=jnp.int32)
-    d = jnp.where(idx[None, :] < n, d, max_dist + 1)  # padding ranks last
-    cand_d = jnp.concatenate([best_d, d], axis=1)
-    cand_i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (q, chunk))], axis=1)
-    # Running best come first and have lower database indices than this chunk, so the
-    # candidate position orders ties by database index.
-    pos = jnp.arange(k + chunk, dtype=jnp.float32)
-    key = -(cand_d.astype(jnp.float32) * float(k + chunk) + pos[None, :])
-    _, sel = jax.lax.top_k(key, k)
-    return (jnp.take_along_axis(cand_d, sel, axis=1),
-            jnp.take_along_axis(cand_i, sel, axis=1)), None
-
-  init = (jnp.full((q, k), max_dist + 2, jnp.int32), jnp.full((q, k), n, jnp.int32))
-  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
-  (dist, idx), _ = jax.lax.scan(scan_chunk, init, (starts, db_chunks))
-  return dist, idx
+  per_query = n if n <= 2 * k * _BLOCK else nb
+  tile = max(1, (512 * chunk_size) // per_query)
+  if tile >= q:
+    return _topk_tile(q_words, db_planar, n, k, max_dist)
+  num_tiles = -(-q // tile)
+  tile = -(-q // num_tiles)  # equal tiles, least padding
+  q_words = jnp.pad(q_words, ((0, 0), (0, num_tiles * tile - q)))
+  tiles = q_words.reshape(num_words, num_tiles, tile).transpose(1, 0, 2)  # [T, W, t]
+  dist, idx = jax.lax.map(lambda qt: _topk_tile(qt, db_planar, n, k, max_dist), tiles)
+  return dist.reshape(num_tiles * tile, k)[:q], idx.reshape(num_tiles * tile, k)[:q]
