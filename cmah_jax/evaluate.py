@@ -29,23 +29,30 @@ def _gather(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def encode_split(model, params, builder, split: str, input_config, mesh):
-  """Codes of both modalities for every object of `split`, in split order.
-
-  Returns:
-    dict with "image" and "point" codes `[n, K]` float32 {-1, +1}, and "label" `[n]` int.
-  """
-  replicated = shd.replicated(mesh)
+def make_encoder(model, mesh):
+  """Jitted `(params, images, points) -> {"image": codes, "point": codes}`, `[B, K]` each,
+  sharded on the batch; each tower runs alone (`train=False`)."""
 
   @functools.partial(jax.jit, out_shardings=shd.data_sharding(mesh))
   def encode(params, images, points):
     out = model.apply({"params": params}, images=images, points=points, train=False)
     return {"image": out["image/code"], "point": out["point/code"]}
 
-  params = jax.device_put(params, replicated)
+  return encode
+
+
+def encode_split(encoder, params, builder, split: str, input_config, mesh):
+  """Codes of both modalities for every object of `split`, in split order.
+
+  Args:
+    encoder: from `make_encoder(model, mesh)`.
+  Returns:
+    dict with "image" and "point" codes `[n, K]` float32 {-1, +1}, and "label" `[n]` int.
+  """
+  params = jax.device_put(params, shd.replicated(mesh))
   chunks = {"image": [], "point": [], "label": [], "index": [], "valid": []}
   for batch in pipeline.eval_batches(builder, split, input_config, mesh):
-    codes = encode(params, batch["images"], batch["points"])
+    codes = encoder(params, batch["images"], batch["points"])
     for k in ("image", "point"):
       chunks[k].append(_gather(codes[k]))
     for k in ("label", "index", "valid"):
@@ -91,8 +98,9 @@ def evaluate_retrieval(model, params, builder, input_config,
     a JSON-friendly dict (see `retrieval_metrics`) plus "arrays" (host codes and labels of
     both splits, for figures; not meant for JSON).
   """
-  query = encode_split(model, params, builder, "query", input_config, mesh)
-  database = encode_split(model, params, builder, "database", input_config, mesh)
+  encoder = make_encoder(model, mesh)
+  query = encode_split(encoder, params, builder, "query", input_config, mesh)
+  database = encode_split(encoder, params, builder, "database", input_config, mesh)
   res = retrieval_metrics(query, database, ks=tuple(config.eval.precision_ks),
                           seed=config.seed)
   res["arrays"] = {"query": query, "database": database}

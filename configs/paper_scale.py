@@ -37,15 +37,4 @@ def get_paper_config(dataset: str, train_examples: int, arg=None):
   c.eval_every_steps = 25 * steps_per_epoch
   if a["runlocal"]:
     c.model.variant = "tiny"
-    c.input.batch_size = 8
-    c.input.eval_batch_size = 16
-    c.total_steps = 6
-    c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.checkpoint_every_steps = 3
-    c.eval_every_steps = 0
-  if a["steps"] is not None:
-    c.total_steps = int(a["steps"])
-  if a["batch"] is not None:
-    c.input.batch_size = int(a["batch"])
-  return c
+  return default.apply_common_args(c, a)

@@ -48,6 +48,18 @@ def assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(x, y, **tol)
 
 
+def signal_after_checkpoint(save, at_step):
+  """Wrap `checkpointing.save` so SIGTERM arrives right after the `at_step` save starts."""
+
+  def save_then_signal(manager, step, state, force=False):
+    started = save(manager, step, state, force=force)
+    if step == at_step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return started
+
+  return save_then_signal
+
+
 def test_end_to_end_report(data_dir, tmp_path):
   result = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   report = json.load(open(tmp_path / "report.json"))
@@ -69,14 +81,7 @@ def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypat
 
   # Interrupted run: SIGTERM arrives right after the step-3 checkpoint is started.
   real_save = checkpointing.save
-
-  def save_then_signal(manager, step, state, force=False):
-    started = real_save(manager, step, state, force=force)
-    if step == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return started
-
-  monkeypatch.setattr(checkpointing, "save", save_then_signal)
+  monkeypatch.setattr(checkpointing, "save", signal_after_checkpoint(real_save, 3))
   stopped = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "resumed"))
   assert stopped.metrics["stopped_at"] == 3
   assert not (tmp_path / "resumed" / "report.json").exists()
@@ -88,7 +93,8 @@ def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypat
                              losses_of(str(tmp_path / "full")), rtol=1e-5)
 
 
-def test_restore_on_another_topology_and_device_count_equivalence(data_dir, tmp_path):
+def test_restore_on_another_topology_and_device_count_equivalence(data_dir, tmp_path,
+                                                                  monkeypatch):
   # 6 steps on 1 device, on 2 devices, and 3 steps on 4 devices resumed on 1 device.
   one = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "one"),
                                  devices=jax.devices()[:1])
@@ -102,21 +108,13 @@ def test_restore_on_another_topology_and_device_count_equivalence(data_dir, tmp_
     train.train_and_evaluate(tiny_config(data_dir, **{"input.batch_size": 6}),
                              str(tmp_path / "bad"), devices=jax.devices()[:4])
   part = tiny_config(data_dir, steps=6, checkpoint_every_steps=3)
-  # Stop the 4-device run after its step-3 checkpoint by asking for the signal.
+  # Stop the 4-device run after its step-3 checkpoint, then resume it on 1 device.
   workdir = str(tmp_path / "moved")
-  orig = checkpointing.save
-
-  def save_then_signal(manager, step, state, force=False):
-    ok = orig(manager, step, state, force=force)
-    if step == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return ok
-
-  checkpointing.save = save_then_signal
-  try:
-    train.train_and_evaluate(part, workdir, devices=jax.devices()[:4])
-  finally:
-    checkpointing.save = orig
+  real_save = checkpointing.save
+  monkeypatch.setattr(checkpointing, "save", signal_after_checkpoint(real_save, 3))
+  stopped = train.train_and_evaluate(part, workdir, devices=jax.devices()[:4])
+  assert stopped.metrics["stopped_at"] == 3
+  monkeypatch.setattr(checkpointing, "save", real_save)
   moved = train.train_and_evaluate(part, workdir, devices=jax.devices()[:1])
   assert int(moved.state["step"]) == 6
   assert_trees_close(params_of(moved), params_of(one), rtol=1e-3, atol=1e-5)
