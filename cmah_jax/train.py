@@ -279,7 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         window.append(metrics)
         done = step + 1
         is_last = done == total
-        if done % config.log_every_steps == 0 or is_last:
+        save_now = done % config.checkpoint_every_steps == 0 or is_last
+        # Metrics are fetched (and checked for NaN/inf) at log steps and before every
+        # checkpoint, so a non-finite state is never saved.
+        if done % config.log_every_steps == 0 or save_now:
           fetched = jax.device_get(window)
           for i, m in enumerate(fetched):
             bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
@@ -303,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                last_metrics["examples_per_second"],
                _format_eta((total - done) / max(steps_per_s, 1e-9)))
           window, t_window, window_start = [], time.perf_counter(), done
-        if done % config.checkpoint_every_steps == 0 or is_last:
+        if save_now:
           checkpointing.save(manager, done, state, force=True)
           last_saved = done
         every = int(config.get("eval_every_steps", 0) or 0)

@@ -182,3 +182,20 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   multi = json.load(open(tmp_path / "multi" / "report.json"))
   for d in ("i2p", "p2i"):
     assert multi["map"][d] == pytest.approx(single["map"][d], rel=1e-6)
+
+
+def test_nan_loss_stops_naming_the_step(data_dir, tmp_path, monkeypatch):
+  """A NaN in the 4th batch's points stops the run with a message naming step 4."""
+  from cmah_jax.data import pipeline
+  real_next = pipeline.TrainPipeline.__next__
+
+  def poisoned_next(self):
+    step = self.step
+    batch = real_next(self)
+    if step == 3:
+      batch = dict(batch, points=batch["points"] * float("nan"))
+    return batch
+
+  monkeypatch.setattr(pipeline.TrainPipeline, "__next__", poisoned_next)
+  with pytest.raises(FloatingPointError, match=r"at step 4 \(window of steps 4-6\)"):
+    train.train_and_evaluate(tiny_config(data_dir, log_every_steps=6), str(tmp_path))
