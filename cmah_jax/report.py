@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cmah_jax import metrics  # noqa: E402
+from cmah_jax.data.preview import class_names  # noqa: E402
 from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
 
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
@@ -65,14 +66,18 @@ def plot_pr_curves(path: str, results: dict) -> None:
   plt.close(fig)
 
 
-def _draw_points(ax, pts, color="k"):
-  # A fixed oblique view: rotate about z then tilt, draw x/y, shade by depth.
+def _draw_points(ax, pts):
+  """A point cloud (y-up, as every dataset stores it) seen from azimuth 35 deg, elevation
+  20 deg, drawn back to front with nearer points darker."""
   az, el = np.deg2rad(35), np.deg2rad(20)
-  rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-  rx = np.array([[1, 0, 0], [0, np.cos(el), -np.sin(el)], [0, np.sin(el), np.cos(el)]])
-  p = pts @ rz.T @ rx.T
-  order = np.argsort(p[:, 1])
-  ax.scatter(p[order, 0], p[order, 2], s=1.5, c=-p[order, 1], cmap="Greys", vmin=-2, vmax=1)
+  x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+  u = x * np.cos(az) + z * np.sin(az)            # screen horizontal
+  depth = -x * np.sin(az) + z * np.cos(az)
+  v = y * np.cos(el) - depth * np.sin(el)        # screen vertical
+  near = y * np.sin(el) + depth * np.cos(el)     # towards the viewer
+  order = np.argsort(-near)
+  ax.scatter(u[order], v[order], s=1.0, c=near[order], cmap="Greys", vmin=-1.5, vmax=1.0,
+             linewidths=0)
   ax.set_xlim(-1.1, 1.1)
   ax.set_ylim(-1.1, 1.1)
   ax.set_aspect("equal")
@@ -131,14 +136,6 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-
-
-def class_names(builder):
-  """Class names of a builder (`info.metadata["class_names"]` or a ClassLabel), or None."""
-  meta = builder.info.metadata
-  if meta and meta.get("class_names"):
-    return list(meta["class_names"])
-  return list(getattr(builder.info.features["label"], "names", None) or []) or None
 
 
 def write_report(workdir: str, results: dict, config, model, params, builder,
