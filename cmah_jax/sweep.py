@@ -19,12 +19,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def sweep_table(rows: list[dict]) -> str:
-  lines = ["| bits | mAP i2p | mAP p2i | chance | steps | train s |", "|---|---|---|---|---|---|"]
+  lines = ["| bits | mAP i2p | mAP p2i | chance | steps |", "|---|---|---|---|---|"]
   for r in rows:
     b = str(r["bits"])
     lines.append(f"| {b} | {r['map']['i2p'][b]:.4f} | {r['map']['p2i'][b]:.4f} | "
-                 f"{r['chance_map']:.4f} | {r['steps']} | {r['train_seconds']:.0f} |")
+                 f"{r['chance_map']:.4f} | {r['steps']} |")
   return "\n".join(lines) + "\n"
+
+
+def _finished(report_path: str, total_steps: int) -> bool:
+  if not os.path.exists(report_path):
+    return False
+  with open(report_path) as f:
+    return json.load(f).get("steps") == total_steps
 
 
 def main(argv):
@@ -36,15 +43,17 @@ def main(argv):
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.bits = bits
     workdir = os.path.join(_WORKDIR.value, f"bits_{bits}")
-    train.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, "report.json")) as f:
+    report_path = os.path.join(workdir, "report.json")
+    if not _finished(report_path, config.total_steps):  # finished runs are not redone
+      train.train_and_evaluate(config, workdir)
+    with open(report_path) as f:
       rows.append(json.load(f))
   table = sweep_table(rows)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "sweep.md"), "w") as f:
     f.write(table)
   with open(os.path.join(_WORKDIR.value, "sweep.json"), "w") as f:
-    json.dump([{k: r[k] for k in ("bits", "map", "chance_map", "steps", "train_seconds")}
+    json.dump([{k: r[k] for k in ("bits", "map", "chance_map", "steps")}
                for r in rows], f, indent=2)
   print(table)
 

@@ -336,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                         config, mesh)
   results["eval_seconds"] = time.perf_counter() - t_eval
   results["steps"] = int(jax.device_get(state["step"]))
-  results["train_seconds"] = train_seconds
+  results["train_seconds"] = train_seconds  # of this invocation (0 if it only evaluated)
   writer.write(results["steps"], evaluate.flat_metrics(results))
   if jax.process_index() == 0:
     report.write_report(workdir, results, config, model, state["params"], builder,
