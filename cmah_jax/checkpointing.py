@@ -44,10 +44,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def restore_params(directory: str, abstract_params):
-  """Warm start (`config.init_from`): the params of the latest checkpoint in `directory`.
+  """Warm start (`config.init_from`): the params of the latest checkpoint in `directory`,
+  placed with the shardings of `abstract_params`.
 
   Raises:
     FileNotFoundError: no checkpoint under `directory` (named in the message).
+    ValueError: the checkpoint's params do not fit the model (different variant or bits).
   """
   directory = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(directory):
@@ -56,24 +58,13 @@ def restore_params(directory: str, abstract_params):
     step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(f"config.init_from: no checkpoint found in {directory}")
-    meta = mngr.item_metadata(step)
     logging.info("Warm start from %s step %d", directory, step)
-    # Restore the whole tree on the host layout, then keep params only.
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(None))
-  del meta
-  params = restored["params"]
-  got = jax.tree.structure(params)
-  want = jax.tree.structure(abstract_params)
-  if got != want:
-    raise ValueError(
-        f"config.init_from={directory}: checkpoint params do not match the model "
-        f"(different variant or bits?)")
-  return jax.tree.map(
-      lambda x, a: jax.device_put(x, a.sharding) if a.shape == x.shape else _shape_error(
-          directory, x, a), params, abstract_params)
-
-
-def _shape_error(directory, x, a):
-  raise ValueError(
-      f"config.init_from={directory}: a parameter has shape {x.shape} in the checkpoint "
-      f"but {a.shape} in the model")
+    params = mngr.restore(step, args=ocp.args.StandardRestore(None))["params"]
+  if jax.tree.structure(params) != jax.tree.structure(abstract_params):
+    raise ValueError(f"config.init_from={directory}: checkpoint params do not match the "
+                     "model (different variant or bits?)")
+  for x, a in zip(jax.tree.leaves(params), jax.tree.leaves(abstract_params)):
+    if x.shape != a.shape:
+      raise ValueError(f"config.init_from={directory}: a parameter has shape {x.shape} in "
+                       f"the checkpoint but {a.shape} in the model")
+  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract_params)

@@ -138,10 +138,8 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
   plt.close(fig)
 
 
-def write_report(workdir: str, results: dict, config, model, params, builder,
-                 input_config) -> dict:
+def write_report(workdir: str, results: dict, config, builder, input_config) -> dict:
   """Write report.json, report.md, pr_curve.png and retrieval_examples.png to `workdir`."""
-  del model, params
   data = _json_ready(results, config)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(data, f, indent=2)

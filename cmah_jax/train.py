@@ -10,7 +10,6 @@ state and a resumed run continues exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import signal
 import threading
@@ -339,8 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results["train_seconds"] = train_seconds  # of this invocation (0 if it only evaluated)
   writer.write(results["steps"], evaluate.flat_metrics(results))
   if jax.process_index() == 0:
-    report.write_report(workdir, results, config, model, state["params"], builder,
-                        input_config)
+    report.write_report(workdir, results, config, builder, input_config)
   _log("Retrieval: %s", evaluate.summary(results))
   _log("Report: %s", os.path.join(workdir, "report.md"))
   return TrainResult(state, dict(last_metrics, **evaluate.flat_metrics(results)), model)

@@ -3,8 +3,6 @@
 `base` model (Point-MAE point tower, ViT-S/16 images at 224), batch 128, 300 epochs,
 AdamW lr 1e-3 x batch/128, weight decay 0.05, cosine with 10 warm-up epochs [Point-MAE].
 """
-import ml_collections
-
 from cmah_jax.config_args import parse_config_arg
 from configs import default
 

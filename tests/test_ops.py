@@ -1,5 +1,4 @@
 """Point-cloud, masking, hashing and image ops against plain NumPy/Python references."""
-import itertools
 
 import jax
 import jax.numpy as jnp

@@ -199,3 +199,17 @@ def test_nan_loss_stops_naming_the_step(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(pipeline.TrainPipeline, "__next__", poisoned_next)
   with pytest.raises(FloatingPointError, match=r"at step 4 \(window of steps 4-6\)"):
     train.train_and_evaluate(tiny_config(data_dir, log_every_steps=6), str(tmp_path))
+
+
+def test_init_from_warm_starts_params(data_dir, tmp_path):
+  """`config.init_from` loads another run's params (and rejects a model they don't fit)."""
+  source = train.train_and_evaluate(tiny_config(data_dir, steps=3), str(tmp_path / "src"))
+  ckpt = str(tmp_path / "src" / "checkpoints")
+  warm = train.train_and_evaluate(tiny_config(data_dir, steps=0, init_from=ckpt),
+                                  str(tmp_path / "warm"))
+  assert int(warm.state["step"]) == 0
+  assert_trees_close(params_of(warm), params_of(source), rtol=0, atol=0)
+  other_bits = tiny_config(data_dir, steps=0, init_from=ckpt)
+  other_bits.model.bits = 32
+  with pytest.raises(ValueError, match="config.init_from=.*shape"):
+    train.train_and_evaluate(other_bits, str(tmp_path / "bad"))
