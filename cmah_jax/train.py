@@ -341,4 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     report.write_report(workdir, results, config, builder, input_config)
   _log("Retrieval: %s", evaluate.summary(results))
   _log("Report: %s", os.path.join(workdir, "report.md"))
+  if jax.process_count() > 1:
+    # No process may exit while another still talks to the coordination service (the
+    # leader's exit would abort the others).
+    multihost_utils.sync_global_devices("cmah_train_and_evaluate_done")
   return TrainResult(state, dict(last_metrics, **evaluate.flat_metrics(results)), model)

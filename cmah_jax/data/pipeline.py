@@ -357,14 +357,19 @@ _END = object()
 
 
 class BatchIterator:
-  """Iterates `produce(i)` for i in `steps`, computed `depth` items ahead in a thread.
+  """Iterates `finish(produce(i))` for i in `steps`; `produce` runs `depth` items ahead in
+  a thread, `finish` in the consumer's thread.
 
   `depth=0` computes synchronously. An exception in the worker is re-raised by `next()`.
-  Stop the thread with `close()` or by using the iterator as a context manager.
+  Stop the thread with `close()` or by using the iterator as a context manager. Keep JAX
+  calls in `finish`: with several processes, JAX computations dispatched from two threads
+  could run their cross-process collectives in different orders on different hosts.
   """
 
-  def __init__(self, produce: Callable[[int], Any], steps: Iterable[int], depth: int):
+  def __init__(self, produce: Callable[[int], Any], steps: Iterable[int], depth: int,
+               finish: Callable[[Any], Any] | None = None):
     self._produce = produce
+    self._finish = finish or (lambda item: item)
     self._steps = iter(steps)
     self._depth = int(depth)
     self._closed = False
@@ -406,7 +411,7 @@ class BatchIterator:
       except StopIteration:
         self._closed = True
         raise
-      return self._produce(i)
+      return self._finish(self._produce(i))
     item = self._queue.get()
     if item is _END:
       self.close()
@@ -414,7 +419,7 @@ class BatchIterator:
     if isinstance(item, _Failure):
       self.close()
       raise item.exc
-    return item
+    return self._finish(item)
 
   def close(self):
     """Stops the worker thread (waits for the batch in progress) and drops queued batches."""
@@ -500,11 +505,10 @@ class TrainPipeline:
     self._assemble = None if mesh is None else _Assembler(mesh, self.spec.batch_size)
     self.step = int(start_step)
     self._batches = BatchIterator(self._produce, itertools.count(self.step),
-                                  self.spec.prefetch)
+                                  self.spec.prefetch, finish=self._assemble)
 
   def _produce(self, step: int):
-    local = train_local_batch(self.source, step, self.spec, self.seed, rows=self.rows)
-    return local if self._assemble is None else self._assemble(local)
+    return train_local_batch(self.source, step, self.spec, self.seed, rows=self.rows)
 
   def __iter__(self):
     return self
@@ -541,8 +545,7 @@ def eval_batches(builder, split: str, input_config, mesh, process_index: int | N
   assemble = None if mesh is None else _Assembler(mesh, spec.eval_batch_size)
 
   def produce(b):
-    local = eval_local_batch(source, b, spec, rows=rows)
-    return local if assemble is None else assemble(local)
+    return eval_local_batch(source, b, spec, rows=rows)
 
   return BatchIterator(produce, range(num_eval_batches(len(source), spec.eval_batch_size)),
-                       spec.prefetch)
+                       spec.prefetch, finish=assemble)
