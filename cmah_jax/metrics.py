@@ -139,3 +139,112 @@ def precision_recall_curve(query_codes, db_codes, query_labels, db_labels):
     precision = np.where(prec_cnt > 0, prec_sum / np.maximum(prec_cnt, 1), np.nan)
   recall = rec_sum / max(rec_cnt, 1)
   return radii, precision, recall
+
+
+def _harmonic(n: int) -> np.ndarray:
+  """`[n + 1]` float64 harmonic numbers H(0..n), H(m) = sum_{i <= m} 1 / i."""
+  return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
+
+
+def _distance_histograms(dist: np.ndarray, rel: np.ndarray, nbits: int):
+  """`[c, n]` distances and relevance -> per-query counts of items and of relevant items at
+  each distance 0..K, both `[c, K + 1]` float64."""
+  c = dist.shape[0]
+  flat = (np.arange(c)[:, None] * (nbits + 1) + dist).ravel()
+  items = np.bincount(flat, minlength=c * (nbits + 1)).reshape(c, nbits + 1)
+  hits = np.bincount(flat, weights=rel.ravel().astype(np.float64),
+                     minlength=c * (nbits + 1)).reshape(c, nbits + 1)
+  return items.astype(np.float64), hits
+
+
+def tie_aware_mean_average_precision(query_codes, db_codes, query_labels,
+                                     db_labels) -> float:
+  """mAP@all where each AP is its expectation over all orderings of tied Hamming distances.
+
+  A Hamming ranking only orders the database partially: items at the same distance tie.
+  Tie-aware AP [McSherry & Najork 2008] is the mean of AP over every ordering within tie
+  groups, so it does not depend on database order (`mean_average_precision` breaks ties by
+  database index instead). Closed form, for a tie group of `n` items, `r` of them relevant,
+  preceded by `N` items of which `R` are relevant: position `p` (1..n) of the group is
+  relevant with probability `r / n`, and given that, the relevant items before it in the
+  group number `(p - 1)(r - 1)/(n - 1)` in expectation (hypergeometric), so the group adds
+
+    sum_p (r/n) (R + 1 + (p - 1)(r - 1)/(n - 1)) / (N + p)
+      = (r/n) [(R + 1) dH + (r - 1)/(n - 1) (n - (N + 1) dH)],  dH = H(N + n) - H(N),
+
+  with H the harmonic numbers ((r - 1)/(n - 1) read as 0 when n = 1). AP = the sum over
+  groups / the number of relevant items. Computed from per-query histograms over
+  distances 0..K, so the cost is that of the distance matrix, one query block at a time.
+  Queries with no relevant item are left out, as in `mean_average_precision`; returns 0.0 if
+  every query is.
+
+  Args:
+    query_codes: `[q, K]` {-1, +1}.
+    db_codes: `[n, K]` {-1, +1}.
+    query_labels: `[q]` int or `[q, C]` multi-hot.
+    db_labels: `[n]` int or `[n, C]` multi-hot.
+  """
+  q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
+  nbits = q.shape[1]
+  harm = _harmonic(d.shape[0])
+  aps = []
+  for s in range(0, len(q), _QUERY_CHUNK):
+    dist = hamming_distances(q[s:s + _QUERY_CHUNK], d)
+    rel = _relevance(ql[s:s + _QUERY_CHUNK], dl)
+    n, r = _distance_histograms(dist, rel, nbits)  # [c, K + 1] each
+    before_n = np.cumsum(n, 1) - n  # N: items ranked before each group
+    before_r = np.cumsum(r, 1) - r  # R: relevant items before each group
+    dh = harm[(before_n + n).astype(np.int64)] - harm[before_n.astype(np.int64)]
+    frac = np.divide(r - 1, n - 1, out=np.zeros_like(r), where=n > 1)
+    group = np.divide(r, n, out=np.zeros_like(r), where=n > 0) * (
+        (before_r + 1) * dh + frac * (n - (before_n + 1) * dh))
+    total = r.sum(1)
+    keep = total > 0
+    aps.append(group[keep].sum(1) / total[keep])
+  aps = np.concatenate(aps)
+  return float(aps.mean()) if aps.size else 0.0
+
+
+def _ball_counts(query_codes, db_codes, query_labels, db_labels, radius: int):
+  """Per query: items and relevant items within Hamming distance <= radius, `[q]` each."""
+  q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
+  if int(radius) < 0:
+    raise ValueError(f"radius={radius} must be >= 0")
+  retrieved, hits = [], []
+  for s in range(0, len(q), _QUERY_CHUNK):
+    inside = hamming_distances(q[s:s + _QUERY_CHUNK], d) <= int(radius)
+    rel = _relevance(ql[s:s + _QUERY_CHUNK], dl)
+    retrieved.append(inside.sum(1))
+    hits.append((inside & rel).sum(1))
+  return np.concatenate(retrieved), np.concatenate(hits)
+
+
+def precision_within_radius(query_codes, db_codes, query_labels, db_labels,
+                            radius: int = 2) -> float:
+  """Mean over queries of the precision of the Hamming ball of `radius` (2 in the hashing
+  literature: ITQ [Gong & Lazebnik 2013], DCMH).
+
+  A query whose ball holds no database item counts as precision 0 (the usual convention of
+  that literature: an empty lookup retrieves nothing useful), and every query is in the
+  mean. `empty_ball_fraction` gives how many queries that was.
+
+  Args:
+    query_codes: `[q, K]` {-1, +1}.
+    db_codes: `[n, K]` {-1, +1}.
+    query_labels: `[q]` int or `[q, C]` multi-hot.
+    db_labels: `[n]` int or `[n, C]` multi-hot.
+    radius: largest Hamming distance retrieved (inclusive).
+  """
+  retrieved, hits = _ball_counts(query_codes, db_codes, query_labels, db_labels, radius)
+  prec = np.divide(hits, retrieved, out=np.zeros(len(hits)), where=retrieved > 0)
+  return float(prec.mean()) if prec.size else 0.0
+
+
+def empty_ball_fraction(query_codes, db_codes, radius: int = 2) -> float:
+  """Fraction of queries with no database item within Hamming distance <= radius (those
+  count as precision 0 in `precision_within_radius`)."""
+  q = _as_codes(query_codes, "query_codes")
+  d = _as_codes(db_codes, "db_codes")
+  dummy_q, dummy_d = np.zeros(len(q), np.int64), np.zeros(len(d), np.int64)
+  retrieved, _ = _ball_counts(q, d, dummy_q, dummy_d, radius)
+  return float(np.mean(retrieved == 0)) if retrieved.size else 0.0

@@ -1,4 +1,6 @@
 """Retrieval metrics against a hand-worked ranking and a brute-force reference."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,144 @@ def test_perfect_and_errors():
     metrics.mean_average_precision(codes, codes, labels[:2], labels)
   with pytest.raises(ValueError, match="code lengths differ"):
     metrics.mean_average_precision(codes, codes[:, :1], labels, labels)
+
+
+# ---------------------------------------------------------------------------------------
+# Tie-aware mAP [McSherry & Najork 2008] and precision within a Hamming radius.
+# ---------------------------------------------------------------------------------------
+
+
+def _codes_at(distances, nbits):
+  """A query of all +1 and database codes at the given Hamming distances from it."""
+  q = np.ones((1, nbits), np.int32)
+  d = np.ones((len(distances), nbits), np.int32)
+  for j, k in enumerate(distances):
+    d[j, :k] = -1
+  return q, d
+
+
+def test_tie_aware_map_hand_worked():
+  # 1 query; distances [0, 1, 1, 1, 2], relevance [1, 0, 1, 1, 0]; 3 relevant in all.
+  # d=0: the relevant item is at rank 1 -> 1/1.
+  # d=1: ranks 2..4 hold {0, 1, 1}; the 3 distinct orders are equally likely (the 3! orders
+  #   of the items fall 2 on each):
+  #   (0,1,1): relevant at ranks 3, 4 -> 2/3 + 3/4 = 17/12
+  #   (1,0,1): ranks 2, 4           -> 2/2 + 3/4 = 21/12
+  #   (1,1,0): ranks 2, 3           -> 2/2 + 3/3 = 24/12
+  #   expected: (17 + 21 + 24) / 36 = 31/18.
+  # d=2: nothing relevant. AP = (1 + 31/18) / 3 = 49/54.
+  q, d = _codes_at([0, 1, 1, 1, 2], 4)
+  dl = np.array([1, 0, 1, 1, 0])
+  got = metrics.tie_aware_mean_average_precision(q, d, np.array([1]), dl)
+  assert got == pytest.approx(49 / 54)
+  # The closed form in the docstring for the d=1 group (N=1, R=1, n=3, r=2):
+  # dH = 1/2 + 1/3 + 1/4 = 13/12; (2/3) [2 dH + (1/2)(3 - 2 dH)] = 31/18.
+  dh = 1 / 2 + 1 / 3 + 1 / 4
+  assert (2 / 3) * (2 * dh + 0.5 * (3 - 2 * dh)) == pytest.approx(31 / 18)
+  # Index-tie-broken order 1,0,1,1,0 gives (1 + 2/3 + 3/4) / 3 instead.
+  assert metrics.mean_average_precision(q, d, np.array([1]), dl) == pytest.approx(
+      (1 + 2 / 3 + 3 / 4) / 3)
+
+
+def _ap(rel_in_order):
+  hits, total = 0, 0.0
+  for rank, r in enumerate(rel_in_order, 1):
+    if r:
+      hits += 1
+      total += hits / rank
+  return total / hits
+
+
+def _tie_aware_reference(q, d, ql, dl):
+  """Mean over queries of the mean AP over every permutation within each tie group."""
+  aps = []
+  for i in range(len(q)):
+    dist = np.sum(q[i] != d, axis=1)
+    rel = (ql[i] == dl).astype(int)
+    if not rel.any():
+      continue
+    groups = [list(rel[dist == k]) for k in np.unique(dist)]
+    orders = [[]]
+    for g in groups:  # every combination of per-group permutations
+      orders = [o + list(p) for o in orders for p in itertools.permutations(g)]
+    aps.append(np.mean([_ap(o) for o in orders]))
+  return np.mean(aps)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tie_aware_map_matches_permutation_enumeration(seed):
+  rng = np.random.default_rng(seed)
+  q = np.where(rng.random((4, 3)) < 0.5, -1, 1)
+  d = np.where(rng.random((7, 3)) < 0.5, -1, 1)  # 3 bits, 7 items: many ties
+  ql, dl = rng.integers(0, 2, 4), rng.integers(0, 2, 7)
+  got = metrics.tie_aware_mean_average_precision(q, d, ql, dl)
+  assert got == pytest.approx(_tie_aware_reference(q, d, ql, dl), abs=1e-12)
+  onehot = np.eye(2)
+  assert metrics.tie_aware_mean_average_precision(
+      q, d, onehot[ql], onehot[dl]) == pytest.approx(got, abs=1e-12)
+
+
+def test_tie_aware_map_equals_map_without_ties():
+  # Database items at distinct distances 0..9 from each query: no ties, so both agree.
+  rng = np.random.default_rng(3)
+  q, d = _codes_at(rng.permutation(10), 12)
+  q = np.concatenate([q, -q])  # the second query sees distances 12 - k: distinct too
+  ql, dl = np.array([0, 1]), rng.integers(0, 2, 10)
+  assert metrics.tie_aware_mean_average_precision(q, d, ql, dl) == pytest.approx(
+      metrics.mean_average_precision(q, d, ql, dl), abs=1e-12)
+
+
+def test_tie_aware_map_invariant_to_database_order():
+  rng = np.random.default_rng(4)
+  q = np.where(rng.random((300, 6)) < 0.5, -1, 1)  # > 1 query block
+  d = np.where(rng.random((200, 6)) < 0.5, -1, 1)
+  ql, dl = rng.integers(0, 5, 300), rng.integers(0, 5, 200)
+  perm = rng.permutation(200)
+  tie = metrics.tie_aware_mean_average_precision(q, d, ql, dl)
+  assert metrics.tie_aware_mean_average_precision(q, d[perm], ql, dl[perm]) == pytest.approx(
+      tie, abs=1e-12)
+  broken = metrics.mean_average_precision(q, d, ql, dl)
+  assert abs(metrics.mean_average_precision(q, d[perm], ql, dl[perm]) - broken) > 1e-6
+
+
+def test_tie_aware_map_no_relevant_and_perfect():
+  codes = np.array([[1, 1], [-1, -1], [1, -1]])
+  labels = np.array([0, 1, 2])
+  assert metrics.tie_aware_mean_average_precision(codes, codes, labels, labels) == 1.0
+  assert metrics.tie_aware_mean_average_precision(codes, codes, labels, labels + 5) == 0.0
+  # All codes equal: AP of a query with r relevant among n is the expected AP of a random
+  # order, e.g. n=2, r=1: (1/1 + 1/2) / 2.
+  same = np.ones((2, 2))
+  assert metrics.tie_aware_mean_average_precision(
+      same[:1], same, np.array([0]), np.array([0, 1])) == pytest.approx(3 / 4)
+
+
+def _precision_within_radius_loop(q, d, ql, dl, radius):
+  precs = []
+  for i in range(len(q)):
+    inside = [j for j in range(len(d)) if np.sum(q[i] != d[j]) <= radius]
+    precs.append(np.mean([ql[i] == dl[j] for j in inside]) if inside else 0.0)
+  return np.mean(precs)
+
+
+@pytest.mark.parametrize("radius", [0, 2, 3])
+def test_precision_within_radius_matches_loop(radius):
+  rng = np.random.default_rng(5)
+  q = np.where(rng.random((300, 8)) < 0.5, -1, 1)
+  d = np.where(rng.random((30, 8)) < 0.5, -1, 1)
+  ql, dl = rng.integers(0, 3, 300), rng.integers(0, 3, 30)
+  got = metrics.precision_within_radius(q, d, ql, dl, radius=radius)
+  assert got == pytest.approx(_precision_within_radius_loop(q, d, ql, dl, radius))
+  empty = np.mean([np.all(np.sum(qi != d, axis=1) > radius) for qi in q])
+  assert metrics.empty_ball_fraction(q, d, radius=radius) == pytest.approx(empty)
+  assert 0 < metrics.empty_ball_fraction(q, d, radius=0) < 1  # both cases exercised
+
+
+def test_precision_within_radius_hand_worked():
+  # Module example (Q, D, QL, DL above), radius 1: q0 (label 0) gets d0, d1, d2, d3, of which
+  # d1, d3 have label 0 -> 2/4; q1 gets d4 (label 0 != 2) -> 0; q2 gets d1 (label 0 != 1)
+  # -> 0. Mean (1/2 + 0 + 0) / 3 = 1/6.
+  assert metrics.precision_within_radius(Q, D, QL, DL, radius=1) == pytest.approx(1 / 6)
+  assert metrics.empty_ball_fraction(Q, D, radius=0) == pytest.approx(1 / 3)  # q2
+  with pytest.raises(ValueError, match="radius"):
+    metrics.precision_within_radius(Q, D, QL, DL, radius=-1)
