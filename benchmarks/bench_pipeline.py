@@ -75,9 +75,9 @@ def main(argv=None) -> int:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
   import jax  # pylint: disable=import-outside-toplevel
-  from cmah_jax import data, sharding  # pylint: disable=import-outside-toplevel
+  from cmah_jax import datasets, sharding  # pylint: disable=import-outside-toplevel
 
-  builder = data.get_builder(args.dataset, args.data_dir, args.config)
+  builder = datasets.get_builder(args.dataset, args.data_dir, args.config)
   builder.download_and_prepare()
   mesh = sharding.make_mesh()
   cfg = dict(batch_size=args.batch_size, num_points=args.num_points,

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cmah_jax import data, sharding
+from cmah_jax import datasets, sharding
 from cmah_jax.data import pipeline as P
 from cmah_jax.ops.image import normalize_images
 
@@ -16,7 +16,8 @@ CFG = dict(batch_size=8, eval_batch_size=12, num_points=256, image_size=16, pref
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
   """The `tiny` synthetic dataset (80 train / 40 query, 4 views 32x32, 512 points)."""
-  builder = data.get_builder("synthetic_shapes", str(tmp_path_factory.mktemp("tiny_p")), "tiny")
+  builder = datasets.get_builder("synthetic_shapes", str(tmp_path_factory.mktemp("tiny_p")),
+                                 "tiny")
   builder.download_and_prepare()
   return builder
 

@@ -20,11 +20,16 @@ from PIL import Image
 
 import tensorflow_datasets as tfds
 
-from cmah_jax.data import get_builder
-from cmah_jax.data import modelnet40 as mn
-from cmah_jax.data import real_common as rc
-from cmah_jax.data import shapenet55 as sn55
-from cmah_jax.data import shapenet_render as snr
+from cmah_jax.datasets import get_builder
+from cmah_jax.datasets.real import modelnet40 as mn
+from cmah_jax.datasets.real import shapenet55 as sn55
+from cmah_jax.datasets.real import shapenet_render as snr
+from cmah_jax.datasets.real.builder import RealDatasetConfig
+from cmah_jax.datasets.real.points import (
+    BadPointCloudError, check_points, fps_indices, random_subset_indices)
+from cmah_jax.datasets.real.readers import LayoutError, UnreadableFileError, select_views
+from cmah_jax.datasets.real.skips import TooManySkippedError
+from cmah_jax.datasets.real.splits import SPLITS, query_database_split
 
 MODELNET_NAMES = (
     "airplane bathtub bed bench bookshelf bottle bowl car chair cone cup curtain desk door "
@@ -35,11 +40,11 @@ SRC_SIZE = 16  # fixture PNG side; stored at TEST_CONFIG.image_size
 NUM_RAW_POINTS = 64
 
 
-def cfg(**kw) -> rc.RealDatasetConfig:
+def cfg(**kw) -> RealDatasetConfig:
   base = dict(name="test", image_size=8, num_views=2, num_points=32, subsample="random",
               num_workers=2, test_fraction=0.5, query_fraction=0.5)
   base.update(kw)
-  return rc.RealDatasetConfig(**base)
+  return RealDatasetConfig(**base)
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ def make_shapenet55(root, train_per_class=3, test_per_class=3, n_points=NUM_RAW_
 def check_common(builder, objs, views_of, config):
   """Format, labels, points (FPS/random + normalisation), images (views), disjoint splits."""
   seen = {}
-  for split in rc.SPLITS:
+  for split in SPLITS:
     for ex in read_split(builder, split):
       oid = oid_of(ex)
       assert oid not in seen, f"{oid} in two splits"
@@ -243,7 +248,7 @@ def check_common(builder, objs, views_of, config):
       if config.subsample == "fps":
         idx = fps_reference(pts.astype(np.float64), config.num_points)
       else:
-        idx = rc.random_subset_indices(len(pts), config.num_points, config.split_seed, oid)
+        idx = random_subset_indices(len(pts), config.num_points, config.split_seed, oid)
       np.testing.assert_allclose(ex["points"], normalize_reference(pts[idx]), atol=1e-5)
       np.testing.assert_allclose(np.linalg.norm(ex["points"], axis=1).max(), 1.0, atol=1e-5)
       for v, src_view in enumerate(views_of(oid)):
@@ -293,7 +298,7 @@ def test_shapenet_render_happy_path(tmp_path):
   for oid, split in seen.items():
     want = "train" if oid not in test else ("query" if oid in query else "database")
     assert split == want, oid
-  for split in rc.SPLITS:  # 4 per class: 2 train, 1 query, 1 database
+  for split in SPLITS:  # 4 per class: 2 train, 1 query, 1 database
     got = [objs[oid][0] for oid, s in seen.items() if s == split]
     assert sorted(got) == sorted([0, 4, 10] * (2 if split == "train" else 1))
   info = b.info
@@ -348,7 +353,7 @@ def test_shapenet55_happy_path_and_generic_prepare_idempotent(tmp_path, capsys):
 
 
 def test_generic_prepare_named_config(tmp_path, capsys):
-  from cmah_jax.data import prepare as prepare_cli  # pylint: disable=import-outside-toplevel
+  from cmah_jax.datasets import prepare as prepare_cli  # pylint: disable=import-outside-toplevel
 
   make_shapenet55(tmp_path / "manual", train_per_class=1, test_per_class=2,
                   n_points=600)  # the `tiny` config keeps 512 points
@@ -367,27 +372,27 @@ def test_generic_prepare_named_config(tmp_path, capsys):
 
 
 def test_missing_root_and_subfolders(tmp_path):
-  with pytest.raises(rc.LayoutError, match=re.escape(str(tmp_path / "nowhere"))):
+  with pytest.raises(LayoutError, match=re.escape(str(tmp_path / "nowhere"))):
     prepare(snr.ShapenetRender(data_dir=tmp_path / "d1", config=cfg()), tmp_path / "nowhere")
 
   make_shapenet_render(tmp_path / "snr", per_class=1)
   shutil.rmtree(tmp_path / "snr" / "ShapeNetRendering")
-  with pytest.raises(rc.LayoutError, match=re.escape(str(tmp_path / "snr" /
-                                                         "ShapeNetRendering"))):
+  with pytest.raises(LayoutError, match=re.escape(str(tmp_path / "snr" /
+                                                      "ShapeNetRendering"))):
     prepare(snr.ShapenetRender(data_dir=tmp_path / "d2", config=cfg()), tmp_path / "snr")
 
   make_modelnet40(tmp_path / "mn", train_per_class=1, test_per_class=1)
   os.remove(tmp_path / "mn" / mn.H5_DIR / "ply_data_test_0_id2file.json")
-  with pytest.raises(rc.LayoutError, match="ply_data_test_0_id2file.json"):
+  with pytest.raises(LayoutError, match="ply_data_test_0_id2file.json"):
     prepare(mn.Modelnet40(data_dir=tmp_path / "d3", config=cfg()), tmp_path / "mn")
   shutil.rmtree(tmp_path / "mn" / mn.IMAGE_DIR)
-  with pytest.raises(rc.LayoutError, match=re.escape(str(tmp_path / "mn" / mn.IMAGE_DIR))):
+  with pytest.raises(LayoutError, match=re.escape(str(tmp_path / "mn" / mn.IMAGE_DIR))):
     prepare(mn.Modelnet40(data_dir=tmp_path / "d4", config=cfg()), tmp_path / "mn")
 
   make_shapenet55(tmp_path / "sn", train_per_class=1, test_per_class=1)
   os.remove(tmp_path / "sn" / "ShapeNet-55" / "test.txt")
-  with pytest.raises(rc.LayoutError, match=re.escape(str(tmp_path / "sn" / "ShapeNet-55" /
-                                                         "test.txt"))):
+  with pytest.raises(LayoutError, match=re.escape(str(tmp_path / "sn" / "ShapeNet-55" /
+                                                      "test.txt"))):
     prepare(sn55.Shapenet55(data_dir=tmp_path / "d5", config=cfg()), tmp_path / "sn")
   for d in ("d1", "d2", "d3", "d4", "d5"):
     assert not get_builder("shapenet55", str(tmp_path / d)).is_prepared()
@@ -438,7 +443,7 @@ def test_shapenet_render_bad_files_are_skipped_and_named(tmp_path, capsys):
   assert skips[("unreadable_image", rest[2])]["path"] == str(png)
   assert ("too_few_views", rest[3]) in skips
   assert len(skips) == 9
-  written = {oid_of(e) for s in rc.SPLITS for e in read_split(b, s)}
+  written = {oid_of(e) for s in SPLITS for e in read_split(b, s)}
   assert written == set(ids) - {k[1] for k in skips}
   out = capsys.readouterr().out
   assert "skipped 9" in out and str(png) in out and rest[1] in out
@@ -465,12 +470,12 @@ def test_modelnet40_bad_rows_and_files(tmp_path):
                         ("no_images", names[0][:-4])}
   assert skips[("bad_points", nan_id)]["path"] == f"{h5}[row 1]"
   assert summary(b)["ignored"]["render folders with no HDF5 row"] == 1  # wrong_id's views
-  assert sum(len(read_split(b, s)) for s in rc.SPLITS) == len(objs) - 3
+  assert sum(len(read_split(b, s)) for s in SPLITS) == len(objs) - 3
 
   # An unreadable HDF5 file is a hard error naming it.
   (root / mn.H5_DIR / "ply_data_test0.h5").write_bytes(b"\x89HDF garbage")
-  with pytest.raises(rc.UnreadableFileError, match=re.escape(str(root / mn.H5_DIR /
-                                                                 "ply_data_test0.h5"))):
+  with pytest.raises(UnreadableFileError, match=re.escape(str(root / mn.H5_DIR /
+                                                              "ply_data_test0.h5"))):
     prepare(mn.Modelnet40(data_dir=tmp_path / "data2", config=cfg(num_views=2)), root)
 
 
@@ -502,13 +507,13 @@ def test_shapenet55_bad_npy_png_and_lists(tmp_path):
   assert "train.txt" in skips[("duplicate", train_id)]["detail"]
   assert ("unknown_class", "99999999-cafe") in skips
   assert len(skips) == 7
-  written = {oid_of(e) for s in rc.SPLITS for e in read_split(b, s)}
+  written = {oid_of(e) for s in SPLITS for e in read_split(b, s)}
   assert written == set(ids) - {ids[0], ids[1], ids[2], ids[3], ids[4]}
 
   # A malformed list line is a hard error naming the file and line.
   with open(root / "ShapeNet-55" / "train.txt", "a") as f:
     f.write("not-an-entry\n")
-  with pytest.raises(rc.UnreadableFileError, match=r"train\.txt.*line 13"):
+  with pytest.raises(UnreadableFileError, match=r"train\.txt.*line 13"):
     prepare(sn55.Shapenet55(data_dir=tmp_path / "data2", config=cfg()), root)
 
 
@@ -518,7 +523,7 @@ def test_too_many_skipped_is_a_hard_error(tmp_path):
   ids = sorted(objs)
   for oid in ids[:2]:  # 2 of 12 > 1.2 -> error (during reading)
     (root / "ShapeNet" / f"{oid}.ply").write_bytes(b"junk")
-  with pytest.raises(rc.TooManySkippedError, match=r"2 of 12 candidate objects") as e:
+  with pytest.raises(TooManySkippedError, match=r"2 of 12 candidate objects") as e:
     prepare(snr.ShapenetRender(data_dir=tmp_path / "d", config=cfg()), root)
   assert str(root / "ShapeNet" / f"{ids[0]}.ply") in str(e.value)
   b = snr.ShapenetRender(data_dir=tmp_path / "d", config=cfg())
@@ -529,19 +534,19 @@ def test_too_many_skipped_is_a_hard_error(tmp_path):
   prepare(snr.ShapenetRender(data_dir=tmp_path / "d", config=cfg()), root)
   # Pairing skips alone past the limit fail before anything is read.
   shutil.rmtree(root / "ShapeNetRendering" / SNR_CLASSES[0])
-  with pytest.raises(rc.TooManySkippedError, match="no_images"):
+  with pytest.raises(TooManySkippedError, match="no_images"):
     prepare(snr.ShapenetRender(data_dir=tmp_path / "d2", config=cfg()), root)
 
 
 # ----------------------------------------------------------------------------------------
-# Units of real_common.
+# Units of datasets/real (points, splits, readers).
 # ----------------------------------------------------------------------------------------
 
 
 def test_fps_padding_matches_reference():
   clouds = [raw_points(i, n) for i, n in enumerate((40, 64, 33, 100))]
   clouds.append(np.repeat(raw_points(9, 5), 8, axis=0))  # duplicates: 5 distinct of 40
-  got = rc.fps_indices(clouds, 16, batch=4)
+  got = fps_indices(clouds, 16, batch=4)
   for c, idx in zip(clouds, got):
     np.testing.assert_array_equal(idx, fps_reference(c.astype(np.float64), 16))
 
@@ -550,25 +555,25 @@ def test_split_rules_hand_worked():
   # One class of 10 objects, fraction 0.25 -> round(2.5) = 3 picked; of 1 -> 0; of 2 -> 1.
   ids = [f"o{i}" for i in range(10)] + ["solo"] + ["p0", "p1"]
   labels = [0] * 10 + [1] + [2, 2]
-  qd = rc.query_database_split(ids, labels, 0.25, seed=3)
+  qd = query_database_split(ids, labels, 0.25, seed=3)
   assert sum(qd[i] == "query" for i in ids[:10]) == 3
   assert qd["solo"] == "database"
   assert sum(qd[i] == "query" for i in ("p0", "p1")) == 1
   assert ({i for i in ids if qd[i] == "query"} ==
           expected_split(ids, labels, 0.25, 3, stream=1))
   # Independent of input order; different seed, different pick.
-  assert rc.query_database_split(ids[::-1], labels[::-1], 0.25, seed=3) == qd
-  assert rc.query_database_split(ids, labels, 0.25, seed=4) != qd
+  assert query_database_split(ids[::-1], labels[::-1], 0.25, seed=3) == qd
+  assert query_database_split(ids, labels, 0.25, seed=4) != qd
 
 
 def test_select_views_natural_order_and_check_points():
   names = [f"a.{v}.png" for v in range(12)]
-  assert [os.path.basename(p) for p in rc.select_views(names[::-1], 4)] == [
+  assert [os.path.basename(p) for p in select_views(names[::-1], 4)] == [
       "a.0.png", "a.3.png", "a.6.png", "a.9.png"]
-  with pytest.raises(rc.BadPointCloudError, match="degenerate"):
-    rc.check_points(np.ones((50, 3)), "x", 10)
-  with pytest.raises(rc.BadPointCloudError, match=r"'obj'.*shape"):
-    rc.check_points(np.ones((50, 2)), "obj", 10)
+  with pytest.raises(BadPointCloudError, match="degenerate"):
+    check_points(np.ones((50, 3)), "x", 10)
+  with pytest.raises(BadPointCloudError, match=r"'obj'.*shape"):
+    check_points(np.ones((50, 2)), "obj", 10)
 
 
 # ----------------------------------------------------------------------------------------
@@ -603,7 +608,12 @@ def test_trainer_prepares_and_trains_one_step(name, tmp_path):
   assert np.isfinite(result.metrics["loss/total"])
   bits = str(config.model.bits)
   report = json.load(open(tmp_path / "work" / "report.json"))
+  # Evaluated on the prepared query/database splits (split rule: 1 query per class of 3;
+  # shapenet_render 1 database object per class, the others 2).
+  assert (report["num_queries"], report["num_database"]) == (
+      (3, 3) if name == "shapenet_render" else (3, 6))
+  assert report["bits"] == config.model.bits
   for d in ("i2p", "p2i"):
-    assert 0.0 <= report["map"][d][bits] <= 1.0
+    assert set(report["map"][d]) == {bits} and np.isfinite(report["map"][d][bits])
   b = get_builder(name, str(tmp_path / "data"), "tiny")
   assert b.is_prepared() and os.path.exists(b.data_path / "prepare_summary.json")

@@ -1,4 +1,5 @@
-"""Tests of the procedural dataset (synthetic.py), its TFDS builder, prepare and preview."""
+"""Tests of the procedural dataset (datasets/synthetic_shapes), its TFDS builder, prepare and
+preview."""
 import glob
 import math
 import os
@@ -6,9 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from cmah_jax import data
-from cmah_jax.data import prepare, preview, synthetic
-from cmah_jax.data.synthetic_builder import SyntheticShapes
+from cmah_jax import datasets
+from cmah_jax.datasets import prepare, preview
+from cmah_jax.datasets.synthetic_shapes import categories, generate, primitives
+from cmah_jax.datasets.synthetic_shapes.builder import SyntheticShapes
+from cmah_jax.datasets.synthetic_shapes.render import render
+from cmah_jax.geometry import sample_surface
 
 SPLITS = ("train", "query", "database")
 
@@ -16,7 +20,7 @@ SPLITS = ("train", "query", "database")
 @pytest.fixture(scope="session")
 def tiny_builder(tmp_path_factory):
   """The `tiny` config prepared once per session."""
-  builder = data.get_builder("synthetic_shapes", str(tmp_path_factory.mktemp("tiny_a")), "tiny")
+  builder = datasets.get_builder("synthetic_shapes", str(tmp_path_factory.mktemp("tiny_a")), "tiny")
   builder.download_and_prepare()
   return builder
 
@@ -24,16 +28,26 @@ def tiny_builder(tmp_path_factory):
 # ---------------------------------------------------------------------------- generator
 
 
-def test_at_least_20_distinct_categories():
-  assert len(synthetic.CATEGORIES) >= 20
-  assert len(set(synthetic.CATEGORIES)) == len(synthetic.CATEGORIES)
+def test_20_categories_each_with_its_own_maker():
+  assert len(categories.CATEGORIES) == 20
+  # From the same random stream, every category gives another mesh: a maker registered
+  # under two names, or one that ignores the category, fails here.
+  meshes = [categories.make_mesh(c, np.random.default_rng(3)) for c in categories.CATEGORIES]
+  for i, a in enumerate(meshes):
+    for j in range(i):
+      b = meshes[j]
+      same = a.vertices.shape == b.vertices.shape and np.allclose(a.vertices, b.vertices)
+      assert not same, (categories.CATEGORIES[i], categories.CATEGORIES[j])
+  # A category named or indexed is the same category.
+  by_index = categories.make_mesh(5, np.random.default_rng(3))
+  np.testing.assert_array_equal(by_index.vertices, meshes[5].vertices)
 
 
-@pytest.mark.parametrize("category", synthetic.CATEGORIES)
+@pytest.mark.parametrize("category", categories.CATEGORIES)
 def test_every_category_gives_valid_varied_meshes(category):
   sizes, extents = [], []
   for i in range(15):
-    mesh = synthetic.make_mesh(category, np.random.default_rng([7, i]))
+    mesh = categories.make_mesh(category, np.random.default_rng([7, i]))
     v, f = mesh.vertices, mesh.faces
     assert np.isfinite(v).all()
     assert f.min() >= 0 and f.max() < len(v)
@@ -49,19 +63,19 @@ def test_every_category_gives_valid_varied_meshes(category):
 
 
 def test_generate_object_format_and_determinism():
-  a = synthetic.generate_object(3, "train", 17, num_points=256, num_views=3, image_size=24)
-  b = synthetic.generate_object(3, "train", 17, num_points=256, num_views=3, image_size=24)
+  a = generate.generate_object(3, "train", 17, num_points=256, num_views=3, image_size=24)
+  b = generate.generate_object(3, "train", 17, num_points=256, num_views=3, image_size=24)
   assert a["points"].dtype == np.float32 and a["points"].shape == (256, 3)
   assert a["images"].dtype == np.uint8 and a["images"].shape == (3, 24, 24, 3)
-  assert a["label"] == 17 % len(synthetic.CATEGORIES)
-  assert a["object_id"] == f"{synthetic.CATEGORIES[a['label']]}/train-000017"
+  assert a["label"] == 17 % len(categories.CATEGORIES)
+  assert a["object_id"] == f"{categories.CATEGORIES[a['label']]}/train-000017"
   for k in ("points", "images"):
     np.testing.assert_array_equal(a[k], b[k])
   # Unit-sphere normalised: centred on the centroid, farthest point on the sphere.
   np.testing.assert_allclose(a["points"].mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(a["points"], axis=1).max(), 1, atol=1e-5)
   # Another split or index is another object.
-  c = synthetic.generate_object(3, "query", 17, num_points=256, num_views=3, image_size=24)
+  c = generate.generate_object(3, "query", 17, num_points=256, num_views=3, image_size=24)
   assert not np.array_equal(a["points"], c["points"])
 
 
@@ -69,7 +83,7 @@ def test_sample_surface_is_uniform_by_area():
   # Two triangles in the z=0 plane with areas 1 and 3.
   v = np.array([[0, 0, 0], [2, 0, 0], [0, 1, 0], [10, 0, 0], [13, 0, 0], [10, 2, 0]], float)
   f = np.array([[0, 1, 2], [3, 4, 5]])
-  p = synthetic.sample_surface(v, f, 40000, np.random.default_rng(0))
+  p = sample_surface(v, f, 40000, np.random.default_rng(0))
   assert np.abs(p[:, 2]).max() == 0
   first = p[:, 0] < 5
   assert abs(first.mean() - 0.25) < 0.01
@@ -124,16 +138,16 @@ def _raycast_reference(v, f, colors, az, el, size, distance=2.6, fill=0.95, ambi
 
 
 def test_render_matches_raycast_reference():
-  parts = synthetic._Parts()  # pylint: disable=protected-access
-  parts.add(synthetic.box([1.0, 0.6, 0.8], [0.1, -0.1, 0]), 0)
-  parts.add(synthetic.xform(synthetic.box([0.3, 1.2, 0.3]), synthetic.rot_z(0.5),
-                            shift=[-0.3, 0.2, 0.3]), 1)
-  parts.add(synthetic.cylinder(0.3, 0.1, 0.2, 0.8, 8), 2)
+  parts = primitives.Parts()
+  parts.add(primitives.box([1.0, 0.6, 0.8], [0.1, -0.1, 0]), 0)
+  parts.add(primitives.xform(primitives.box([0.3, 1.2, 0.3]), primitives.rot_z(0.5),
+                             shift=[-0.3, 0.2, 0.3]), 1)
+  parts.add(primitives.cylinder(0.3, 0.1, 0.2, 0.8, 8), 2)
   mesh = parts.mesh()
   palette = np.array([[0.9, 0.2, 0.1], [0.1, 0.7, 0.3], [0.2, 0.3, 0.9]])
   colors = palette[mesh.slots]
   az, el = np.array([0.3, 2.5]), np.array([0.4, -0.1])
-  got = synthetic.render(mesh.vertices, mesh.faces, colors, az, el, 24)
+  got = render(mesh.vertices, mesh.faces, colors, az, el, 24)
   for k in range(2):
     ref = _raycast_reference(mesh.vertices, mesh.faces, colors, az[k], el[k], 24)
     differ = (got[k] != ref).any(-1)
@@ -145,8 +159,8 @@ def test_render_hand_worked_square():
   v = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], float)
   f = np.array([[0, 1, 2], [0, 2, 3]])
   size, d, fill, ambient = 40, 2.6, 0.95, 0.3
-  img = synthetic.render(v, f, np.full((2, 3), 0.5), np.zeros(1), np.zeros(1), size,
-                         distance=d, fill=fill, ambient=ambient)[0]
+  img = render(v, f, np.full((2, 3), 0.5), np.zeros(1), np.zeros(1), size, distance=d,
+               fill=fill, ambient=ambient)[0]
   focal = fill / math.tan(math.asin(1 / d))
   half = 0.5 * focal / d * size / 2  # half side in pixels
   centres = np.arange(size) + 0.5
@@ -160,12 +174,12 @@ def test_render_hand_worked_square():
 
 def test_colour_law_is_shared_by_all_categories():
   means = []
-  for c in range(len(synthetic.CATEGORIES)):
+  for c in range(len(categories.CATEGORIES)):
     cols = []
     for i in range(40):
       rng = np.random.default_rng([1, c, i])
-      synthetic.make_mesh(c, rng)
-      cols.append(synthetic.random_palette(rng)[0])
+      categories.make_mesh(c, rng)
+      cols.append(categories.random_palette(rng)[0])
     means.append(np.mean(cols, 0))
   means = np.asarray(means)
   # With 40 draws the std of a class mean is ~0.04; no class stands out.
@@ -174,8 +188,8 @@ def test_colour_law_is_shared_by_all_categories():
 
 def test_multiprocess_generation_equals_in_process():
   kw = dict(num_points=64, num_views=2, image_size=16, supersample=1, progress=False)
-  seq = list(synthetic.generate_split(5, "database", 5, num_workers=0, **kw))
-  par = list(synthetic.generate_split(5, "database", 5, num_workers=2, **kw))
+  seq = list(generate.generate_split(5, "database", 5, num_workers=0, **kw))
+  par = list(generate.generate_split(5, "database", 5, num_workers=2, **kw))
   assert [i for i, _ in par] == list(range(5))
   for (_, a), (_, b) in zip(seq, par):
     np.testing.assert_array_equal(a["points"], b["points"])
@@ -186,15 +200,15 @@ def test_multiprocess_generation_equals_in_process():
 
 
 def test_builder_registered_and_configs():
-  assert "synthetic_shapes" in data.available_datasets()
-  assert data.builder_class("synthetic_shapes") is SyntheticShapes
+  assert "synthetic_shapes" in datasets.available_datasets()
+  assert datasets.builder_class("synthetic_shapes") is SyntheticShapes
   names = [c.name for c in SyntheticShapes.BUILDER_CONFIGS]
   assert {"default", "tiny"} <= set(names)
   default = SyntheticShapes.BUILDER_CONFIGS[names.index("default")]
-  sizes = default.split_sizes()
-  per_class = (default.train_per_class + default.query_per_class + default.database_per_class)
-  assert per_class >= 200 and len(synthetic.CATEGORIES) >= 20
-  assert sum(sizes.values()) == per_class * len(synthetic.CATEGORIES)
+  tiny = SyntheticShapes.BUILDER_CONFIGS[names.index("tiny")]
+  # 20 classes x (200, 20, 80) and x (4, 2, 3) objects (README's table).
+  assert default.split_sizes() == {"train": 4000, "query": 400, "database": 1600}
+  assert tiny.split_sizes() == {"train": 80, "query": 40, "database": 60}
   assert (default.num_views, default.image_size, default.num_points) == (8, 64, 2048)
 
 
@@ -211,16 +225,16 @@ def test_shapes_dtypes_and_sizes(tiny_builder):
     assert ex["images"].shape == (cfg.num_views, cfg.image_size, cfg.image_size, 3)
     assert int(ex["label"]) == (len(src) - 1) % 20
     assert isinstance(ex["object_id"], bytes)
-  assert tiny_builder.info.metadata["class_names"] == list(synthetic.CATEGORIES)
+  assert tiny_builder.info.metadata["class_names"] == list(categories.CATEGORIES)
 
 
 def test_records_equal_generator(tiny_builder):
   cfg = tiny_builder.builder_config
   src = tiny_builder.as_data_source(split="query")
   for i in (0, 7, len(src) - 1):
-    ref = synthetic.generate_object(cfg.seed, "query", i, num_points=cfg.num_points,
-                                    num_views=cfg.num_views, image_size=cfg.image_size,
-                                    supersample=cfg.supersample)
+    ref = generate.generate_object(cfg.seed, "query", i, num_points=cfg.num_points,
+                                   num_views=cfg.num_views, image_size=cfg.image_size,
+                                   supersample=cfg.supersample)
     got = src[i]
     np.testing.assert_array_equal(got["points"], ref["points"])
     np.testing.assert_array_equal(got["images"], ref["images"])
@@ -238,7 +252,7 @@ def test_class_balance(tiny_builder):
     np.testing.assert_array_equal(np.bincount(labels, minlength=20),
                                   np.full(20, per_class[split]))
     for e in exs:  # the id names the category of the label
-      assert e["object_id"].decode().split("/")[0] == synthetic.CATEGORIES[int(e["label"])]
+      assert e["object_id"].decode().split("/")[0] == categories.CATEGORIES[int(e["label"])]
 
 
 def test_splits_are_disjoint(tiny_builder):
@@ -266,7 +280,7 @@ def test_objects_fit_in_every_view(tiny_builder):
 
 
 def test_two_builds_give_the_same_bytes(tiny_builder, tmp_path):
-  other = data.get_builder("synthetic_shapes", str(tmp_path), "tiny")
+  other = datasets.get_builder("synthetic_shapes", str(tmp_path), "tiny")
   other.download_and_prepare()
   files_a = sorted(glob.glob(os.path.join(tiny_builder.data_path, "*.array_record*")))
   files_b = sorted(glob.glob(os.path.join(other.data_path, "*.array_record*")))

@@ -1,7 +1,7 @@
 """Contact sheet of a dataset: per category a few objects, each rendered view beside a plot
 of its point cloud.
 
-    python -m cmah_jax.data.preview --dataset=synthetic_shapes --config=default \
+    python -m cmah_jax.datasets.preview --dataset=synthetic_shapes --config=default \
         --data_dir=work/data --out=sheet.png [--split=train] [--per_class=3] [--view=0]
 
 Prepares the dataset first if needed (idempotent; real datasets need --manual_dir).
@@ -13,6 +13,9 @@ import sys
 
 import numpy as np
 
+from cmah_jax.datasets import available_datasets, class_names
+from cmah_jax.datasets.prepare import prepare
+
 
 def pick_examples(source, per_class: int, max_scan: int = 20000) -> dict[int, list[dict]]:
   """The first `per_class` examples of every label met in the first `max_scan` records."""
@@ -23,14 +26,6 @@ def pick_examples(source, per_class: int, max_scan: int = 20000) -> dict[int, li
     if len(found.setdefault(label, [])) < per_class:
       found[label].append(ex)
   return dict(sorted(found.items()))
-
-
-def class_names(builder) -> list[str] | None:
-  info = builder.info
-  names = info.metadata.get("class_names") if info.metadata else None
-  if names is None and hasattr(info.features["label"], "names"):
-    names = info.features["label"].names
-  return list(names) if names is not None else None
 
 
 def contact_sheet(examples: dict[int, list[dict]], names: list[str] | None, out: str,
@@ -75,8 +70,6 @@ def contact_sheet(examples: dict[int, list[dict]], names: list[str] | None, out:
 
 
 def main(argv=None) -> int:
-  from cmah_jax.data import available_datasets  # pylint: disable=import-outside-toplevel
-  from cmah_jax.data.prepare import prepare  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", required=True, choices=available_datasets())
   parser.add_argument("--config", default=None)

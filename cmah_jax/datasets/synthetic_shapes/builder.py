@@ -1,15 +1,16 @@
-"""TFDS builder `synthetic_shapes`: the procedural paired dataset of `synthetic.py`.
+"""TFDS builder `synthetic_shapes`: the procedural paired dataset of `generate.py`.
 
 Splits `train` (self-supervised training), `query` and `database` (retrieval evaluation);
 their objects are disjoint (each split draws from its own seed stream) and class-balanced
 (object `i` of a split has label `i % 20`). Record `i` of a split is object `i`
 (`disable_shuffling`), so a split is a pure function of the builder config.
 
-Stored as ArrayRecord with `Tensor` features only (raw bytes: fast to write and read, and
-ArrayRecord compresses the records), so preparing and reading need no TensorFlow:
+Stored as ArrayRecord with the `Tensor` features of `cmah_jax.datasets.features` (raw
+bytes: fast to write and read, and ArrayRecord compresses the records), so preparing and
+reading need no TensorFlow:
   {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": str}
 
-    builder = cmah_jax.data.get_builder("synthetic_shapes", data_dir, config="tiny")
+    builder = cmah_jax.datasets.get_builder("synthetic_shapes", data_dir, config="tiny")
     builder.download_and_prepare()          # no-op when already prepared
     source = builder.as_data_source(split="train")
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from cmah_jax.data import synthetic
+from cmah_jax.datasets.features import make_features
+from cmah_jax.datasets.synthetic_shapes import generate
+from cmah_jax.datasets.synthetic_shapes.categories import CATEGORIES
 
 
 @dataclasses.dataclass(eq=False)
@@ -37,7 +39,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_workers: int = -1  # generation processes; -1 = min(2, CPUs), 0 = in-process
 
   def split_sizes(self) -> dict[str, int]:
-    c = len(synthetic.CATEGORIES)
+    c = len(CATEGORIES)
     return {"train": c * self.train_per_class, "query": c * self.query_per_class,
             "database": c * self.database_per_class}
 
@@ -68,16 +70,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=tfds.features.FeaturesDict({
-            "points": tfds.features.Tensor(shape=(cfg.num_points, 3), dtype=np.float32,
-                                           encoding=tfds.features.Encoding.BYTES),
-            "images": tfds.features.Tensor(
-                shape=(cfg.num_views, cfg.image_size, cfg.image_size, 3), dtype=np.uint8,
-                encoding=tfds.features.Encoding.BYTES),
-            "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-            "object_id": tfds.features.Tensor(shape=(), dtype=np.str_),
-        }),
-        metadata=tfds.core.MetadataDict(class_names=list(synthetic.CATEGORIES)),
+        features=make_features(cfg.num_points, cfg.num_views, cfg.image_size),
+        metadata=tfds.core.MetadataDict(class_names=list(CATEGORIES)),
         disable_shuffling=True,
     )
 
@@ -88,7 +82,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, count: int):
     cfg = self.builder_config
-    workers = synthetic.default_num_workers() if cfg.num_workers < 0 else cfg.num_workers
-    yield from synthetic.generate_split(
+    workers = generate.default_num_workers() if cfg.num_workers < 0 else cfg.num_workers
+    yield from generate.generate_split(
         cfg.seed, split, count, num_workers=workers, num_points=cfg.num_points,
         num_views=cfg.num_views, image_size=cfg.image_size, supersample=cfg.supersample)

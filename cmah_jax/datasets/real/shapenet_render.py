@@ -13,15 +13,15 @@ ids of class `c` permuted by `default_rng([split_seed, 0, c])`, the first
 the sorted held-out ids are queries (default 20%), the rest the retrieval database.
 So by default train / query / database = 80% / 4% / 16% of each class.
 
-Object ids are `<synset>/<model_id>`. See `real_common` for reading, subsampling, resizing
-and skip rules, and docs/real_datasets.md for the full recipe.
+Object ids are `<synset>/<model_id>`. See `cmah_jax.datasets.real` for reading,
+subsampling, resizing and skip rules, and docs/real_datasets.md for the full recipe.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cmah_jax.data import real_common as rc
+from cmah_jax.datasets.real import builder, readers
 
 # (synset, name), sorted by synset: label = position [3D-R2N2 / CrossPoint categories].
 SYNSETS = (
@@ -33,11 +33,11 @@ SYNSETS = (
 )
 
 
-class ShapenetRender(rc.RealDatasetBuilder):
+class ShapenetRender(builder.RealDatasetBuilder):
   """ShapeNetRender (CrossPoint): ShapeNet PLY point clouds + 3D-R2N2 renders, 13 classes."""
 
   name = "shapenet_render"
-  BUILDER_CONFIGS = rc.standard_configs("the 24 3D-R2N2 renders")
+  BUILDER_CONFIGS = builder.standard_configs("the 24 3D-R2N2 renders")
   DESCRIPTION = __doc__.split("\n\n")[0]
   HOMEPAGE = "https://github.com/MohamedAfham/CrossPoint"
   CITATION = ("@inproceedings{afham2022crosspoint, title={CrossPoint: Self-Supervised "
@@ -57,7 +57,7 @@ Expected layout (nothing is downloaded automatically):
 with the 13 synsets 02691156 02828884 02933112 02958343 03001627 03211117 03636649
 03691459 04090263 04256520 04379243 04401088 04530566. Then:
 
-  python -m cmah_jax.data.prepare --dataset=shapenet_render --manual_dir=<manual_dir> \\
+  python -m cmah_jax.datasets.prepare --dataset=shapenet_render --manual_dir=<manual_dir> \\
       --data_dir=<data_dir> [--config=default|compact|small|tiny]
 """
 
@@ -70,12 +70,12 @@ with the 13 synsets 02691156 02828884 02933112 02958343 03001627 03211117 036366
             f"label]); first round({cfg.test_fraction} * n) (in [1, n-1]) held out; "
             + super()._split_rule_text())
 
-  def _scan(self, root: Path) -> rc.Scan:
-    pts_root = rc.require_dir(root / "ShapeNet", "ShapeNet point-cloud", self.name)
-    img_root = rc.require_dir(root / "ShapeNetRendering", "ShapeNetRendering image",
+  def _scan(self, root: Path) -> builder.Scan:
+    pts_root = readers.require_dir(root / "ShapeNet", "ShapeNet point-cloud", self.name)
+    img_root = readers.require_dir(root / "ShapeNetRendering", "ShapeNetRendering image",
                               self.name)
     labels = {synset: i for i, (synset, _) in enumerate(SYNSETS)}
-    objects: dict[str, rc.ObjectSpec] = {}
+    objects: dict[str, builder.ObjectSpec] = {}
     ignored = {}
 
     def ignore(what, n=1):
@@ -92,7 +92,7 @@ with the 13 synsets 02691156 02828884 02933112 02958343 03001627 03211117 036366
       for n in plys:
         oid = f"{synset}/{n[:-4]}"
         path = folder / n
-        objects[oid] = rc.ObjectSpec(
+        objects[oid] = builder.ObjectSpec(
             oid, labels[synset], points=path, points_file=os.fspath(path),
             images_hint=os.fspath(img_root / synset / n[:-4] / "rendering"))
 
@@ -106,15 +106,15 @@ with the 13 synsets 02691156 02828884 02933112 02958343 03001627 03211117 036366
         continue
       for model in models:
         oid = f"{synset}/{model}"
-        images = rc.list_images(folder / model / "rendering")
+        images = readers.list_images(folder / model / "rendering")
         if oid in objects:
           objects[oid].image_paths = images
         elif images:
-          objects[oid] = rc.ObjectSpec(
+          objects[oid] = builder.ObjectSpec(
               oid, labels[synset], points=None, image_paths=images,
               points_hint=os.fspath(pts_root / synset / f"{model}.ply"))
         else:
           ignore("render folders with neither images nor a point cloud")
-    return rc.Scan(class_names=[name for _, name in SYNSETS],
+    return builder.Scan(class_names=[name for _, name in SYNSETS],
                    objects=[objects[k] for k in sorted(objects)], ignored=ignored,
                    metadata={"synsets": [s for s, _ in SYNSETS]})

@@ -1,8 +1,9 @@
-"""Datasets of cmah_jax: one TFDS builder per dataset, one example format, one pipeline.
+"""Offline datasets of cmah_jax: the registry of TFDS builders, one per dataset.
 
-Every builder yields examples of the form
+Every builder yields examples of one format (`features.make_features`)
   {"points": float32 [P, 3], "images": uint8 [V, H, W, 3], "label": int64, "object_id": str}
-and is read through `as_data_source()` (ArrayRecord, no TensorFlow).
+with class names in `info.metadata["class_names"]`, is prepared once (`prepare`) and is
+read through `as_data_source()` (ArrayRecord, no TensorFlow).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import os
 # name -> "module:BuilderClass"; modules are imported lazily so that a missing optional
 # reader (h5py, plyfile) only matters for the dataset that needs it.
 _BUILDERS = {
-    "synthetic_shapes": "cmah_jax.data.synthetic_builder:SyntheticShapes",
-    "shapenet_render": "cmah_jax.data.shapenet_render:ShapenetRender",
-    "modelnet40": "cmah_jax.data.modelnet40:Modelnet40",
-    "shapenet55": "cmah_jax.data.shapenet55:Shapenet55",
+    "synthetic_shapes": "cmah_jax.datasets.synthetic_shapes.builder:SyntheticShapes",
+    "shapenet_render": "cmah_jax.datasets.real.shapenet_render:ShapenetRender",
+    "modelnet40": "cmah_jax.datasets.real.modelnet40:Modelnet40",
+    "shapenet55": "cmah_jax.datasets.real.shapenet55:Shapenet55",
 }
 
 
@@ -53,3 +54,15 @@ def get_builder(name: str, data_dir: str, config: str | None = None, **kwargs):
           f"known: {names}")
     return cls(data_dir=data_dir, config=config, **kwargs)
   return cls(data_dir=data_dir, **kwargs)
+
+
+def class_names(builder) -> list[str] | None:
+  """Class names of `builder` (label = position), or None if it has none.
+
+  Read from `info.metadata["class_names"]`, else from a `ClassLabel` label feature.
+  """
+  info = builder.info
+  names = info.metadata.get("class_names") if info.metadata else None
+  if names is None and hasattr(info.features["label"], "names"):
+    names = info.features["label"].names
+  return list(names) if names is not None else None

@@ -1,6 +1,6 @@
 """Prepare any registered dataset once, offline, and print a summary.
 
-    python -m cmah_jax.data.prepare --dataset=synthetic_shapes [--config=tiny] \
+    python -m cmah_jax.datasets.prepare --dataset=synthetic_shapes [--config=tiny] \
         --data_dir=work/data [--manual_dir=DIR] [--overwrite]
 
 Idempotent: an already prepared dataset is reused, not regenerated (unless --overwrite).
@@ -15,7 +15,7 @@ import time
 
 import tensorflow_datasets as tfds
 
-from cmah_jax import data
+from cmah_jax import datasets
 
 
 def _dir_size(path) -> int:
@@ -28,7 +28,7 @@ def _dir_size(path) -> int:
 def prepare(dataset: str, data_dir: str, config: str | None = None,
             manual_dir: str | None = None, overwrite: bool = False):
   """Prepares `dataset` under `data_dir` (no-op if prepared); returns (builder, summary str)."""
-  builder = data.get_builder(dataset, data_dir, config)
+  builder = datasets.get_builder(dataset, data_dir, config)
   was_prepared = builder.is_prepared() and not overwrite
   kwargs = {}
   if manual_dir:
@@ -51,9 +51,7 @@ def prepare(dataset: str, data_dir: str, config: str | None = None,
       "features " + ", ".join(f"{k}: {np_dtype(f)} {list(f.shape)}"
                               for k, f in info.features.items()),
   ]
-  names = info.metadata.get("class_names") if info.metadata else None
-  if names is None and hasattr(info.features["label"], "names"):
-    names = info.features["label"].names
+  names = datasets.class_names(builder)
   if names:
     lines.append(f"classes  {len(names)}: {', '.join(names)}")
   return builder, "\n".join(lines)
@@ -66,7 +64,7 @@ def np_dtype(feature) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", required=True, choices=data.available_datasets())
+  parser.add_argument("--dataset", required=True, choices=datasets.available_datasets())
   parser.add_argument("--config", default=None, help="builder config, e.g. default | tiny")
   parser.add_argument("--data_dir", required=True, help="where prepared data is written")
   parser.add_argument("--manual_dir", default=None, help="hand-downloaded files (real data)")

@@ -21,7 +21,8 @@ import os
 import re
 from pathlib import Path
 
-from cmah_jax.data import real_common as rc
+from cmah_jax.datasets.real import builder, readers
+from cmah_jax.datasets.real.skips import Skip
 
 # (synset, name), sorted by synset: label = position [ShapeNetCore v2 / Point-BERT].
 SYNSETS = (
@@ -48,11 +49,11 @@ SYNSETS = (
 _LINE = re.compile(r"(\d{8})-([^/\\\s]+)\.npy")
 
 
-class Shapenet55(rc.RealDatasetBuilder):
+class Shapenet55(builder.RealDatasetBuilder):
   """ShapeNet-55 (Point-BERT, 8192-point .npy) paired with ULIP's 30 rendered views."""
 
   name = "shapenet55"
-  BUILDER_CONFIGS = rc.standard_configs("ULIP's 30 renders")
+  BUILDER_CONFIGS = builder.standard_configs("ULIP's 30 renders")
   DESCRIPTION = __doc__.split("\n\n")[0]
   HOMEPAGE = "https://github.com/lulutang0608/Point-BERT"
   CITATION = ("@inproceedings{yu2022pointbert, title={Point-BERT: Pre-training 3D Point "
@@ -71,49 +72,49 @@ in manual_dir. Expected layout (nothing is downloaded automatically):
 
 Then:
 
-  python -m cmah_jax.data.prepare --dataset=shapenet55 --manual_dir=<manual_dir> \\
+  python -m cmah_jax.datasets.prepare --dataset=shapenet55 --manual_dir=<manual_dir> \\
       --data_dir=<data_dir> [--config=default|compact|small|tiny]
 """
 
   def _class_names_for_info(self):
     return [name for _, name in SYNSETS]
 
-  def _scan(self, root: Path) -> rc.Scan:
-    lists_dir = rc.require_dir(root / "ShapeNet-55", "ShapeNet-55 split list", self.name)
-    pc_dir = rc.require_dir(root / "shapenet_pc", "shapenet_pc point-cloud", self.name)
-    img_root = rc.require_dir(root / "rendered_images", "ULIP rendered_images", self.name)
+  def _scan(self, root: Path) -> builder.Scan:
+    lists_dir = readers.require_dir(root / "ShapeNet-55", "ShapeNet-55 split list", self.name)
+    pc_dir = readers.require_dir(root / "shapenet_pc", "shapenet_pc point-cloud", self.name)
+    img_root = readers.require_dir(root / "rendered_images", "ULIP rendered_images", self.name)
     labels = {synset: i for i, (synset, _) in enumerate(SYNSETS)}
     present_pcs = {n for n in os.listdir(pc_dir) if n.endswith(".npy")}
     present_imgs = {n for n in os.listdir(img_root)}
-    objects: list[rc.ObjectSpec] = []
-    skips: list[rc.Skip] = []
+    objects: list[builder.ObjectSpec] = []
+    skips: list[Skip] = []
     seen: dict[str, str] = {}
     for split in ("train", "test"):
-      list_file = rc.require_file(lists_dir / f"{split}.txt", f"split list {split}.txt",
+      list_file = readers.require_file(lists_dir / f"{split}.txt", f"split list {split}.txt",
                                   self.name)
-      for lineno, line in enumerate(rc.read_lines(list_file), 1):
+      for lineno, line in enumerate(readers.read_lines(list_file), 1):
         m = _LINE.fullmatch(line)
         if not m:
-          raise rc.UnreadableFileError(
+          raise readers.UnreadableFileError(
               list_file, f"line {lineno}: {line!r} is not <synset>-<model_id>.npy")
         synset = m.group(1)
         oid = f"{synset}-{m.group(2)}"
         where = f"{list_file}:{lineno}"
         if oid in seen:
-          skips.append(rc.Skip("duplicate", oid, f"already listed in {seen[oid]}", where))
+          skips.append(Skip("duplicate", oid, f"already listed in {seen[oid]}", where))
           continue
         seen[oid] = where
         if synset not in labels:
-          skips.append(rc.Skip("unknown_class", oid,
+          skips.append(Skip("unknown_class", oid,
                                f"synset {synset} is not one of the 55 ShapeNet-55 classes",
                                where))
           continue
         pc_path = pc_dir / f"{oid}.npy"
         has_pc = f"{oid}.npy" in present_pcs
         folder = img_root / oid
-        images = (rc.list_images(folder, re.compile(re.escape(oid) + r"_r_\d+\.png"))
+        images = (readers.list_images(folder, re.compile(re.escape(oid) + r"_r_\d+\.png"))
                   if oid in present_imgs else [])
-        objects.append(rc.ObjectSpec(
+        objects.append(builder.ObjectSpec(
             oid, labels[synset], points=pc_path if has_pc else None,
             points_file=os.fspath(pc_path), image_paths=images, split=split,
             points_hint=os.fspath(pc_path),
@@ -125,5 +126,5 @@ Then:
         "render folders not listed in train.txt/test.txt":
             sum(1 for n in present_imgs if n not in listed),
     }
-    return rc.Scan(class_names=[name for _, name in SYNSETS], objects=objects, skips=skips,
+    return builder.Scan(class_names=[name for _, name in SYNSETS], objects=objects, skips=skips,
                    ignored=ignored, metadata={"synsets": [s for s, _ in SYNSETS]})

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cmah_jax.data import real_common as rc
+from cmah_jax.datasets.real import builder, readers
+from cmah_jax.datasets.real.skips import Skip
 
 H5_DIR = "modelnet40_ply_hdf5_2048"
 IMAGE_DIR = "ModelNet40-Images-180"
 
 
-class Modelnet40(rc.RealDatasetBuilder):
+class Modelnet40(builder.RealDatasetBuilder):
   """ModelNet40 (PointNet HDF5, 2048 points) paired with 180 rendered views per object."""
 
   name = "modelnet40"
-  BUILDER_CONFIGS = rc.standard_configs("the 180 renders")
+  BUILDER_CONFIGS = builder.standard_configs("the 180 renders")
   DESCRIPTION = __doc__.split("\n\n")[0]
   HOMEPAGE = "https://modelnet.cs.princeton.edu/"
   CITATION = ("@inproceedings{wu2015modelnet, title={3D ShapeNets: A Deep Representation "
@@ -56,20 +57,20 @@ manual_dir. Expected layout (nothing is downloaded automatically):
 
 Then:
 
-  python -m cmah_jax.data.prepare --dataset=modelnet40 --manual_dir=<manual_dir> \\
+  python -m cmah_jax.datasets.prepare --dataset=modelnet40 --manual_dir=<manual_dir> \\
       --data_dir=<data_dir> [--config=default|compact|small|tiny]
 """
 
-  def _scan(self, root: Path) -> rc.Scan:
-    h5_dir = rc.require_dir(root / H5_DIR, "PointNet HDF5", self.name)
-    img_root = rc.require_dir(root / IMAGE_DIR, "ModelNet40-Images-180 render", self.name)
+  def _scan(self, root: Path) -> builder.Scan:
+    h5_dir = readers.require_dir(root / H5_DIR, "PointNet HDF5", self.name)
+    img_root = readers.require_dir(root / IMAGE_DIR, "ModelNet40-Images-180 render", self.name)
     names_file = h5_dir / "shape_names.txt"
     if not names_file.is_file() and (root / "shape_names.txt").is_file():
       names_file = root / "shape_names.txt"
-    class_names = rc.read_lines(rc.require_file(names_file, "class list shape_names.txt",
+    class_names = readers.read_lines(readers.require_file(names_file, "class list shape_names.txt",
                                                 self.name))
-    objects: list[rc.ObjectSpec] = []
-    skips: list[rc.Skip] = []
+    objects: list[builder.ObjectSpec] = []
+    skips: list[Skip] = []
     seen: set[str] = set()
     files = {}
     for split in ("train", "test"):
@@ -77,24 +78,24 @@ Then:
       found = sorted((int(m.group(1)), n) for n in os.listdir(h5_dir)
                      if (m := pattern.fullmatch(n)))
       if not found:
-        raise rc.LayoutError(
+        raise readers.LayoutError(
             f"{self.name}: no {split} HDF5 files in {h5_dir}: expected "
             f"{h5_dir / f'ply_data_{split}0.h5'} (and ply_data_{split}1.h5, ...).")
       files[split] = found
       for index, fname in found:
         h5_path = h5_dir / fname
-        json_path = rc.require_file(h5_dir / f"ply_data_{split}_{index}_id2file.json",
+        json_path = readers.require_file(h5_dir / f"ply_data_{split}_{index}_id2file.json",
                                     f"object-name list of {fname}", self.name)
-        arrays = rc.read_h5(h5_path, ("data", "label"))
+        arrays = readers.read_h5(h5_path, ("data", "label"))
         data, label = arrays["data"], np.asarray(arrays["label"]).reshape(-1)
         if data.ndim != 3 or data.shape[-1] != 3 or len(label) != len(data):
-          raise rc.UnreadableFileError(
+          raise readers.UnreadableFileError(
               h5_path, f"expected data [n, P, 3] and label [n, 1], got data "
               f"{list(data.shape)} and label {list(arrays['label'].shape)}")
-        names = rc.read_json(json_path)
+        names = readers.read_json(json_path)
         if not isinstance(names, list) or len(names) != len(data) or not all(
             isinstance(x, str) for x in names):
-          raise rc.UnreadableFileError(
+          raise readers.UnreadableFileError(
               json_path, f"expected a list of {len(data)} strings (one per row of {h5_path}),"
               f" got {type(names).__name__} of length "
               f"{len(names) if hasattr(names, '__len__') else '?'}")
@@ -105,21 +106,21 @@ Then:
           oid = f"{cls}/{name}"
           lab = int(label[row])
           if not 0 <= lab < len(class_names) or class_names[lab] != cls:
-            skips.append(rc.Skip(
+            skips.append(Skip(
                 "label_mismatch", oid,
                 f"HDF5 label {lab} "
                 f"({class_names[lab] if 0 <= lab < len(class_names) else 'out of range'}) "
                 f"but id2file class {cls!r}", where))
             continue
           if oid in seen:
-            skips.append(rc.Skip("duplicate", oid, "listed again", where))
+            skips.append(Skip("duplicate", oid, "listed again", where))
             continue
           seen.add(oid)
           folder = img_root / cls / name
           view_re = re.compile(re.escape(name) + r"\.\d+\.png")
-          objects.append(rc.ObjectSpec(
+          objects.append(builder.ObjectSpec(
               oid, lab, points=data[row], points_file=where,
-              image_paths=rc.list_images(folder, view_re), split=split,
+              image_paths=readers.list_images(folder, view_re), split=split,
               images_hint=os.fspath(folder / f"{name}.<view>.png")))
 
     unpaired = 0
@@ -127,7 +128,7 @@ Then:
       if (img_root / cls).is_dir():
         unpaired += sum(1 for n in os.listdir(img_root / cls)
                         if f"{cls}/{n}" not in seen and (img_root / cls / n).is_dir())
-    return rc.Scan(
+    return builder.Scan(
         class_names=class_names, objects=objects, skips=skips,
         ignored={"render folders with no HDF5 row": unpaired},
         metadata={"h5_files": {s: [n for _, n in f] for s, f in files.items()}})
