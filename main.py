@@ -40,8 +40,8 @@ def main(argv):
         f"{jax.local_device_count()} local / {jax.device_count()} global "
         f"{jax.devices()[0].platform} devices", flush=True)
 
-  from cmah_jax import train
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from cmah_jax import run
+  run.run_experiment(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

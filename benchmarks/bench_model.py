@@ -65,7 +65,7 @@ def bench_variant(variant: str, batch: int, bits: int, iters: int) -> dict:
   model, variables = build(variant, bits, jax.random.key(0))
   params = variables["params"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  s, n = model.image_size, model.num_points
+  s, n = model.config.image_size, model.config.num_points
   images = jax.random.normal(jax.random.key(1), (batch, s, s, 3), jnp.float32)
   points = jax.random.normal(jax.random.key(2), (batch, n, 3), jnp.float32)
   points = points / jnp.linalg.norm(points, axis=-1, keepdims=True)

@@ -34,13 +34,13 @@ def measure(make_iterator, steps: int, warmup: int = 2, step_fn=None) -> float:
 def run(builder, input_config: dict, steps: int = 40, seed: int = 0, mesh=None,
         step_fn=None, step_label: str = "none", prefetch_values=(0, 2)) -> list[dict]:
   """Times the train pipeline for each prefetch depth; returns one row per setting."""
-  from cmah_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from cmah_jax.input import InputSpec, TrainPipeline  # pylint: disable=import-outside-toplevel
   rows = []
   for prefetch in prefetch_values:
     cfg = dict(input_config, prefetch=prefetch)
 
     def make(cfg=cfg):
-      return pipeline.TrainPipeline(builder, "train", cfg, mesh, seed)
+      return TrainPipeline(builder, "train", InputSpec(**cfg), mesh, seed)
 
     sec = measure(make, steps, step_fn=step_fn)
     rows.append({"output": "global jax.Array" if mesh is not None else "host NumPy",

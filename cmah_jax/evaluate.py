@@ -1,74 +1,38 @@
-"""Cross-modal retrieval evaluation [UCCH protocol].
+"""Cross-modal retrieval evaluation [UCCH protocol]: `RetrievalEvaluator`.
 
-Queries come from the `query` split, the database from the `database` split. Each tower
-encodes its modality alone (`train=False`: no masking, no dropout), over sharded, padded
-batches; every object is encoded exactly once. Then, on the host:
+Queries come from the `query` split, the database from `database_split` (default the
+held-out `database` split). Each tower encodes its modality alone (`train=False`: no
+masking, no dropout), over sharded, padded batches; every object is encoded exactly once.
+The encoder is jitted once, in the constructor: periodic evaluations reuse the compiled
+program. Batch metadata (label, valid, index) never leaves the host; each process keeps its
+own rows, and processes exchange codes and metadata once per split. Then, on the host:
 mAP@all for image->point (i2p) and point->image (p2i), precision@k, PR curves, and the mAP
 of random codes (chance) for scale.
 """
 from __future__ import annotations
 
-import functools
+from typing import Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
 from cmah_jax import metrics
 from cmah_jax import sharding as shd
-from cmah_jax.data import pipeline
+from cmah_jax.input import InputSpec, eval_batches, local_rows
 
 DIRECTIONS = {"i2p": ("image", "point"), "p2i": ("point", "image")}
 
 
-def _gather(x) -> np.ndarray:
-  """A global (possibly multi-host) array as one host NumPy array on every process."""
+def _gather_hosts(x: np.ndarray) -> np.ndarray:
+  """Concatenate every process's host rows (in process order); identity on one process."""
   if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
+    return x
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def make_encoder(model, mesh):
-  """Jitted `(params, images, points) -> {"image": codes, "point": codes}`, `[B, K]` each,
-  sharded on the batch; each tower runs alone (`train=False`)."""
-
-  @functools.partial(jax.jit, out_shardings=shd.data_sharding(mesh))
-  def encode(params, images, points):
-    out = model.apply({"params": params}, images=images, points=points, train=False)
-    return {"image": out["image/code"], "point": out["point/code"]}
-
-  return encode
-
-
-def encode_split(encoder, params, builder, split: str, input_config, mesh):
-  """Codes of both modalities for every object of `split`, in split order.
-
-  Args:
-    encoder: from `make_encoder(model, mesh)`.
-  Returns:
-    dict with "image" and "point" codes `[n, K]` float32 {-1, +1}, and "label" `[n]` int.
-  """
-  params = jax.device_put(params, shd.replicated(mesh))
-  chunks = {"image": [], "point": [], "label": [], "index": [], "valid": []}
-  for batch in pipeline.eval_batches(builder, split, input_config, mesh):
-    codes = encoder(params, batch["images"], batch["points"])
-    for k in ("image", "point"):
-      chunks[k].append(_gather(codes[k]))
-    for k in ("label", "index", "valid"):
-      chunks[k].append(_gather(batch[k]))
-  cat = {k: np.concatenate(v) for k, v in chunks.items()}
-  valid = cat["valid"].astype(bool)
-  order = np.argsort(cat["index"][valid], kind="stable")
-  out = {k: cat[k][valid][order] for k in ("image", "point", "label")}
-  n = len(out["label"])
-  if not np.array_equal(cat["index"][valid][order], np.arange(n)):
-    raise RuntimeError(f"eval pipeline of split {split!r} did not cover each object once")
-  return out
-
-
 def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: int = 0):
-  """Metrics of both directions from encoded splits (see `encode_split`)."""
+  """Metrics of both directions from encoded splits (see `RetrievalEvaluator.encode`)."""
   bits = query["image"].shape[1]
   res = {"bits": bits, "num_queries": len(query["label"]),
          "num_database": len(database["label"]),
@@ -90,21 +54,75 @@ def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: in
   return res
 
 
-def evaluate_retrieval(model, params, builder, input_config,
-                       config: ml_collections.ConfigDict, mesh):
-  """Encode the query and database splits and compute every retrieval metric.
+class RetrievalEvaluator:
+  """Encodes the query and database splits and scores retrieval; built once per run.
 
-  Returns:
-    a JSON-friendly dict (see `retrieval_metrics`) plus "arrays" (host codes and labels of
-    both splits, for figures; not meant for JSON).
+  Args:
+    model: the `CMAH` module.
+    builder: a prepared TFDS builder (or anything `cmah_jax.input.eval_batches` reads).
+    spec: the resolved input spec (eval batch size, sizes, eval view).
+    mesh: the device mesh; batches are sharded on its `"data"` axis.
+    precision_ks: the k of precision@k.
+    seed: seeds the chance (random codes) baseline.
+    query_split, database_split: split names.
+
+  `trace_count` counts traces of the encoder (1 after any number of evaluations).
   """
-  encoder = make_encoder(model, mesh)
-  query = encode_split(encoder, params, builder, "query", input_config, mesh)
-  database = encode_split(encoder, params, builder, "database", input_config, mesh)
-  res = retrieval_metrics(query, database, ks=tuple(config.eval.precision_ks),
-                          seed=config.seed)
-  res["arrays"] = {"query": query, "database": database}
-  return res
+
+  def __init__(self, model, builder, spec: InputSpec, mesh, *, precision_ks=(1, 10, 50, 100),
+               seed: int = 0, query_split: str = "query", database_split: str = "database"):
+    self.model, self.builder, self.spec, self.mesh = model, builder, spec, mesh
+    self.precision_ks = tuple(int(k) for k in precision_ks)
+    self.seed = int(seed)
+    self.splits = {"query": query_split, "database": database_split}
+    self.trace_count = 0
+    self._replicated = shd.replicated(mesh)
+
+    def encode(params, images, points):
+      self.trace_count += 1  # Python side effect: runs once per trace
+      out = model.apply({"params": params}, images=images, points=points, train=False)
+      return {"image": out["image/code"], "point": out["point/code"]}
+
+    self._encode = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
+
+  def encode(self, params, split: str) -> dict:
+    """Codes of both modalities for every object of `split`, in split order.
+
+    Returns:
+      {"image": [n, K] float32 {-1, +1}, "point": [n, K] float32, "label": [n] int32}.
+    """
+    params = jax.device_put(params, self._replicated)
+    chunks = {"image": [], "point": [], "label": [], "index": [], "valid": []}
+    for batch in eval_batches(self.builder, split, self.spec, self.mesh):
+      codes = self._encode(params, batch["images"], batch["points"])
+      for k in ("image", "point"):
+        chunks[k].append(local_rows(codes[k]))
+      for k in ("label", "index", "valid"):
+        chunks[k].append(batch[k])
+    cat = {k: _gather_hosts(np.concatenate(v)) for k, v in chunks.items()}
+    valid = cat["valid"].astype(bool)
+    order = np.argsort(cat["index"][valid], kind="stable")
+    out = {k: cat[k][valid][order] for k in ("image", "point", "label")}
+    if not np.array_equal(cat["index"][valid][order], np.arange(len(out["label"]))):
+      raise RuntimeError(f"eval pipeline of split {split!r} did not cover each object once")
+    return out
+
+  def evaluate(self, params) -> dict:
+    """Encode both splits and compute every retrieval metric.
+
+    Returns:
+      a JSON-friendly dict (see `retrieval_metrics`) plus "arrays" (host codes and labels
+      of both splits, for figures; not meant for JSON).
+    """
+    query = self.encode(params, self.splits["query"])
+    database = self.encode(params, self.splits["database"])
+    res = retrieval_metrics(query, database, ks=self.precision_ks, seed=self.seed)
+    res["arrays"] = {"query": query, "database": database}
+    return res
+
+  def run(self, params) -> Iterator[tuple[str, float]]:
+    """Yield `(name, value)` scalar metrics (`map/i2p/64`, `precision_at_10/p2i`, ...)."""
+    yield from flat_metrics(self.evaluate(params)).items()
 
 
 def flat_metrics(results: dict) -> dict:

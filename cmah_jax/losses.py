@@ -8,25 +8,18 @@
   positive (SupCon-style) — an upper bound on labelled data.
 - `point_reconstruction_loss`: Chamfer-L2 over the masked groups [Point-MAE].
 - `image_reconstruction_loss`: MSE on masked patches, per-patch normalised target [MAE].
-- `cmah_loss(outputs, loss_config, labels)`: the total and each term, for logging.
+- `cmah_loss(outputs, spec, labels)` with a `LossSpec`: the total and each term, for logging.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from cmah_jax.ops.pointcloud import chamfer_distance
 
-# Defaults of `config.loss` fields, used for fields the given config lacks.
-DEFAULT_LOSS_CONFIG = dict(
-    temperature=0.07,                 # [ours; ConMH uses 0.5]
-    pairs="full_full,masked_masked",  # [paper: full-full and masked pairs; which ones ours]
-    lambda_r=1.0,                     # [paper shows no weight; ConMH 1:1]
-    norm_pix_loss=True,               # [MAE]
-    supervised=False,                 # [ours]
-)
 PAIRS = ("full_full", "masked_masked", "full_masked")
 _NORM_EPS = 1e-12
 
@@ -126,13 +119,7 @@ def image_reconstruction_loss(pred: jax.Array, target: jax.Array, norm_pix_loss:
   return jnp.mean((pred.astype(jnp.float32) - target) ** 2)
 
 
-def _get(cfg: Any, name: str):
-  if isinstance(cfg, Mapping):
-    return cfg.get(name, DEFAULT_LOSS_CONFIG[name])
-  return getattr(cfg, name, DEFAULT_LOSS_CONFIG[name])
-
-
-def parse_pairs(pairs: str | Any) -> tuple[str, ...]:
+def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
   """`"full_full,masked_masked"` -> `("full_full", "masked_masked")`, validated."""
   names = pairs.split(",") if isinstance(pairs, str) else list(pairs)
   names = tuple(n.strip() for n in names if n.strip())
@@ -143,6 +130,30 @@ def parse_pairs(pairs: str | Any) -> tuple[str, ...]:
   return names
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """Settings of `cmah_loss` (`config.loss`), validated on construction.
+
+  `pairs` may be given as `"full_full,masked_masked"`; it is stored as a tuple.
+  """
+  temperature: float = 0.07                 # [ours; ConMH uses 0.5]
+  pairs: tuple[str, ...] = ("full_full", "masked_masked")  # [paper: full-full and masked
+                                            # pairs; which ones ours]
+  lambda_r: float = 1.0                     # [paper shows no weight; ConMH 1:1]
+  norm_pix_loss: bool = True                # [MAE]
+  supervised: bool = False                  # SupCon-style upper bound using labels [ours]
+
+  def __post_init__(self):
+    object.__setattr__(self, "pairs", parse_pairs(self.pairs))
+
+  def validate(self) -> "LossSpec":
+    if not float(self.temperature) > 0:
+      raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
+    if float(self.lambda_r) < 0:
+      raise ValueError(f"config.loss.lambda_r must be >= 0, got {self.lambda_r!r}")
+    return self
+
+
 def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
   if key not in outputs:
     raise KeyError(f"cmah_loss: outputs lack {key!r} needed for {why}; outputs of a "
@@ -150,31 +161,29 @@ def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
   return outputs[key]
 
 
-def cmah_loss(outputs: Mapping[str, jax.Array], loss_config: Any, labels=None):
+def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
   """Total CMAH loss `L_c + lambda_r * (L_3D + L_2D)` [paper].
 
-  `L_c` sums `contrastive_loss` over the selected `loss_config.pairs`:
+  `L_c` sums `contrastive_loss` over the selected `spec.pairs`:
     full_full:     (point/h, image/h)
     masked_masked: (point/h_masked, image/h_masked)
     full_masked:   the mean of (point/h, image/h_masked) and (point/h_masked, image/h)
                    (both cross pairs, averaged so it weighs as one pair) [ours].
-  With `loss_config.supervised` each pair uses `supervised_contrastive_loss` with `labels`.
+  With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`.
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0`.
 
   Args:
     outputs: the dict of a `CMAH.apply(..., train=True)` call with both modalities.
-    loss_config: `config.loss` (ConfigDict, dataclass or mapping) with `temperature`,
-      `pairs`, `lambda_r`, `norm_pix_loss`, `supervised`; missing fields take
-      `DEFAULT_LOSS_CONFIG`.
+    spec: the resolved `config.loss`.
     labels: `[B]` int, required iff `supervised`.
   Returns:
     (total scalar float32, {"loss/contrastive", "loss/point_recon", "loss/image_recon",
     "loss/total"} scalars).
   """
-  temperature = float(_get(loss_config, "temperature"))
-  pairs = parse_pairs(_get(loss_config, "pairs"))
-  lambda_r = float(_get(loss_config, "lambda_r"))
-  supervised = bool(_get(loss_config, "supervised"))
+  if not isinstance(spec, LossSpec):
+    raise TypeError(f"cmah_loss: spec must be a LossSpec, got {type(spec).__name__}")
+  temperature, pairs = float(spec.temperature), spec.pairs
+  lambda_r, supervised = float(spec.lambda_r), bool(spec.supervised)
   if supervised and labels is None:
     raise ValueError("cmah_loss: config.loss.supervised=True needs labels (batch['label'])")
 
@@ -203,7 +212,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], loss_config: Any, labels=None):
                                      _need(outputs, "point/target", "L_3D"))
     l_2d = image_reconstruction_loss(_need(outputs, "image/pred", "L_2D"),
                                      _need(outputs, "image/target", "L_2D"),
-                                     bool(_get(loss_config, "norm_pix_loss")))
+                                     bool(spec.norm_pix_loss))
   else:
     l_3d = l_2d = jnp.zeros((), jnp.float32)
   total = l_c + lambda_r * (l_3d + l_2d)

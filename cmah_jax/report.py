@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cmah_jax import metrics  # noqa: E402
-from cmah_jax.data.preview import class_names  # noqa: E402
+from cmah_jax.datasets import class_names  # noqa: E402
 from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
 
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
@@ -19,7 +19,8 @@ _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
 
 def _json_ready(results: dict, config) -> dict:
   out = {k: v for k, v in results.items() if k != "arrays"}
-  out["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  out["config"] = config.to_dict()
+  out["config_fingerprint"] = config.fingerprint()
   return json.loads(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                else str(o)))
 
@@ -28,8 +29,8 @@ def write_markdown(path: str, results: dict, config) -> None:
   bits = str(results["bits"])
   lines = [
       "# CMAH retrieval report", "",
-      f"Dataset `{config.dataset.name}` ({config.dataset.get('config', None)}), model "
-      f"`{config.model.variant}`, {bits} bits, {results.get('steps', '?')} steps, "
+      f"Dataset `{config.dataset.name}` ({config.dataset.config}), model "
+      f"`{config.variant}`, {bits} bits, {results.get('steps', '?')} steps, "
       f"train {results.get('train_seconds', 0):.0f}s, eval {results.get('eval_seconds', 0):.0f}s. "
       f"{results['num_queries']} queries (query split) against {results['num_database']} "
       "database objects (database split); relevant = same class.", "",
@@ -138,8 +139,15 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
   plt.close(fig)
 
 
-def write_report(workdir: str, results: dict, config, builder, input_config) -> dict:
-  """Write report.json, report.md, pr_curve.png and retrieval_examples.png to `workdir`."""
+def write_report(workdir: str, results: dict, config, builder) -> str:
+  """Write report.json, report.md, pr_curve.png and retrieval_examples.png to `workdir`.
+
+  Args:
+    results: `RetrievalEvaluator.evaluate` output (with "arrays") plus run figures.
+    config: the resolved `ExperimentConfig` (recorded in report.json).
+  Returns:
+    the path of report.md.
+  """
   data = _json_ready(results, config)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(data, f, indent=2)
@@ -147,7 +155,7 @@ def write_report(workdir: str, results: dict, config, builder, input_config) -> 
   plot_pr_curves(os.path.join(workdir, "pr_curve.png"), results)
   names = class_names(builder)
   plot_retrieval_examples(os.path.join(workdir, "retrieval_examples.png"), results, builder,
-                          int(input_config.eval_view),
-                          num_queries=int(config.eval.num_examples_in_figure),
+                          config.input.eval_view,
+                          num_queries=config.eval.num_examples_in_figure,
                           class_names=list(names) if names else None)
-  return data
+  return os.path.join(workdir, "report.md")

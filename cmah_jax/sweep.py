@@ -27,25 +27,31 @@ def sweep_table(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _finished(report_path: str, total_steps: int) -> bool:
+def finished(report_path: str, config) -> bool:
+  """Whether `report_path` is the report of a finished run of exactly `config` (its
+  resolved config's fingerprint and step count match)."""
   if not os.path.exists(report_path):
     return False
   with open(report_path) as f:
-    return json.load(f).get("steps") == total_steps
+    report = json.load(f)
+  return (report.get("config_fingerprint") == config.fingerprint()
+          and report.get("steps") == config.total_steps)
 
 
 def main(argv):
   del argv
-  from cmah_jax import train
+  from cmah_jax import config as config_lib
+  from cmah_jax import run
 
   rows = []
   for bits in (int(b) for b in _BITS.value):
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.bits = bits
+    resolved = config_lib.resolve(config)
     workdir = os.path.join(_WORKDIR.value, f"bits_{bits}")
     report_path = os.path.join(workdir, "report.json")
-    if not _finished(report_path, config.total_steps):  # finished runs are not redone
-      train.train_and_evaluate(config, workdir)
+    if not finished(report_path, resolved):  # finished runs of this config are not redone
+      run.run_experiment(resolved, workdir)
     with open(report_path) as f:
       rows.append(json.load(f))
   table = sweep_table(rows)

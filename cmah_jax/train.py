@@ -1,4 +1,4 @@
-"""Training and evaluation of CMAH: `train_and_evaluate(config, workdir)`.
+"""Training of CMAH: `train_and_evaluate(config, workdir)`.
 
 One code path from one CPU to a multi-host pod: a 1D mesh over every device of every
 process, the global batch sharded on `"data"`, params and optimizer state replicated, a
@@ -6,6 +6,11 @@ train step compiled once ahead of time with the state donated. PRNG: one root ke
 `config.seed`; step `s` uses `fold_in(root, s)` (split into mask and dropout keys) and the
 input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
 state and a resumed run continues exactly.
+
+The story of a run, one function each: `prepare_dataset`, `init_or_restore_state`,
+`compile_train_step`, the loop (`MetricsWindow` logs, checkpoints, periodic evaluation,
+stop on signal), and the final evaluation. Writing the report is the caller's
+(`cmah_jax.run`).
 """
 from __future__ import annotations
 
@@ -18,79 +23,29 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cmah_jax import checkpointing, evaluate, losses, report
+from cmah_jax import checkpointing, losses
+from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
-from cmah_jax.data import pipeline
-from cmah_jax.data import prepare as prepare_lib
+from cmah_jax.datasets import prepare as prepare_lib
+from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
+from cmah_jax.input import TrainPipeline
 from cmah_jax.metric_writer import JsonlWriter
-from cmah_jax.models import CMAH, init_variables, resolve_config
-
-
-# ----------------------------------------------------------------------------- model
-def build_model(config: ml_collections.ConfigDict) -> CMAH:
-  """The CMAH module of `config.model`, sized for `config.input` where that is set."""
-  overrides = dict(config.model.get("overrides", None) or {})
-  for field in ("num_points", "image_size"):
-    value = config.input.get(field, None)
-    if value is None:
-      continue
-    if field in overrides and overrides[field] != value:
-      raise ValueError(
-          f"config.input.{field}={value} disagrees with config.model.overrides."
-          f"{field}={overrides[field]}; set one of them")
-    overrides[field] = value
-  return CMAH(resolve_config(config.model.variant, config.model.bits, overrides))
-
-
-def input_config_for(config: ml_collections.ConfigDict, model: CMAH):
-  """`config.input` with `num_points`/`image_size` filled in from the model."""
-  cfg = ml_collections.ConfigDict(config.input.to_dict())
-  cfg.num_points = model.num_points
-  cfg.image_size = model.image_size
-  return cfg
-
-
-# ----------------------------------------------------------------------------- optimizer
-def learning_rate_schedule(config: ml_collections.ConfigDict):
-  """Linear warm-up then cosine decay; peak = base lr * batch / base batch [Point-MAE]."""
-  o = config.optim
-  peak = o.base_learning_rate * config.input.batch_size / o.learning_rate_base_batch
-  warmup = min(int(o.warmup_steps), max(int(config.total_steps) - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(int(config.total_steps), warmup + 1),
-      end_value=peak * o.min_learning_rate_ratio)
-
-
-def _decay_mask(params):
-  """Weight decay on matrices only, not on biases, norms or embeddings' 1D vectors [MAE]."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict):
-  o = config.optim
-  schedule = learning_rate_schedule(config)
-  tx = optax.chain(
-      optax.clip_by_global_norm(o.grad_clip_norm),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  mask=_decay_mask))
-  return tx, schedule
+from cmah_jax.models import CMAH, init_variables
+from cmah_jax.optim import make_optimizer
 
 
 # ----------------------------------------------------------------------------- train step
-def make_train_step(model: CMAH, tx, schedule, loss_config, root_key):
+def make_train_step(model: CMAH, tx, schedule, loss_spec: losses.LossSpec, root_key):
   """`(state, batch) -> (state, metrics)`, a pure function to be jitted.
 
   state: `{"step": int32 [], "params": ..., "opt_state": ...}`;
   batch: `{"points": [B, N, 3] f32, "images": [B, H, W, 3] f32, "label": [B] int32}`.
   """
-  supervised = bool(loss_config.supervised)
 
   def train_step(state, batch):
     step = state["step"]
@@ -99,8 +54,8 @@ def make_train_step(model: CMAH, tx, schedule, loss_config, root_key):
     def loss_fn(params):
       out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
                         train=True, mask_key=mask_key, rngs={"dropout": dropout_key})
-      labels = batch["label"] if supervised else None
-      return losses.cmah_loss(out, loss_config, labels=labels)
+      labels = batch["label"] if loss_spec.supervised else None
+      return losses.cmah_loss(out, loss_spec, labels=labels)
 
     (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -144,205 +99,232 @@ class _StopSignal:
     return bool(np.any(multihost_utils.process_allgather(np.array([local]))))
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _log(msg: str, *args):
+def log(msg: str, *args):
   """Progress for people: stdout of process 0 (absl's log gets it at DEBUG level)."""
   if jax.process_index() == 0:
     logging.debug(msg, *args)
     print(msg % args if args else msg, flush=True)
 
 
-def prepare_dataset(config: ml_collections.ConfigDict):
+class MetricsWindow:
+  """Device metrics of the steps since the last log, fetched (and checked) together."""
+
+  def __init__(self, start_step: int, batch_size: int):
+    self.batch_size = batch_size
+    self.seconds = 0.0  # training time of closed windows
+    self.restart(start_step)
+
+  def restart(self, step: int):
+    """Start a new, empty window at `step`."""
+    self.rows, self.start, self.t0 = [], step, time.perf_counter()
+
+  def reset_clock(self):
+    """Restart the window's clock (after an evaluation, whose time is not training)."""
+    self.t0 = time.perf_counter()
+
+  def add(self, metrics: dict):
+    self.rows.append(metrics)
+
+  def close(self, done: int, last_checkpoint) -> dict:
+    """Fetch the window, raise on NaN/inf naming the step, return the means + throughput."""
+    fetched = jax.device_get(self.rows)
+    for i, m in enumerate(fetched):
+      bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
+      if bad:
+        raise FloatingPointError(
+            f"Non-finite {bad} at step {self.start + i + 1} (window of steps "
+            f"{self.start + 1}-{done}); lower config.optim.base_learning_rate or check the "
+            f"inputs. Last good checkpoint: {last_checkpoint}")
+    elapsed = time.perf_counter() - self.t0
+    self.seconds += elapsed
+    steps_per_s = len(fetched) / elapsed
+    out = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    out["steps_per_second"] = steps_per_s
+    out["examples_per_second"] = steps_per_s * self.batch_size
+    self.restart(done)
+    return out
+
+
+def _log_progress(m: dict, done: int, total: int):
+  log("step %d/%d (%.0f%%) loss %.4f [c %.4f, 3d %.4f, 2d %.4f] lr %.2e %.2f steps/s "
+      "%.0f ex/s ETA %s", done, total, 100 * done / total, m["loss/total"],
+      m["loss/contrastive"], m["loss/point_recon"], m["loss/image_recon"],
+      m["learning_rate"], m["steps_per_second"], m["examples_per_second"],
+      format_eta((total - done) / max(m["steps_per_second"], 1e-9)))
+
+
+# ----------------------------------------------------------------------------- phases
+def prepare_dataset(dataset: config_lib.DatasetSpec):
   """The dataset's builder, prepared once (process 0 first, then every other process)."""
-  d = config.dataset
-  args = (d.name, d.data_dir, d.get("config", None), d.get("manual_dir", None))
+  args = (dataset.name, dataset.data_dir, dataset.config, dataset.manual_dir)
   if jax.process_index() == 0:
-    builder, summary = prepare_lib.prepare(*args)
-    _log("Dataset:\n%s", summary)
+    builder, summary_text = prepare_lib.prepare(*args)
+    log("Dataset:\n%s", summary_text)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("cmah_dataset_prepared")
     builder, _ = prepare_lib.prepare(*args)  # reused on a shared filesystem
   return builder
 
 
-@dataclasses.dataclass
-class TrainResult:
-  state: Any
-  metrics: dict
-  model: CMAH
-
-
-# ----------------------------------------------------------------------------- main entry
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None) -> TrainResult:
-  """Train on `config.dataset`'s train split, evaluate retrieval, write the report.
-
-  Args:
-    config: see configs/default.py.
-    workdir: checkpoints, metrics.jsonl and the report go here; a run resumes from it.
-    devices: the devices of the mesh (default: all devices of all processes).
+def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mesh, manager,
+                          init_key):
+  """The train state: the latest checkpoint of `manager`, else a warm start from
+  `cfg.init_from`, else a fresh initialisation from `init_key`; replicated on `mesh`.
 
   Returns:
-    `TrainResult(state, metrics, model)`: the final replicated train state, the final
-    metrics (last logged train metrics and the retrieval results), and the module.
+    (state, restored_step or None).
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  writer = JsonlWriter(workdir)
-
-  # --- Mesh: one "data" axis over every device of every process.
-  mesh = shd.make_mesh(devices)
-  shd.check_batch_divisible(config.input.batch_size, mesh, "input.batch_size")
-  shd.check_batch_divisible(config.input.eval_batch_size, mesh, "input.eval_batch_size")
-  _log("Mesh: %d devices (%s) over %d process(es); global batch %d",
-       mesh.devices.size, jax.devices()[0].platform, jax.process_count(),
-       config.input.batch_size)
   replicated = shd.replicated(mesh)
-
-  # --- Model, optimizer and abstract state (shapes only; nothing on device yet).
-  model = build_model(config)
-  input_config = input_config_for(config, model)
-  tx, schedule = make_optimizer(config)
-  root_key = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(root_key)
 
   def init_state(key):
     params = init_variables(model, key)["params"]
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   abstract_state = jax.eval_shape(init_state, init_key)
-  state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
+  shardings = jax.tree.map(lambda _: replicated, abstract_state)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
-  _log("Model %s, %d bits: %.2fM parameters", config.model.variant, config.model.bits,
-       num_params / 1e6)
+  log("Model %s, %d bits: %.2fM parameters", cfg.variant, cfg.model.bits, num_params / 1e6)
+  latest = manager.latest_step()
+  if latest is not None:
+    state = checkpointing.restore(manager, latest,
+                                  checkpointing.abstract_like(abstract_state, shardings))
+    log("Resumed from %s at step %d", manager.directory, latest)
+    return state, latest
+  state = jax.jit(init_state, out_shardings=shardings)(init_key)
+  if cfg.init_from:
+    abs_params = checkpointing.abstract_like(abstract_state["params"], shardings["params"])
+    params = checkpointing.restore_params(cfg.init_from, abs_params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+    state = dict(state, params=params, opt_state=opt_state)
+  return state, None
 
-  # --- Input.
-  builder = prepare_dataset(config)
 
-  # --- Checkpoints: restore the latest, else warm-start or initialise.
+def compile_train_step(train_step, state, batch, mesh):
+  """`train_step` compiled ahead of time for these shapes, state donated (a retrace would
+  be an error), with its memory use logged."""
+  replicated = shd.replicated(mesh)
+  state_shardings = jax.tree.map(lambda _: replicated, state)
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, shd.data_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch).compile()
+  log("Compiled the train step in %.1fs", time.perf_counter() - t0)
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    log("Train step memory per device: args %.1f MB, temps %.1f MB, outputs %.1f MB",
+        mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
+        mem.output_size_in_bytes / 2**20)
+  return compiled
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """The final replicated train state, the metrics (last logged train metrics and the
+  retrieval results, or `stopped_at`), the module, the resolved config, and the full
+  retrieval results (None when stopped early) for the report."""
+  state: Any
+  metrics: dict
+  model: CMAH
+  config: config_lib.ExperimentConfig
+  results: dict | None = None
+  builder: Any = None
+
+
+# ----------------------------------------------------------------------------- main entry
+def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
+  """Train on the dataset's train split, then evaluate retrieval.
+
+  Args:
+    config: a config (`configs/*.py`, a ConfigDict) or a resolved `ExperimentConfig`.
+    workdir: checkpoints and metrics.jsonl go here; a run resumes from it.
+    devices: the devices of the mesh (default: all devices of all processes).
+  """
+  cfg = config_lib.resolve(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  writer = JsonlWriter(workdir)
+
+  mesh = shd.make_mesh(devices)
+  shd.check_batch_divisible(cfg.input.batch_size, mesh, "input.batch_size")
+  shd.check_batch_divisible(cfg.input.eval_batch_size, mesh, "input.eval_batch_size")
+  log("Mesh: %d devices (%s) over %d process(es); global batch %d", mesh.devices.size,
+      jax.devices()[0].platform, jax.process_count(), cfg.input.batch_size)
+
+  model = CMAH(cfg.model)
+  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
+  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  builder = prepare_dataset(cfg.dataset)
+  evaluator = RetrievalEvaluator(model, builder, cfg.input, mesh,
+                                 precision_ks=cfg.eval.precision_ks, seed=cfg.seed)
+
   manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=config.keep_checkpoints)
+                                       max_to_keep=cfg.keep_checkpoints)
   try:
-    latest = manager.latest_step()
-    if latest is not None:
-      state = checkpointing.restore(
-          manager, latest, checkpointing.abstract_like(abstract_state, state_shardings))
-      _log("Resumed from %s at step %d", manager.directory, latest)
-      writer.truncate_after(latest)  # rows past the checkpoint are logged again
-    else:
-      state = jax.jit(init_state, out_shardings=state_shardings)(init_key)
-      if config.get("init_from", None):
-        abs_params = checkpointing.abstract_like(abstract_state["params"],
-                                                 state_shardings["params"])
-        params = checkpointing.restore_params(config.init_from, abs_params)
-        state = dict(state, params=params,
-                     opt_state=jax.jit(tx.init, out_shardings=state_shardings["opt_state"])(
-                         params))
+    state, restored = init_or_restore_state(cfg, model, tx, mesh, manager, init_key)
+    if restored is not None:
+      writer.truncate_after(restored)  # rows past the checkpoint are logged again
     start_step = int(jax.device_get(state["step"]))
-
-    # --- Train step, compiled once ahead of time (a retrace would be an error).
-    train_step = make_train_step(model, tx, schedule, config.loss, train_key)
-    batch_sharding = shd.data_sharding(mesh)
-    train_pipe = pipeline.TrainPipeline(builder, "train", input_config, mesh,
-                                        seed=config.seed, start_step=start_step)
+    train_pipe = TrainPipeline(builder, "train", cfg.input, mesh, seed=cfg.seed,
+                               start_step=start_step)
     it = iter(train_pipe)
     first_batch = next(it)  # shapes for compilation (and the first step's batch)
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    t_compile = time.perf_counter()
-    compiled = jitted.lower(state, first_batch).compile()
-    _log("Compiled the train step in %.1fs", time.perf_counter() - t_compile)
-    mem = compiled.memory_analysis()
-    if mem is not None:
-      _log("Train step memory per device: args %.1f MB, temps %.1f MB, outputs %.1f MB",
-           mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
-           mem.output_size_in_bytes / 2**20)
+    step_fn = compile_train_step(make_train_step(model, tx, schedule, cfg.loss, train_key),
+                                 state, first_batch, mesh)
 
-    # --- Loop.
-    total = int(config.total_steps)
+    total = cfg.total_steps
+    window = MetricsWindow(start_step, cfg.input.batch_size)
     last_metrics: dict = {}
     last_saved = start_step
-    train_seconds = 0.0
-    window: list = []
-    t_window, window_start = time.perf_counter(), start_step
     with _StopSignal() as stop, train_pipe:
       for step in range(start_step, total):
         batch = first_batch if step == start_step else next(it)
-        state, metrics = compiled(state, batch)
-        window.append(metrics)
+        state, metrics = step_fn(state, batch)
+        window.add(metrics)
         done = step + 1
         is_last = done == total
-        save_now = done % config.checkpoint_every_steps == 0 or is_last
+        save_now = done % cfg.checkpoint_every_steps == 0 or is_last
         # Metrics are fetched (and checked for NaN/inf) at log steps and before every
         # checkpoint, so a non-finite state is never saved.
-        if done % config.log_every_steps == 0 or save_now:
-          fetched = jax.device_get(window)
-          for i, m in enumerate(fetched):
-            bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
-            if bad:
-              raise FloatingPointError(
-                  f"Non-finite {bad} at step {window_start + i + 1} (window of steps "
-                  f"{window_start + 1}-{done}); lower config.optim.base_learning_rate or "
-                  f"check the inputs. Last good checkpoint: {manager.latest_step()}")
-          elapsed = time.perf_counter() - t_window
-          train_seconds += elapsed
-          steps_per_s = len(window) / elapsed
-          last_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-          last_metrics["steps_per_second"] = steps_per_s
-          last_metrics["examples_per_second"] = steps_per_s * config.input.batch_size
+        if done % cfg.log_every_steps == 0 or save_now:
+          last_metrics = window.close(done, manager.latest_step())
           writer.write(done, last_metrics)
-          _log("step %d/%d (%.0f%%) loss %.4f [c %.4f, 3d %.4f, 2d %.4f] lr %.2e "
-               "%.2f steps/s %.0f ex/s ETA %s", done, total, 100 * done / total,
-               last_metrics["loss/total"], last_metrics["loss/contrastive"],
-               last_metrics["loss/point_recon"], last_metrics["loss/image_recon"],
-               last_metrics["learning_rate"], steps_per_s,
-               last_metrics["examples_per_second"],
-               _format_eta((total - done) / max(steps_per_s, 1e-9)))
-          window, t_window, window_start = [], time.perf_counter(), done
+          _log_progress(last_metrics, done, total)
         if save_now:
           checkpointing.save(manager, done, state, force=True)
           last_saved = done
-        every = int(config.get("eval_every_steps", 0) or 0)
-        if every and done % every == 0 and not is_last:
-          results = evaluate.evaluate_retrieval(model, state["params"], builder,
-                                                input_config, config, mesh)
-          writer.write(done, evaluate.flat_metrics(results))
-          _log("eval @%d: %s", done, evaluate.summary(results))
-          t_window = time.perf_counter()
+        if cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and not is_last:
+          results = evaluator.evaluate(state["params"])
+          writer.write(done, flat_metrics(results))
+          log("eval @%d: %s", done, summary(results))
+          window.reset_clock()
         # Multi-process runs agree on stopping at log steps (a collective); one process
         # checks every step.
-        check = jax.process_count() == 1 or done % config.log_every_steps == 0
+        check = jax.process_count() == 1 or done % cfg.log_every_steps == 0
         if check and stop.requested():
           if last_saved != done:
             checkpointing.save(manager, done, state, force=True)
           manager.wait_until_finished()
-          _log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
-          return TrainResult(state, dict(last_metrics, stopped_at=done), model)
+          log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
+          return TrainResult(state, dict(last_metrics, stopped_at=done), model, cfg,
+                             builder=builder)
     manager.wait_until_finished()
   finally:
     manager.wait_until_finished()
     manager.close()
 
-  # --- Final evaluation and report.
   t_eval = time.perf_counter()
-  results = evaluate.evaluate_retrieval(model, state["params"], builder, input_config,
-                                        config, mesh)
+  results = evaluator.evaluate(state["params"])
   results["eval_seconds"] = time.perf_counter() - t_eval
   results["steps"] = int(jax.device_get(state["step"]))
-  results["train_seconds"] = train_seconds  # of this invocation (0 if it only evaluated)
-  writer.write(results["steps"], evaluate.flat_metrics(results))
-  if jax.process_index() == 0:
-    report.write_report(workdir, results, config, builder, input_config)
-  _log("Retrieval: %s", evaluate.summary(results))
-  _log("Report: %s", os.path.join(workdir, "report.md"))
-  if jax.process_count() > 1:
-    # No process may exit while another still talks to the coordination service (the
-    # leader's exit would abort the others).
-    multihost_utils.sync_global_devices("cmah_train_and_evaluate_done")
-  return TrainResult(state, dict(last_metrics, **evaluate.flat_metrics(results)), model)
+  results["train_seconds"] = window.seconds  # of this invocation (0 if it only evaluated)
+  writer.write(results["steps"], flat_metrics(results))
+  log("Retrieval: %s", summary(results))
+  return TrainResult(state, dict(last_metrics, **flat_metrics(results)), model, cfg,
+                     results=results, builder=builder)

@@ -1,6 +1,6 @@
 """Paper scale on ModelNet40 (PointNet HDF5) with multi-view renders.
 
-  python -m cmah_jax.data.prepare --dataset=modelnet40 --manual_dir=DIR --data_dir=work/data
+  python -m cmah_jax.datasets.prepare --dataset=modelnet40 --manual_dir=DIR --data_dir=work/data
   python main.py --config=configs/modelnet40.py:data_dir=work/data --workdir=work/modelnet40
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,

@@ -6,26 +6,18 @@ AdamW lr 1e-3 x batch/128, weight decay 0.05, cosine with 10 warm-up epochs [Poi
 from cmah_jax.config_args import parse_config_arg
 from configs import default
 
-_ARGS = dict(bits=64, variant="base", supervised=False, runlocal=False, steps=None,
-             batch=None, seed=0, data_dir="work/data", manual_dir=None,
-             dataset_config=None, epochs=300)
+ARGS = dict(default.ARGS, variant="base", manual_dir=None, epochs=300)
 
 
 def get_paper_config(dataset: str, train_examples: int, arg=None):
   """Config for `dataset` at paper scale; `train_examples` sizes the epoch-based schedule."""
-  a = parse_config_arg(arg, _ARGS)
-  c = default.get_config(
-      f"bits={a['bits']},variant={a['variant']},supervised={a['supervised']},"
-      f"seed={a['seed']}")
+  a = parse_config_arg(arg, ARGS)
+  c = default.make_config(dict(a, runlocal=False, steps=None, batch=None))
   c.dataset.name = dataset
   c.dataset.config = a["dataset_config"] or "default"
-  c.dataset.data_dir = a["data_dir"]
   c.dataset.manual_dir = a["manual_dir"]
   c.input.batch_size = 128                      # [Point-MAE]
-  c.input.eval_batch_size = 256
-  c.input.num_points = None                     # the variant's: 1024 [Point-MAE]
-  c.input.image_size = None                     # the variant's: 224 [MAE]
-  c.input.color_jitter = 0.4                    # [ours]
+  c.input.eval_batch_size = 256                 # [ours]
   steps_per_epoch = max(train_examples // c.input.batch_size, 1)
   c.total_steps = a["epochs"] * steps_per_epoch  # 300 epochs [Point-MAE]
   c.optim.warmup_steps = 10 * steps_per_epoch   # 10 epochs [Point-MAE]

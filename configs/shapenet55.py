@@ -1,6 +1,6 @@
 """Paper scale on ShapeNet-55 (Point-BERT) with ULIP renders.
 
-  python -m cmah_jax.data.prepare --dataset=shapenet55 --manual_dir=DIR --data_dir=work/data
+  python -m cmah_jax.datasets.prepare --dataset=shapenet55 --manual_dir=DIR --data_dir=work/data
   python main.py --config=configs/shapenet55.py:data_dir=work/data --workdir=work/shapenet55
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,

@@ -1,6 +1,6 @@
 """Paper scale on ShapeNetRender (CrossPoint layout), 13 categories.
 
-  python -m cmah_jax.data.prepare --dataset=shapenet_render --manual_dir=DIR --data_dir=work/data
+  python -m cmah_jax.datasets.prepare --dataset=shapenet_render --manual_dir=DIR --data_dir=work/data
   python main.py --config=configs/shapenet_render.py:data_dir=work/data --workdir=work/shapenet_render
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,

@@ -1,4 +1,5 @@
 """Losses against NumPy references and hand-worked examples; sharded == unsharded."""
+import dataclasses
 import itertools
 
 import jax
@@ -143,8 +144,8 @@ def test_cmah_loss_combines_terms():
               + c(out["point/h_masked"], out["image/h"], tau))
   pr = losses.point_reconstruction_loss(out["point/pred"], out["point/target"])
   ir = losses.image_reconstruction_loss(out["image/pred"], out["image/target"], False)
-  cfg = dict(temperature=tau, pairs="full_full, masked_masked,full_masked", lambda_r=0.5,
-             norm_pix_loss=False, supervised=False)
+  cfg = losses.LossSpec(temperature=tau, pairs="full_full, masked_masked,full_masked",
+                        lambda_r=0.5, norm_pix_loss=False, supervised=False)
   total, terms = losses.cmah_loss(out, cfg)
   assert set(terms) == {"loss/contrastive", "loss/point_recon", "loss/image_recon",
                         "loss/total"}
@@ -155,13 +156,14 @@ def test_cmah_loss_combines_terms():
   np.testing.assert_allclose(terms["loss/total"], total)
   # Only full_full: masked outputs are not needed.
   only_full = {k: v for k, v in out.items() if "masked" not in k}
-  total, terms = losses.cmah_loss(only_full, dict(cfg, pairs="full_full", lambda_r=0.0))
+  total, terms = losses.cmah_loss(
+      only_full, dataclasses.replace(cfg, pairs="full_full", lambda_r=0.0))
   np.testing.assert_allclose(total, ff, rtol=1e-6)
 
 
 def test_cmah_loss_supervised_uses_labels():
   out = _fake_outputs()
-  cfg = dict(temperature=0.2, pairs="full_full", lambda_r=0.0, supervised=True)
+  cfg = losses.LossSpec(temperature=0.2, pairs="full_full", lambda_r=0.0, supervised=True)
   labels = jnp.array([0, 0, 1, 1])
   total, _ = losses.cmah_loss(out, cfg, labels)
   np.testing.assert_allclose(
@@ -174,13 +176,17 @@ def test_cmah_loss_supervised_uses_labels():
 def test_cmah_loss_clear_errors():
   out = _fake_outputs()
   with pytest.raises(ValueError, match="full_fll"):
-    losses.cmah_loss(out, dict(pairs="full_full,full_fll"))
+    losses.LossSpec(pairs="full_full,full_fll")
   with pytest.raises(ValueError, match="pairs"):
-    losses.cmah_loss(out, dict(pairs=""))
+    losses.LossSpec(pairs="")
+  with pytest.raises(ValueError, match="temperature"):
+    losses.LossSpec(temperature=0.0).validate()
+  with pytest.raises(TypeError, match="LossSpec"):
+    losses.cmah_loss(out, dict(pairs="full_full"))
   eval_out = {"point/h": out["point/h"], "image/h": out["image/h"]}
   with pytest.raises(KeyError, match="point/h_masked"):
-    losses.cmah_loss(eval_out, dict(pairs="masked_masked", lambda_r=0.0))
+    losses.cmah_loss(eval_out, losses.LossSpec(pairs="masked_masked", lambda_r=0.0))
   with pytest.raises(KeyError, match="point/pred"):
-    losses.cmah_loss(eval_out, dict(pairs="full_full", lambda_r=1.0))
+    losses.cmah_loss(eval_out, losses.LossSpec(pairs="full_full", lambda_r=1.0))
   with pytest.raises(ValueError, match="must both be"):
     losses.contrastive_loss(out["point/h"], out["image/h"][:3], 0.1)

@@ -1,6 +1,7 @@
 """CMAH model tests on the `tiny` variant: purity, masking, gradient reach, batch
 independence, layers against NumPy references, and the `base` parameter count by hand."""
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +9,13 @@ import numpy as np
 import pytest
 
 from cmah_jax import losses
-from cmah_jax.models import (CMAH, VARIANTS, abstract_variables, build, encode_images,
+from cmah_jax.models import (CMAH, abstract_variables, build, encode_images,
                              encode_points, hash_features, init_variables, resolve_config)
 from cmah_jax.models.hash_head import HashHead
 from cmah_jax.models.image_tokenizer import sincos_2d
 from cmah_jax.models.point_tokenizer import MiniPointNet
-from cmah_jax.models.transformer import SelfAttention
+from cmah_jax.models.transformer import (Block, CrossAttention, DropPath, SelfAttention,
+                                         StackSpec)
 from cmah_jax.ops.image import normalize_images, patchify, unpatchify
 from cmah_jax.ops.pointcloud import group_points
 from cmah_jax.sharding import data_sharding, make_mesh, replicated
@@ -24,9 +26,9 @@ B = 4
 
 def _inputs(model, b=B, seed=0):
   rng = np.random.default_rng(seed)
-  pts = rng.normal(size=(b, model.num_points, 3))
+  pts = rng.normal(size=(b, model.config.num_points, 3))
   pts /= np.linalg.norm(pts, axis=-1, keepdims=True)
-  imgs = rng.normal(size=(b, model.image_size, model.image_size, 3))
+  imgs = rng.normal(size=(b, model.config.image_size, model.config.image_size, 3))
   return jnp.asarray(imgs, jnp.float32), jnp.asarray(pts, jnp.float32)
 
 
@@ -53,7 +55,7 @@ def test_outputs_and_shapes(tiny):
   out = fwd(variables, images, points, jax.random.key(1), jax.random.key(2))
   cfg = model.config
   gm, tm = int(0.6 * cfg.num_groups), int(0.75 * cfg.num_patches)
-  p = model.patch_size
+  p = model.config.patch_size
   want = {"point/h": (B, BITS), "point/code": (B, BITS), "image/h": (B, BITS),
           "image/code": (B, BITS), "point/h_masked": (B, BITS), "image/h_masked": (B, BITS),
           "point/pred": (B, gm, cfg.group_size, 3), "point/target": (B, gm, cfg.group_size, 3),
@@ -169,7 +171,7 @@ def test_codes_same_with_batch_sharded_over_4_devices(tiny):
 
 def test_encode_images_accepts_uint8(tiny):
   model, variables, _, _, _ = tiny
-  u8 = np.random.default_rng(3).integers(0, 256, (2, model.image_size, model.image_size, 3),
+  u8 = np.random.default_rng(3).integers(0, 256, (2, model.config.image_size, model.config.image_size, 3),
                                           dtype=np.uint8)
   a = encode_images(model, variables, jnp.asarray(u8))
   b = encode_images(model, variables, normalize_images(jnp.asarray(u8)))
@@ -180,8 +182,8 @@ def test_targets_are_the_masked_inputs(tiny):
   model, variables, fwd, images, points = tiny
   out = fwd(variables, images, points, jax.random.key(5), jax.random.key(2))
   pm, im = np.asarray(out["point/mask"]), np.asarray(out["image/mask"])
-  patches = np.asarray(patchify(images, model.patch_size))
-  nbhd, _ = group_points(points, model.num_groups, model.group_size)
+  patches = np.asarray(patchify(images, model.config.patch_size))
+  nbhd, _ = group_points(points, model.config.num_groups, model.config.group_size)
   for j in range(B):
     np.testing.assert_array_equal(out["image/target"][j], patches[j][im[j]])
     np.testing.assert_array_equal(out["point/target"][j], np.asarray(nbhd)[j][pm[j]])
@@ -193,11 +195,11 @@ def test_masked_pass_sees_visible_tokens_only(tiny):
   model, variables, fwd, images, points = tiny
   mk, dk = jax.random.key(5), jax.random.key(2)
   out = fwd(variables, images, points, mk, dk)
-  patches = np.asarray(patchify(images, model.patch_size))
+  patches = np.asarray(patchify(images, model.config.patch_size))
   noise = np.random.default_rng(0).normal(size=patches.shape).astype(np.float32) * 3
   mask = np.asarray(out["image/mask"])[..., None]
-  s = model.image_size
-  scrambled = unpatchify(jnp.asarray(np.where(mask, noise, patches)), model.patch_size, s, s)
+  s = model.config.image_size
+  scrambled = unpatchify(jnp.asarray(np.where(mask, noise, patches)), model.config.patch_size, s, s)
   out2 = fwd(variables, scrambled, points, mk, dk)
   for k in ("image/h_masked", "point/h_masked", "point/pred", "image/pred"):
     np.testing.assert_allclose(out2[k], out[k], atol=1e-6, err_msg=k)
@@ -290,6 +292,76 @@ def test_self_attention_vs_numpy():
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def _np_attention(q, k, v, heads):
+  """Multi-head softmax attention, one batch element: q [Tq, C], k/v [Tk, C]."""
+  d = q.shape[-1] // heads
+  out = np.zeros((q.shape[0], q.shape[1]), np.float64)
+  for hd in range(heads):
+    sl = slice(hd * d, (hd + 1) * d)
+    s = q[:, sl] @ k[:, sl].T / np.sqrt(d)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    out[:, sl] = (w / w.sum(-1, keepdims=True)) @ v[:, sl]
+  return out
+
+
+def test_cross_attention_vs_numpy():
+  heads, c = 2, 8
+  attn = CrossAttention(heads, qkv_bias=True)
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 3, c)).astype(np.float32)
+  ctx = rng.normal(size=(2, 5, c)).astype(np.float32)
+  variables = attn.init(jax.random.key(0), x, ctx, True)
+  p = jax.tree.map(np.asarray, variables["params"])
+  got = attn.apply(variables, x, ctx, True)
+  lin = lambda a, name: a @ p[name]["kernel"] + p[name]["bias"]
+  for b in range(2):
+    k, v = np.split(lin(ctx[b], "kv"), 2, axis=-1)
+    want = lin(_np_attention(lin(x[b], "q"), k, v, heads), "proj")
+    np.testing.assert_allclose(got[b], want, atol=1e-5)
+  # Queries attend to the context only: permuting the context tokens changes nothing.
+  np.testing.assert_allclose(attn.apply(variables, x, ctx[:, ::-1], True), got, atol=1e-5)
+
+
+def test_fusion_block_vs_numpy():
+  """x + SA(LN x); x + CA(LN x, LN ctx); x + MLP(LN x), exact GELU, no drop-path."""
+  heads, c = 2, 8
+  block = Block(StackSpec(1, heads, 2.0, True), cross_attention=True)
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 4, c)).astype(np.float32)
+  ctx = rng.normal(size=(2, 3, c)).astype(np.float32)
+  variables = block.init(jax.random.key(0), x, ctx)
+  p = jax.tree.map(np.asarray, variables["params"])
+  got = block.apply(variables, x, ctx)
+  ln = lambda a, name: _np_layer_norm(a, p[name]["scale"], p[name]["bias"])
+  lin = lambda a, mod, name: a @ p[mod][name]["kernel"] + p[mod][name]["bias"]
+  gelu = lambda a: 0.5 * a * (1 + np.vectorize(math.erf)(a / np.sqrt(2)))
+  for b in range(2):
+    y = x[b].astype(np.float64)
+    q, k, v = np.split(lin(ln(y, "norm1"), "self_attn", "qkv"), 3, axis=-1)
+    y = y + lin(_np_attention(q, k, v, heads), "self_attn", "proj")
+    kc, vc = np.split(lin(ln(ctx[b], "norm_kv"), "cross_attn", "kv"), 2, axis=-1)
+    qc = lin(ln(y, "norm_q"), "cross_attn", "q")
+    y = y + lin(_np_attention(qc, kc, vc, heads), "cross_attn", "proj")
+    h = gelu(lin(ln(y, "norm2"), "mlp", "fc1"))
+    y = y + lin(h, "mlp", "fc2")
+    np.testing.assert_allclose(got[b], y, atol=1e-4)
+  with pytest.raises(ValueError, match="context"):
+    block.apply(variables, x)
+
+
+def test_drop_path_statistics_and_scaling():
+  """Each sample's branch is either dropped (all zeros) or kept and scaled by 1/(1-rate);
+  over many samples the kept fraction is 1 - rate (binomial bound)."""
+  rate, n = 0.3, 4000
+  x = np.ones((n, 2, 3), np.float32)
+  y = np.asarray(DropPath(rate).apply({}, x, False, rngs={"dropout": jax.random.key(7)}))
+  kept = np.all(y == np.float32(1 / (1 - rate)), axis=(1, 2))
+  dropped = np.all(y == 0, axis=(1, 2))
+  assert np.all(kept | dropped)
+  assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / n)
+  np.testing.assert_array_equal(DropPath(rate).apply({}, x, True), x)  # deterministic
+
+
 def test_mini_pointnet_vs_numpy_and_permutation_invariant():
   net = MiniPointNet((4, 6, 10), 5)
   nb = np.random.default_rng(2).normal(size=(2, 3, 7, 3)).astype(np.float32)
@@ -334,13 +406,20 @@ def test_build_validates_arguments():
 
 def test_overrides_and_attributes():
   model = CMAH(resolve_config("tiny", 32, dict(depth=1, image_size=48, num_points=300)))
-  assert (model.image_size, model.num_points, model.patch_size, model.bits) == (48, 300, 8, 32)
+  c = model.config
+  assert (c.image_size, c.num_points, c.patch_size, c.bits) == (48, 300, 8, 32)
   shapes = abstract_variables(model)["params"]
   assert set(shapes["point_encoder"]["transformer"]) == {"block_0", "norm"}
   assert shapes["image_hash"]["proj"]["kernel"].shape == (64, 32)
-  for name in VARIANTS:
-    cfg = resolve_config(name, 64)
-    assert cfg.image_size % cfg.patch_size == 0 and cfg.num_groups <= cfg.num_points
+  # Decoder heads predict k x 3 coordinates per group and p*p*3 pixels per patch, at the
+  # variant's width (tiny: width 64, group_size 16, patch 8).
+  assert shapes["point_decoder"]["head"]["kernel"].shape == (64, 16 * 3)
+  assert shapes["image_decoder"]["head"]["kernel"].shape == (64, 8 * 8 * 3)
+  # Fusion blocks carry cross-attention, encoder blocks do not.
+  dec_block = shapes["point_decoder"]["transformer"]["block_0"]
+  enc_block = shapes["point_encoder"]["transformer"]["block_0"]
+  assert {"self_attn", "cross_attn", "norm_q", "norm_kv"} <= set(dec_block)
+  assert "cross_attn" not in enc_block and "attn" in enc_block
 
 
 def test_wrong_input_shapes_raise_clear_errors(tiny):
@@ -387,4 +466,4 @@ def test_base_parameter_count_matches_hand_count():
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     print(f"base ({bits} bits): {count:,} parameters")
     assert count == _hand_count_base(bits)
-  assert (model.image_size, model.patch_size, model.num_points) == (224, 16, 1024)
+  assert (model.config.image_size, model.config.patch_size, model.config.num_points) == (224, 16, 1024)

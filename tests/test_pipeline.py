@@ -1,16 +1,17 @@
-"""Tests of the input pipeline (cmah_jax/data/pipeline.py) on the `tiny` synthetic dataset."""
+"""Tests of the input pipeline (cmah_jax/input/) on the `tiny` synthetic dataset."""
 import threading
+from dataclasses import replace
 
 import jax
 import numpy as np
 import pytest
 
 from cmah_jax import datasets, sharding
-from cmah_jax.data import pipeline as P
+from cmah_jax import input as P
 from cmah_jax.ops.image import normalize_images
 
 SEED = 11
-CFG = dict(batch_size=8, eval_batch_size=12, num_points=256, image_size=16, prefetch=2)
+CFG = P.InputSpec(batch_size=8, eval_batch_size=12, num_points=256, image_size=16, prefetch=2)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +100,7 @@ def test_two_simulated_hosts_split_the_global_batch(train_source):
     np.testing.assert_array_equal(np.concatenate([halves[0][k], halves[1][k]]), full[k])
   assert not np.array_equal(halves[0]["points"], halves[1]["points"])
   with pytest.raises(ValueError, match="input.batch_size"):
-    P.train_local_batch(train_source, 0, dict(CFG, batch_size=9), SEED, 0, 2)
+    P.train_local_batch(train_source, 0, replace(CFG, batch_size=9), SEED, 0, 2)
 
 
 def test_simulated_hosts_through_the_pipeline(tiny, train_source):
@@ -117,7 +118,7 @@ def test_simulated_hosts_through_the_pipeline(tiny, train_source):
 
 
 def test_augmentation_ranges_against_reference(train_source):
-  cfg = dict(CFG, num_points=512, color_jitter=0.0, hflip=False, image_size=32)
+  cfg = replace(CFG, num_points=512, color_jitter=0.0, hflip=False, image_size=32)
   step = 4
   batch = P.train_local_batch(train_source, step, cfg, SEED)
   idx = P.global_batch_indices(SEED, step, len(train_source), 8)
@@ -144,7 +145,7 @@ def test_augmentation_ranges_against_reference(train_source):
 
 
 def test_point_subset_and_flip(train_source):
-  cfg = dict(CFG, num_points=100, color_jitter=0.0, hflip=True, image_size=32,
+  cfg = replace(CFG, num_points=100, color_jitter=0.0, hflip=True, image_size=32,
              point_scale=(1.0, 1.0), point_translate=0.0)
   batch = P.train_local_batch(train_source, 0, cfg, SEED)
   idx = P.global_batch_indices(SEED, 0, len(train_source), 8)
@@ -163,18 +164,18 @@ def test_point_subset_and_flip(train_source):
 
 
 def test_num_train_views_restricts_views(train_source):
-  cfg = dict(CFG, color_jitter=0.0, hflip=False, image_size=32, num_train_views=1)
+  cfg = replace(CFG, color_jitter=0.0, hflip=False, image_size=32, num_train_views=1)
   batch = P.train_local_batch(train_source, 1, cfg, SEED)
   idx = P.global_batch_indices(SEED, 1, len(train_source), 8)
   for j in range(8):
     np.testing.assert_array_equal(batch["images"][j], train_source[int(idx[j])]["images"][0])
   with pytest.raises(ValueError, match="input.num_train_views"):
-    P.train_local_batch(train_source, 1, dict(cfg, num_train_views=5), SEED)
+    P.train_local_batch(train_source, 1, replace(cfg, num_train_views=5), SEED)
 
 
 def test_too_many_points_is_a_clear_error(train_source):
   with pytest.raises(ValueError, match="input.num_points"):
-    P.train_local_batch(train_source, 0, dict(CFG, num_points=1024), SEED)
+    P.train_local_batch(train_source, 0, replace(CFG, num_points=1024), SEED)
 
 
 def test_resize_against_loops():
@@ -208,7 +209,7 @@ def test_color_jitter_hand_worked():
 
 
 def test_jitter_changes_images_within_range(train_source):
-  plain = P.train_local_batch(train_source, 3, dict(CFG, color_jitter=0.0), SEED)
+  plain = P.train_local_batch(train_source, 3, replace(CFG, color_jitter=0.0), SEED)
   jit = P.train_local_batch(train_source, 3, CFG, SEED)
   np.testing.assert_array_equal(plain["points"], jit["points"])  # same other draws
   assert not np.array_equal(plain["images"], jit["images"])
@@ -238,9 +239,9 @@ def test_sharded_pipeline_on_two_devices(tiny, train_source):
 def test_batch_not_divisible_by_devices_names_the_key(tiny):
   mesh = sharding.make_mesh(jax.devices()[:4])
   with pytest.raises(ValueError, match="input.batch_size"):
-    P.TrainPipeline(tiny, "train", dict(CFG, batch_size=6), mesh, SEED)
+    P.TrainPipeline(tiny, "train", replace(CFG, batch_size=6), mesh, SEED)
   with pytest.raises(ValueError, match="input.eval_batch_size"):
-    P.eval_batches(tiny, "query", dict(CFG, eval_batch_size=10), mesh)
+    P.eval_batches(tiny, "query", replace(CFG, eval_batch_size=10), mesh)
 
 
 def test_resume_gives_identical_batches(tiny):
@@ -253,9 +254,9 @@ def test_resume_gives_identical_batches(tiny):
 
 
 def test_prefetch_equals_synchronous(tiny):
-  with P.TrainPipeline(tiny, "train", dict(CFG, prefetch=0), None, SEED) as it:
+  with P.TrainPipeline(tiny, "train", replace(CFG, prefetch=0), None, SEED) as it:
     sync = [next(it) for _ in range(3)]
-  with P.TrainPipeline(tiny, "train", dict(CFG, prefetch=3), None, SEED) as it:
+  with P.TrainPipeline(tiny, "train", replace(CFG, prefetch=3), None, SEED) as it:
     pre = [next(it) for _ in range(3)]
   for a, b in zip(sync, pre):
     _equal(a, b)
@@ -270,7 +271,7 @@ def test_worker_error_is_reraised_and_close_stops_thread(train_source):
     next(it)
   it.close()
   assert threading.active_count() == before
-  it2 = P.TrainPipeline(train_source, "train", dict(CFG, prefetch=2), None, SEED)
+  it2 = P.TrainPipeline(train_source, "train", replace(CFG, prefetch=2), None, SEED)
   next(it2)
   it2.close()  # worker blocked on a full queue must still stop
   assert threading.active_count() == before
@@ -301,12 +302,15 @@ def test_eval_covers_every_object_once(tiny):
 
 
 def test_eval_sharded_and_two_simulated_hosts(tiny):
-  cfg = dict(CFG, eval_batch_size=16, eval_view=2)
+  cfg = replace(CFG, eval_batch_size=16, eval_view=2)
   mesh = sharding.make_mesh(jax.devices()[:2])
   glob = list(P.eval_batches(tiny, "query", cfg, mesh))
   hosts = [list(P.eval_batches(tiny, "query", cfg, None, process_index=h, process_count=2))
            for h in (0, 1)]
   assert len(glob) == len(hosts[0]) == 3
+  # Only the model inputs go to the devices; metadata stays on the host.
+  assert all(isinstance(glob[0][k], jax.Array) for k in ("points", "images"))
+  assert all(isinstance(glob[0][k], np.ndarray) for k in ("label", "valid", "index"))
   for g, h0, h1 in zip(glob, *hosts):
     for k in ("points", "label", "valid", "index"):
       np.testing.assert_array_equal(np.asarray(g[k]), np.concatenate([h0[k], h1[k]]))
@@ -318,6 +322,6 @@ def test_eval_sharded_and_two_simulated_hosts(tiny):
 
 def test_bad_config_values_name_the_key(tiny):
   with pytest.raises(ValueError, match="input.eval_view"):
-    list(P.eval_batches(tiny, "query", dict(CFG, eval_view=4), None))
+    list(P.eval_batches(tiny, "query", replace(CFG, eval_view=4), None))
   with pytest.raises(ValueError, match="config.seed"):
     P.train_local_batch(tiny.as_data_source(split="train"), 0, CFG, -1)

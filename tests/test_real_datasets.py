@@ -260,10 +260,11 @@ def check_common(builder, objs, views_of, config):
 
 def check_pipeline(builder, config):
   """Prepared splits feed the input pipeline: train and eval batches of the right content."""
-  from cmah_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from cmah_jax import input as pipeline  # pylint: disable=import-outside-toplevel
 
-  spec = dict(batch_size=4, eval_batch_size=4, num_points=config.num_points // 2,
-              image_size=config.image_size // 2, prefetch=0)
+  spec = pipeline.InputSpec(batch_size=4, eval_batch_size=4,
+                            num_points=config.num_points // 2,
+                            image_size=config.image_size // 2, prefetch=0)
   train = builder.as_data_source(split="train")
   batch = pipeline.train_local_batch(train, 0, spec, seed=5)
   idx = pipeline.global_batch_indices(5, 0, len(train), 4)
@@ -590,7 +591,7 @@ def test_select_views_natural_order_and_check_points():
 def test_trainer_prepares_and_trains_one_step(name, tmp_path):
   import importlib  # pylint: disable=import-outside-toplevel
 
-  from cmah_jax import train  # pylint: disable=import-outside-toplevel
+  from cmah_jax import run  # pylint: disable=import-outside-toplevel
 
   manual = tmp_path / "manual"
   if name == "shapenet_render":  # 10 per class: 8 train, 1 query, 1 database
@@ -603,7 +604,7 @@ def test_trainer_prepares_and_trains_one_step(name, tmp_path):
       f"runlocal,steps=1,data_dir={tmp_path / 'data'},manual_dir={manual},"
       "dataset_config=tiny")
   config.log_every_steps = 1
-  result = train.train_and_evaluate(config, str(tmp_path / "work"))
+  result = run.run_experiment(config, str(tmp_path / "work"))
   assert int(result.state["step"]) == 1
   assert np.isfinite(result.metrics["loss/total"])
   bits = str(config.model.bits)

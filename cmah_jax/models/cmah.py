@@ -36,6 +36,7 @@ from cmah_jax.models.fusion import FusionDecoder
 from cmah_jax.models.hash_head import HashHead
 from cmah_jax.models.image_tokenizer import ImageTokenizer
 from cmah_jax.models.point_tokenizer import PointTokenizer, PositionMLP
+from cmah_jax.models.transformer import StackSpec
 from cmah_jax.models.variants import ModelConfig, resolve_config
 from cmah_jax.ops.image import normalize_images
 from cmah_jax.ops.masking import random_mask, take_tokens
@@ -45,74 +46,45 @@ class CMAH(nn.Module):
   """Contrastive masked auto-encoder hashing network [paper]; sizes in `config`."""
   config: ModelConfig
 
-  # -- input sizes the variant expects (read by the pipeline / trainer)
-  @property
-  def image_size(self) -> int:
-    return self.config.image_size
-
-  @property
-  def num_points(self) -> int:
-    return self.config.num_points
-
-  @property
-  def patch_size(self) -> int:
-    return self.config.patch_size
-
-  @property
-  def bits(self) -> int:
-    return self.config.bits
-
-  @property
-  def num_groups(self) -> int:
-    return self.config.num_groups
-
-  @property
-  def group_size(self) -> int:
-    return self.config.group_size
-
-  @property
-  def num_patches(self) -> int:
-    return self.config.num_patches
-
   def setup(self):
     cfg = self.config
     dt = jnp.dtype(cfg.dtype)
-    enc = dict(depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-               drop_path=cfg.drop_path, dropout=cfg.dropout, dtype=dt)
-    dec = dict(depth=cfg.decoder_depth, num_heads=cfg.decoder_num_heads,
-               mlp_ratio=cfg.mlp_ratio, drop_path=cfg.drop_path, dropout=cfg.dropout,
-               dtype=dt)
+
+    def stack(depth, num_heads, qkv_bias):
+      return StackSpec(depth, num_heads, cfg.mlp_ratio, qkv_bias, cfg.drop_path,
+                       cfg.dropout, dt)
+
     # Point tower [Point-MAE]: positions added at every block, encoder and decoder.
     self.point_tokenizer = PointTokenizer(cfg.num_groups, cfg.group_size, cfg.pointnet_dims,
                                           cfg.point_pos_hidden, cfg.width, dt)
-    self.point_encoder = TokenEncoder(qkv_bias=cfg.point_qkv_bias, pos_every_block=True,
-                                      **enc)
+    self.point_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.point_qkv_bias),
+                                      pos_every_block=True)
     self.point_hash = HashHead(cfg.bits, dt)
     self.point_decoder_pos = PositionMLP(cfg.point_pos_hidden, cfg.width, dt)
-    self.point_decoder = FusionDecoder(qkv_bias=cfg.point_qkv_bias,
-                                       out_dim=3 * cfg.group_size, pos_every_block=True,
-                                       **dec)
+    self.point_decoder = FusionDecoder(
+        stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
+        out_dim=3 * cfg.group_size, pos_every_block=True)
     # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
     self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt)
-    self.image_encoder = TokenEncoder(qkv_bias=cfg.image_qkv_bias, pos_every_block=False,
-                                      **enc)
+    self.image_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.image_qkv_bias),
+                                      pos_every_block=False)
     self.image_hash = HashHead(cfg.bits, dt)
-    self.image_decoder = FusionDecoder(qkv_bias=cfg.image_qkv_bias,
-                                       out_dim=cfg.patch_size ** 2 * 3,
-                                       pos_every_block=False, **dec)
+    self.image_decoder = FusionDecoder(
+        stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.image_qkv_bias),
+        out_dim=cfg.patch_size ** 2 * 3, pos_every_block=False)
 
   # -- input checks --------------------------------------------------------------------
   def _check_images(self, images) -> jax.Array:
     s = self.config.image_size
     if images.ndim != 4 or tuple(images.shape[1:]) != (s, s, 3):
-      raise ValueError(f"CMAH: images must have shape [B, {s}, {s}, 3] (model.image_size="
+      raise ValueError(f"CMAH: images must have shape [B, {s}, {s}, 3] (model.config.image_size="
                        f"{s}), got {tuple(images.shape)}")
     return normalize_images(images)
 
   def _check_points(self, points) -> jax.Array:
     n = self.config.num_points
     if points.ndim != 3 or tuple(points.shape[1:]) != (n, 3):
-      raise ValueError(f"CMAH: points must have shape [B, {n}, 3] (model.num_points={n}), "
+      raise ValueError(f"CMAH: points must have shape [B, {n}, 3] (model.config.num_points={n}), "
                        f"got {tuple(points.shape)}")
     return jnp.asarray(points, jnp.float32)
 
@@ -241,7 +213,7 @@ def encode_points(model: CMAH, variables, points) -> jax.Array:
   """Hash codes of point clouds.
 
   Args:
-    points: `[B, N, 3]` float32 (unit-sphere normalised), N = `model.num_points`.
+    points: `[B, N, 3]` float32 (unit-sphere normalised), N = `model.config.num_points`.
   Returns:
     `[B, K]` float32 in {-1, +1}.
 

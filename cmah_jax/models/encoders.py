@@ -6,13 +6,11 @@ or the visible ones only (the masked pass).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cmah_jax.models.transformer import TransformerStack
+from cmah_jax.models.transformer import StackSpec, TransformerStack
 
 
 def global_pool(tokens: jax.Array) -> jax.Array:
@@ -30,21 +28,13 @@ class TokenEncoder(nn.Module):
   `pos_every_block=True` adds positions at every block's input [Point-MAE];
   `False` adds them once at the input [MAE].
   """
-  depth: int
-  num_heads: int
-  mlp_ratio: float
-  qkv_bias: bool
-  drop_path: float
-  dropout: float
+  spec: StackSpec
   pos_every_block: bool
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: jax.Array, pos: jax.Array, deterministic: bool) -> jax.Array:
     """tokens: `[B, T, C]`; pos: `[B or 1, T, C]`. Returns encoded tokens `[B, T, C]`."""
-    stack = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias,
-                             self.drop_path, self.dropout, fusion=False, dtype=self.dtype,
-                             name="transformer")
+    stack = TransformerStack(self.spec, name="transformer")
     pos = jnp.broadcast_to(pos, tokens.shape).astype(tokens.dtype)
     if self.pos_every_block:
       return stack(tokens, pos=pos, deterministic=deterministic)

@@ -2,20 +2,18 @@
 
 Per modality: the visible tokens from the masked encoder pass are joined by a learned mask
 token for every masked position ([visible; masked], each with its position embedding);
-`depth` `FusionBlock`s then apply self-attention over that set followed by cross-attention
+`depth` fusion `Block`s then apply self-attention over that set followed by cross-attention
 whose keys/values are the *other* modality's encoded visible tokens; a final LayerNorm and
 a linear head predict the masked content (k x 3 coordinates per point group [Point-MAE],
 p*p*3 pixels per patch [MAE]). Width equals the encoder's, so no input projection.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cmah_jax.models.transformer import TransformerStack, dense
+from cmah_jax.models.transformer import StackSpec, TransformerStack, dense
 
 MASK_TOKEN_INIT = nn.initializers.normal(0.02)  # [MAE, Point-MAE]
 
@@ -26,15 +24,9 @@ class FusionDecoder(nn.Module):
   `pos_every_block=True` adds positions at every block [Point-MAE decoder]; `False` once
   at the input [MAE decoder].
   """
-  depth: int
-  num_heads: int
-  mlp_ratio: float
-  qkv_bias: bool
-  drop_path: float
-  dropout: float
+  spec: StackSpec
   out_dim: int
   pos_every_block: bool
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, visible: jax.Array, pos_visible: jax.Array, pos_masked: jax.Array,
@@ -48,11 +40,9 @@ class FusionDecoder(nn.Module):
     x = jnp.concatenate(
         [visible, jnp.broadcast_to(mask_token, (b, tm, c)).astype(visible.dtype)], axis=1)
     pos = jnp.concatenate([pos_visible, pos_masked], axis=1).astype(x.dtype)
-    stack = TransformerStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias,
-                             self.drop_path, self.dropout, fusion=True, dtype=self.dtype,
-                             name="transformer")
+    stack = TransformerStack(self.spec, cross_attention=True, name="transformer")
     if self.pos_every_block:
       x = stack(x, pos=pos, context=context, deterministic=deterministic)
     else:
       x = stack(x + pos, context=context, deterministic=deterministic)
-    return dense(self.out_dim, self.dtype, "head")(x[:, -tm:]).astype(jnp.float32)
+    return dense(self.out_dim, self.spec.dtype, "head")(x[:, -tm:]).astype(jnp.float32)

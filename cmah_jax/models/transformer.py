@@ -1,15 +1,17 @@
 """Pre-norm transformer pieces shared by every stack: attention, MLP, drop-path, blocks.
 
-`Block` is the encoder block (self-attention + MLP) [Point-MAE, MAE]; `FusionBlock` adds a
-cross-attention sub-layer whose keys/values come from another token set (the other
-modality) [paper: MFB; layout ours]. `TransformerStack` chains either kind with a linear
-drop-path schedule and a final LayerNorm.
+`Block` is the encoder block (self-attention + MLP) [Point-MAE, MAE], or with
+`cross_attention=True` the fusion block, whose extra sub-layer takes keys/values from another
+token set (the other modality) [paper: MFB; layout ours]. `TransformerStack` chains blocks
+with a linear drop-path schedule and a final LayerNorm. `StackSpec` holds the sizes all of
+them share.
 
 Randomness: drop-path and dropout draw from the `"dropout"` RNG stream, and only when
 `deterministic=False`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -71,6 +73,14 @@ def combine(weights: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
   return out.reshape(b, weights.shape[2], c)
 
 
+def _attention_output(q, k, v, num_heads: int, dropout: float, dtype, deterministic: bool):
+  """Inside a module's compact call: attention weights of `q` over `k` (dropout on them),
+  applied to `v`, then the output projection `proj` and dropout. q: `[B, Tq, C]`."""
+  w = nn.Dropout(dropout)(attend(q, k, num_heads), deterministic=deterministic)
+  out = dense(q.shape[-1], dtype, "proj")(combine(w, v, num_heads))
+  return nn.Dropout(dropout)(out, deterministic=deterministic)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention: fused qkv projection, output projection."""
   num_heads: int
@@ -83,10 +93,8 @@ class SelfAttention(nn.Module):
     c = x.shape[-1]
     qkv = dense(3 * c, self.dtype, "qkv", use_bias=self.qkv_bias)(x)
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    w = attend(q, k, self.num_heads)
-    w = nn.Dropout(self.dropout)(w, deterministic=deterministic)
-    out = dense(c, self.dtype, "proj")(combine(w, v, self.num_heads))
-    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    return _attention_output(q, k, v, self.num_heads, self.dropout, self.dtype,
+                             deterministic)
 
 
 class CrossAttention(nn.Module):
@@ -102,10 +110,8 @@ class CrossAttention(nn.Module):
     q = dense(c, self.dtype, "q", use_bias=self.qkv_bias)(x)
     kv = dense(2 * c, self.dtype, "kv", use_bias=self.qkv_bias)(context)
     k, v = jnp.split(kv, 2, axis=-1)
-    w = attend(q, k, self.num_heads)
-    w = nn.Dropout(self.dropout)(w, deterministic=deterministic)
-    out = dense(c, self.dtype, "proj")(combine(w, v, self.num_heads))
-    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    return _attention_output(q, k, v, self.num_heads, self.dropout, self.dtype,
+                             deterministic)
 
 
 class Mlp(nn.Module):
@@ -123,86 +129,71 @@ class Mlp(nn.Module):
     return nn.Dropout(self.dropout)(y, deterministic=deterministic)
 
 
-class Block(nn.Module):
-  """Pre-norm encoder block: `x + DP(SA(LN(x)))`, then `x + DP(MLP(LN(x)))`."""
-  num_heads: int
-  mlp_ratio: float
-  qkv_bias: bool
-  drop_path: float = 0.0
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    del context  # an encoder block attends to its own tokens only
-    dp = DropPath(self.drop_path)
-    x = x + dp(SelfAttention(self.num_heads, self.qkv_bias, self.dropout, self.dtype,
-                             name="attn")(layer_norm(self.dtype, "norm1")(x), deterministic),
-               deterministic)
-    hidden = int(x.shape[-1] * self.mlp_ratio)
-    x = x + dp(Mlp(hidden, self.dropout, self.dtype, name="mlp")(
-        layer_norm(self.dtype, "norm2")(x), deterministic), deterministic)
-    return x
-
-
-class FusionBlock(nn.Module):
-  """Pre-norm fusion block [paper: MFB; layout ours]:
-
-  `x + DP(SA(LN(x)))`; `x + DP(CA(LN(x), LN(context)))`; `x + DP(MLP(LN(x)))`.
-  """
-  num_heads: int
-  mlp_ratio: float
-  qkv_bias: bool
-  drop_path: float = 0.0
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    if context is None:
-      raise ValueError("FusionBlock needs the other modality's tokens as `context`")
-    dp = DropPath(self.drop_path)
-    x = x + dp(SelfAttention(self.num_heads, self.qkv_bias, self.dropout, self.dtype,
-                             name="self_attn")(layer_norm(self.dtype, "norm1")(x),
-                                               deterministic), deterministic)
-    x = x + dp(CrossAttention(self.num_heads, self.qkv_bias, self.dropout, self.dtype,
-                              name="cross_attn")(layer_norm(self.dtype, "norm_q")(x),
-                                                 layer_norm(self.dtype, "norm_kv")(context),
-                                                 deterministic), deterministic)
-    hidden = int(x.shape[-1] * self.mlp_ratio)
-    x = x + dp(Mlp(hidden, self.dropout, self.dtype, name="mlp")(
-        layer_norm(self.dtype, "norm2")(x), deterministic), deterministic)
-    return x
-
-
-class TransformerStack(nn.Module):
-  """`depth` blocks with drop-path rising linearly from 0 to `drop_path` [Point-MAE],
-  then a final LayerNorm.
-
-  `pos`, when given, is added at the input of every block [Point-MAE]; for MAE-style
-  "add once" positions add them to `x` before calling and pass `pos=None`.
-  """
+@dataclasses.dataclass(frozen=True)
+class StackSpec:
+  """Sizes shared by every block of a transformer stack (hashable: a module field)."""
   depth: int
   num_heads: int
   mlp_ratio: float
   qkv_bias: bool
-  drop_path: float = 0.0
+  drop_path: float = 0.0   # max rate, linear over blocks [Point-MAE]
   dropout: float = 0.0
-  fusion: bool = False
   dtype: Any = jnp.float32
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block [Point-MAE, MAE]; with `cross_attention` a fusion block
+  [paper: MFB; layout ours]:
+
+    x + DP(SA(LN(x)));  [x + DP(CA(LN(x), LN(context)))];  x + DP(MLP(LN(x))).
+
+  Sub-layer names follow the checkpoint layout: the self-attention is `attn` in an encoder
+  block and `self_attn` in a fusion block.
+  """
+  spec: StackSpec
+  drop_path: float = 0.0   # this block's rate
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """x: `[B, T, C]`; context: `[B, S, C]` (fusion blocks only). Returns `[B, T, C]`."""
+    s, dt = self.spec, self.spec.dtype
+    if self.cross_attention and context is None:
+      raise ValueError("a fusion Block needs the other modality's tokens as `context`")
+    dp = DropPath(self.drop_path)
+    attn = SelfAttention(s.num_heads, s.qkv_bias, s.dropout, dt,
+                         name="self_attn" if self.cross_attention else "attn")
+    x = x + dp(attn(layer_norm(dt, "norm1")(x), deterministic), deterministic)
+    if self.cross_attention:
+      cross = CrossAttention(s.num_heads, s.qkv_bias, s.dropout, dt, name="cross_attn")
+      x = x + dp(cross(layer_norm(dt, "norm_q")(x), layer_norm(dt, "norm_kv")(context),
+                       deterministic), deterministic)
+    hidden = int(x.shape[-1] * s.mlp_ratio)
+    x = x + dp(Mlp(hidden, s.dropout, dt, name="mlp")(layer_norm(dt, "norm2")(x),
+                                                      deterministic), deterministic)
+    return x
+
+
+class TransformerStack(nn.Module):
+  """`spec.depth` blocks with drop-path rising linearly from 0 to `spec.drop_path`
+  [Point-MAE], then a final LayerNorm.
+
+  `pos`, when given, is added at the input of every block [Point-MAE]; for MAE-style
+  "add once" positions add them to `x` before calling and pass `pos=None`.
+  """
+  spec: StackSpec
+  cross_attention: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, pos: jax.Array | None = None,
                context: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     """x: `[B, T, C]`; pos: `[B, T, C]` or None; context: `[B, S, C]` (fusion only).
     Returns `[B, T, C]` (final-LayerNorm'ed)."""
-    rates = np.linspace(0.0, self.drop_path, self.depth)
-    block_cls = FusionBlock if self.fusion else Block
-    for i in range(self.depth):
+    rates = np.linspace(0.0, self.spec.drop_path, self.spec.depth)
+    for i in range(self.spec.depth):
       if pos is not None:
         x = x + pos
-      x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, float(rates[i]),
-                    self.dropout, self.dtype, name=f"block_{i}")(x, context, deterministic)
-    return layer_norm(self.dtype, "norm")(x)
+      x = Block(self.spec, float(rates[i]), self.cross_attention,
+                name=f"block_{i}")(x, context, deterministic)
+    return layer_norm(self.spec.dtype, "norm")(x)

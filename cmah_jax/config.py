@@ -1,0 +1,186 @@
+"""The experiment configuration, resolved once into frozen dataclasses.
+
+A config file (`configs/*.py`) returns an `ml_collections.ConfigDict`: the user-facing,
+overridable form. `resolve(config)` turns it, once, into an `ExperimentConfig` of frozen
+dataclasses that every other module takes: `InputSpec` (input pipeline), `ModelConfig`
+(network sizes), `LossSpec`, `OptimSpec`, `EvalSpec`, `DatasetSpec`. Input sizes left to the
+model (`input.num_points` / `input.image_size` = None) are filled in here, so the resolved
+values are what a run uses and what `report.json` records.
+
+Each default lives in exactly one place: the dataclass fields below (tagged with their
+source), the model variants in `models/variants.py`, and in the config files only what a
+setting changes. `base_config()` builds the ConfigDict skeleton from these dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Mapping
+
+import ml_collections
+
+from cmah_jax.input.spec import InputSpec
+from cmah_jax.losses import LossSpec
+from cmah_jax.models.variants import ModelConfig, resolve_config
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Which prepared TFDS dataset to read."""
+  name: str = "synthetic_shapes"
+  config: str | None = None          # builder config; None: the builder's default
+  data_dir: str = "work/data"
+  manual_dir: str | None = None      # real datasets: the downloaded files
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """AdamW with linear warm-up then cosine decay [Point-MAE]."""
+  base_learning_rate: float = 1e-3      # [Point-MAE], scaled by batch / base batch
+  learning_rate_base_batch: int = 128   # [Point-MAE]
+  weight_decay: float = 0.05            # [Point-MAE]
+  b1: float = 0.9                       # AdamW defaults [Point-MAE]
+  b2: float = 0.999
+  warmup_steps: int = 100               # [ours: CPU budget; Point-MAE warms up 10 epochs]
+  min_learning_rate_ratio: float = 0.01  # cosine floor [ours]
+  grad_clip_norm: float = 1.0           # [ours]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Retrieval evaluation settings."""
+  precision_ks: tuple[int, ...] = (1, 10, 50, 100)
+  num_examples_in_figure: int = 4      # query rows in retrieval_examples.png
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything a run reads, resolved and validated."""
+  seed: int
+  variant: str                        # the model variant `model` was built from
+  dataset: DatasetSpec
+  input: InputSpec
+  model: ModelConfig
+  loss: LossSpec
+  optim: OptimSpec
+  eval: EvalSpec
+  total_steps: int
+  log_every_steps: int
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  eval_every_steps: int               # 0: evaluate at the end only
+  init_from: str | None               # warm start: a checkpoint directory (params only)
+
+  def to_dict(self) -> dict:
+    """JSON-ready nested dict (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  def fingerprint(self) -> str:
+    """sha256 (hex, 16 chars) of the canonical JSON of every resolved field."""
+    text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,
+             "optim": OptimSpec, "eval": EvalSpec}
+_TOP = {"seed": 0, "total_steps": 2400, "log_every_steps": 25,
+        "checkpoint_every_steps": 400, "keep_checkpoints": 2, "eval_every_steps": 0,
+        "init_from": None}
+
+
+def _defaults(cls) -> dict:
+  return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The ConfigDict skeleton: every field at its dataclass default (config files start
+  here and change only what their setting needs)."""
+  c = ml_collections.ConfigDict(dict(_TOP))
+  for name, cls in _SECTIONS.items():
+    c[name] = ml_collections.ConfigDict(_defaults(cls))
+  del c.loss["pairs"]
+  c.loss.pairs = ",".join(LossSpec().pairs)  # a string: `--config.loss.pairs=a,b` works
+  c.input.num_points = None   # None: the model variant's [ours]
+  c.input.image_size = None   # None: the model variant's [ours]
+  c.model = ml_collections.ConfigDict(dict(
+      variant="small", bits=64,
+      overrides=ml_collections.ConfigDict()))  # any ModelConfig field, e.g. depth=6
+  return c
+
+
+def _as_dict(node: Any) -> dict:
+  if node is None:
+    return {}
+  if hasattr(node, "to_dict"):
+    return node.to_dict()
+  return dict(node)
+
+
+def _section(cls, values: Mapping[str, Any], where: str):
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ValueError(f"unknown key(s) {unknown} in config.{where}; valid: {sorted(names)}")
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in values:
+      v = values[f.name]
+      out[f.name] = tuple(v) if isinstance(v, list) else v
+  return cls(**out)
+
+
+def resolve(config: Any) -> ExperimentConfig:
+  """`ConfigDict` (or mapping, or an `ExperimentConfig`) -> validated `ExperimentConfig`.
+
+  Raises:
+    ValueError: an unknown key (named with the valid ones), an inconsistent size, or
+      `input.num_points` / `image_size` disagreeing with `model.overrides`.
+  """
+  if isinstance(config, ExperimentConfig):
+    return config
+  raw = _as_dict(config)
+  unknown = sorted(set(raw) - set(_TOP) - set(_SECTIONS) - {"model"})
+  if unknown:
+    raise ValueError(f"unknown top-level config key(s) {unknown}; valid: "
+                     f"{sorted(set(_TOP) | set(_SECTIONS) | {'model'})}")
+  model_raw = _as_dict(raw.get("model"))
+  bad = sorted(set(model_raw) - {"variant", "bits", "overrides"})
+  if bad:
+    raise ValueError(f"unknown key(s) {bad} in config.model; valid: "
+                     "['bits', 'overrides', 'variant'] (sizes go in config.model.overrides)")
+  variant = model_raw.get("variant", "small")
+  overrides = dict(_as_dict(model_raw.get("overrides")))
+  input_raw = dict(_as_dict(raw.get("input")))
+  for field in ("num_points", "image_size"):
+    value = input_raw.get(field)
+    if value is None:
+      continue
+    if field in overrides and overrides[field] != value:
+      raise ValueError(
+          f"config.input.{field}={value} disagrees with config.model.overrides."
+          f"{field}={overrides[field]}; set one of them")
+    overrides[field] = value
+  model = resolve_config(variant, model_raw.get("bits", 64), overrides)
+  input_raw.update(num_points=model.num_points, image_size=model.image_size)
+  top = {k: raw.get(k, v) for k, v in _TOP.items()}
+  for k in ("seed", "total_steps", "log_every_steps", "checkpoint_every_steps",
+            "keep_checkpoints"):
+    if not isinstance(top[k], int) or isinstance(top[k], bool) or top[k] < 0:
+      raise ValueError(f"config.{k}={top[k]!r} must be a non-negative int")
+  for k in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if top[k] < 1:
+      raise ValueError(f"config.{k}={top[k]!r} must be >= 1")
+  spec = ExperimentConfig(
+      seed=top["seed"], variant=variant,
+      dataset=_section(DatasetSpec, _as_dict(raw.get("dataset")), "dataset"),
+      input=_section(InputSpec, input_raw, "input").validate(),
+      model=model,
+      loss=_section(LossSpec, _as_dict(raw.get("loss")), "loss").validate(),
+      optim=_section(OptimSpec, _as_dict(raw.get("optim")), "optim"),
+      eval=_section(EvalSpec, _as_dict(raw.get("eval")), "eval"),
+      total_steps=top["total_steps"], log_every_steps=top["log_every_steps"],
+      checkpoint_every_steps=top["checkpoint_every_steps"],
+      keep_checkpoints=top["keep_checkpoints"],
+      eval_every_steps=int(top["eval_every_steps"] or 0), init_from=top["init_from"])
+  return spec

@@ -1,0 +1,118 @@
+"""Per-example transforms (NumPy): training augmentation and the fixed eval view.
+
+Train augmentation, in this order of random draws per example:
+  view ~ U{0..V'-1} (V' = input.num_train_views or V)                          [paper]
+  point subset: N = input.num_points of the P stored points, without replacement
+    (all points in stored order and no draw when P == N; an error when P < N)   [Point-MAE]
+  per-axis scale ~ U[input.point_scale], translate ~ U[+-input.point_translate]  [Point-MAE]
+  horizontal flip with probability 1/2 (input.hflip)                            [ours]
+  colour jitter of strength s = input.color_jitter: brightness, contrast and saturation
+    factors ~ U[max(0, 1-s), 1+s], applied in that fixed order                  [ours]
+Images are resized to input.image_size when the stored size differs: block-mean (area)
+down-sampling or nearest up-sampling by an integer factor; other ratios are an error.
+
+Eval: fixed view input.eval_view, no augmentation, a fixed per-object point subset.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from cmah_jax.input.spec import InputSpec
+
+EVAL_SUBSET_SEED = 20240811  # fixed point subset of each eval object [ours]
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [..., H, W, 3] -> uint8 [..., size, size, 3] by an integer factor.
+
+  Block-mean (area) when shrinking, nearest (pixel repeat) when enlarging.
+  """
+  h, w = images.shape[-3:-1]
+  if (h, w) == (size, size):
+    return images
+  out = images
+  for axis, n in ((-3, h), (-2, w)):
+    if n % size == 0:
+      f = n // size
+      shape = out.shape[:axis] + (size, f) + out.shape[axis:][1:]
+      out = out.reshape(shape).astype(np.float32).mean(axis=axis)
+    elif size % n == 0:
+      out = np.repeat(out, size // n, axis=axis)
+    else:
+      raise ValueError(f"config.input.image_size={size} is not an integer factor or multiple "
+                       f"of the stored image size {h}x{w}.")
+  return np.clip(np.round(out), 0, 255).astype(np.uint8) if out.dtype != np.uint8 else out
+
+
+def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
+  """Brightness, contrast, saturation (in that order) of float32 [H, W, 3] in [0, 255].
+
+  `factors` float [3] = (b, c, s), 1 = identity: x <- b x; x <- c (x - m) + m with m the
+  mean grey level; x <- s (x - g) + g with g the per-pixel grey (ITU-R 601 luma); the result
+  is clipped to [0, 255] once at the end. All three steps are affine, so they are fused.
+  """
+  b, c, s = (float(f) for f in factors)
+  grey = image @ np.array([0.299, 0.587, 0.114], np.float32)  # [H, W]
+  offset = b * float(grey.mean()) * (1 - c)
+  # After brightness+contrast: x1 = b c x + offset, grey1 = b c grey + offset;
+  # after saturation: s x1 + (1 - s) grey1.
+  out = image * (b * c * s) + ((b * c * (1 - s)) * grey + offset)[..., None]
+  return np.clip(out, 0, 255)
+
+
+def augment_example(example: Mapping, rng: np.random.Generator,
+                    spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+  """One training example -> (points float32 [N, 3], image uint8 [S, S, 3]).
+
+  The random draws are always made in the same order, whatever the flags, so turning one
+  augmentation off leaves the others unchanged.
+  """
+  images = np.asarray(example["images"])
+  points = np.asarray(example["points"], np.float32)
+  num_views = images.shape[0]
+  views = num_views if spec.num_train_views is None else int(spec.num_train_views)
+  if not 0 < views <= num_views:
+    raise ValueError(f"config.input.num_train_views={spec.num_train_views} outside "
+                     f"[1, {num_views}] (views stored per object).")
+  view = int(rng.integers(views))
+  subset = _subset(points.shape[0], spec.num_points, rng)
+  scale = rng.uniform(spec.point_scale[0], spec.point_scale[1], 3).astype(np.float32)
+  shift = rng.uniform(-spec.point_translate, spec.point_translate, 3).astype(np.float32)
+  flip = rng.random() < 0.5
+  s = spec.color_jitter
+  factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
+
+  pts = (points if subset is None else points[subset]) * scale + shift
+  image = resize_images(images[view], spec.image_size)
+  if spec.hflip and flip:
+    image = image[:, ::-1]
+  if s > 0:
+    image = np.round(color_jitter(image.astype(np.float32), factors)).astype(np.uint8)
+  return pts.astype(np.float32), np.ascontiguousarray(image)
+
+
+def _subset(num_stored: int, num_points: int, rng: np.random.Generator):
+  """Indices of `num_points` of `num_stored` points without replacement; None (keep all, no
+  random draw) when they are equal."""
+  if num_stored < num_points:
+    raise ValueError(f"config.input.num_points={num_points} exceeds the {num_stored} points "
+                     "stored per object.")
+  if num_stored == num_points:
+    return None
+  return rng.choice(num_stored, num_points, replace=False)
+
+
+def eval_example(example: Mapping, index: int, spec: InputSpec):
+  """(points float32 [N, 3], image uint8 [S, S, 3]) of an eval object: fixed view, no
+  augmentation, a fixed point subset drawn from `default_rng([EVAL_SUBSET_SEED, index])`."""
+  images = np.asarray(example["images"])
+  if not 0 <= spec.eval_view < images.shape[0]:
+    raise ValueError(f"config.input.eval_view={spec.eval_view} outside [0, {images.shape[0]})"
+                     " (views stored per object).")
+  points = np.asarray(example["points"], np.float32)
+  subset = _subset(points.shape[0], spec.num_points,
+                   np.random.default_rng([EVAL_SUBSET_SEED, int(index)]))
+  pts = points if subset is None else points[np.sort(subset)]
+  return pts, resize_images(images[spec.eval_view], spec.image_size)
