@@ -133,8 +133,8 @@ def main():
         fd, fr = faiss_fn(n)()
         same = int(np.all(fr == rows, axis=1).sum())
         notes_f.append(f"same distances: {'yes' if np.array_equal(fd, dist) else 'NO'}; "
-                       f"same rows in {same}/{args.queries} queries (the rest differ inside "
-                       "ties)")
+                       f"same rows in {same}/{args.queries} queries"
+                       + (" (the rest differ inside ties)" if same < args.queries else ""))
       fns = [lambda: search.search_codes(idx, queries, k),
              lambda: search.search_codes(idx, queries, k, chunk_rows=args.chunk_rows),
              lambda: idx.entries(search.search_codes(idx, queries, k)[1].reshape(-1))]
