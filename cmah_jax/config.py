@@ -76,6 +76,28 @@ class ExperimentConfig:
     """JSON-ready nested dict (tuples as lists)."""
     return json.loads(json.dumps(dataclasses.asdict(self)))
 
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+    """Inverse of `to_dict` (e.g. a run's `config.json`); validates every section."""
+    def section(sub, values, where):
+      return _section(sub, dict(values), where)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown key(s) {unknown} in a resolved config; valid: {sorted(fields)}")
+    model = dict(d["model"])
+    model["pointnet_dims"] = tuple(model["pointnet_dims"])
+    return cls(
+        seed=d["seed"], variant=d["variant"],
+        dataset=section(DatasetSpec, d["dataset"], "dataset"),
+        input=section(InputSpec, d["input"], "input").validate(),
+        model=ModelConfig(**model).validate(),
+        loss=section(LossSpec, d["loss"], "loss").validate(),
+        optim=section(OptimSpec, d["optim"], "optim"),
+        eval=section(EvalSpec, d["eval"], "eval"),
+        **{k: d[k] for k in ("total_steps", "log_every_steps", "checkpoint_every_steps",
+                             "keep_checkpoints", "eval_every_steps", "init_from")})
+
   def fingerprint(self) -> str:
     """sha256 (hex, 16 chars) of the canonical JSON of every resolved field."""
     text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -15,6 +15,7 @@ stop on signal), and the final evaluation. Writing the report is the caller's
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -161,6 +162,28 @@ def _log_progress(m: dict, done: int, total: int):
 
 
 # ----------------------------------------------------------------------------- phases
+CONFIG_FILE = "config.json"
+
+
+def write_config(workdir: str, cfg: config_lib.ExperimentConfig) -> str:
+  """Write the resolved config and its fingerprint to `workdir/config.json` (atomically)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
+def read_config(workdir: str) -> config_lib.ExperimentConfig:
+  """The resolved config a run in `workdir` was started with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training run's workdir?")
+  with open(path) as f:
+    return config_lib.ExperimentConfig.from_dict(json.load(f)["config"])
+
+
 def prepare_dataset(dataset: config_lib.DatasetSpec):
   """The dataset's builder, prepared once (process 0 first, then every other process)."""
   args = (dataset.name, dataset.data_dir, dataset.config, dataset.manual_dir)
@@ -250,6 +273,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   writer = JsonlWriter(workdir)
+  if jax.process_index() == 0:
+    write_config(workdir, cfg)
 
   mesh = shd.make_mesh(devices)
   shd.check_batch_divisible(cfg.input.batch_size, mesh, "input.batch_size")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cmah_jax import checkpointing, evaluate, run, train
+from cmah_jax.inference import load_trained
 from cmah_jax.metrics import mean_average_precision
 from cmah_jax.metric_writer import read_jsonl
 from configs import default
@@ -78,6 +79,10 @@ def test_end_to_end_report(data_dir, tmp_path):
   assert report["config"]["input"]["num_points"] == 256
   assert report["config"]["input"]["image_size"] == 32
   assert report["config_fingerprint"] == result.config.fingerprint()
+  # The run is loadable for inference: same params, and its codes are the evaluator's.
+  trained = load_trained(str(tmp_path))
+  assert trained.step == 6 and trained.fingerprint["config_hash"] == report["config_fingerprint"]
+  assert_trees_close(jax.tree.map(np.asarray, trained.params), params_of(result), rtol=0, atol=0)
   for f in ("report.md", "pr_curve.png", "retrieval_examples.png", "metrics.jsonl"):
     assert (tmp_path / f).stat().st_size > 0, f
   assert len(losses_of(str(tmp_path))) == 6
