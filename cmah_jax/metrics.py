@@ -1,12 +1,15 @@
 """Retrieval metrics over Hamming rankings (host-side NumPy) [UCCH/DCMH protocol].
 
 Codes are `{-1, +1}` arrays `[n, K]`. The database is ranked for each query by Hamming
-distance with a **stable** sort, so ties keep database order. Labels are either class ids
+distance with `cmah_jax.ops.hashing.hamming_topk` (the retrieval path users call), whose
+ties keep database order (a stable sort). Labels are either class ids
 `[n]` (relevant = equal) or multi-hot `[n, C]` (relevant = at least one shared label).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from cmah_jax.ops.hashing import hamming_topk, pack_codes
 
 _QUERY_CHUNK = 256  # queries per block: bounds memory at [chunk, n_db]
 
@@ -47,13 +50,30 @@ def _relevance(ql, dl) -> np.ndarray:
   return (ql.astype(np.float32) @ dl.astype(np.float32).T) > 0
 
 
+def rank_database(query_codes, db_codes, k: int | None = None):
+  """The `k` (default all) nearest database codes of each query, by `hamming_topk`.
+
+  Args:
+    query_codes: `[q, K]` {-1, +1}; db_codes: `[n, K]` {-1, +1}.
+  Returns:
+    distances `[q, k]` int32 ascending and indices `[q, k]` int32 (ties: lower index
+    first), as NumPy.
+  """
+  q = _as_codes(query_codes, "query_codes")
+  d = _as_codes(db_codes, "db_codes")
+  k = d.shape[0] if k is None else min(int(k), d.shape[0])
+  dist, idx = hamming_topk(pack_codes(q), pack_codes(d), k=k)
+  return np.asarray(dist), np.asarray(idx)
+
+
 def _ranked_relevance(q, d, ql, dl):
   """Yield `(distances_sorted [c, n], relevant_sorted [c, n] bool)` per query block."""
+  packed_db = pack_codes(d)
   for s in range(0, len(q), _QUERY_CHUNK):
-    dist = hamming_distances(q[s:s + _QUERY_CHUNK], d)
-    order = np.argsort(dist, axis=1, kind="stable")
+    dist, order = hamming_topk(pack_codes(q[s:s + _QUERY_CHUNK]), packed_db, k=len(d))
+    order = np.asarray(order)
     rel = _relevance(ql[s:s + _QUERY_CHUNK], dl)
-    yield np.take_along_axis(dist, order, 1), np.take_along_axis(rel, order, 1)
+    yield np.asarray(dist), np.take_along_axis(rel, order, 1)
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
