@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from cmah_jax import metrics  # noqa: E402
 from cmah_jax.datasets import class_names  # noqa: E402
 from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
+from cmah_jax.plotting import draw_points  # noqa: E402
 
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
 
@@ -67,23 +68,6 @@ def plot_pr_curves(path: str, results: dict) -> None:
   plt.close(fig)
 
 
-def _draw_points(ax, pts):
-  """A point cloud (y-up, as every dataset stores it) seen from azimuth 35 deg, elevation
-  20 deg, drawn back to front with nearer points darker."""
-  az, el = np.deg2rad(35), np.deg2rad(20)
-  x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-  u = x * np.cos(az) + z * np.sin(az)            # screen horizontal
-  depth = -x * np.sin(az) + z * np.cos(az)
-  v = y * np.cos(el) - depth * np.sin(el)        # screen vertical
-  near = y * np.sin(el) + depth * np.cos(el)     # towards the viewer
-  order = np.argsort(-near)
-  ax.scatter(u[order], v[order], s=1.0, c=near[order], cmap="Greys", vmin=-1.5, vmax=1.0,
-             linewidths=0)
-  ax.set_xlim(-1.1, 1.1)
-  ax.set_ylim(-1.1, 1.1)
-  ax.set_aspect("equal")
-
-
 def _frame(ax, ok):
   ax.set_xticks([])
   ax.set_yticks([])
@@ -119,7 +103,7 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
     if qm == "image":
       ax.imshow(np.asarray(qex["images"])[eval_view % len(qex["images"])])
     else:
-      _draw_points(ax, np.asarray(qex["points"]))
+      draw_points(ax, np.asarray(qex["points"]))
     _frame(ax, None)
     ax.set_title(f"query: {name(ql)}", fontsize=7)
     for c, j in enumerate(ranked):
@@ -128,7 +112,7 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
       if dm == "image":
         ax.imshow(np.asarray(ex["images"])[eval_view % len(ex["images"])])
       else:
-        _draw_points(ax, np.asarray(ex["points"]))
+        draw_points(ax, np.asarray(ex["points"]))
       dl = int(arr["database"]["label"][j])
       _frame(ax, dl == ql)
       ax.set_title(name(dl), fontsize=6)

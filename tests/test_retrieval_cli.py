@@ -8,7 +8,6 @@ which reads a fake run directory written by `make_fake_workdir` (`main(argv, loa
 """
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -23,6 +22,10 @@ from PIL import Image
 import test_retrieval_readers as files_lib
 from cmah_jax import index as cli
 from cmah_jax import models, sharding
+from cmah_jax.datasets import get_builder
+from cmah_jax.evaluate import RetrievalEvaluator
+from cmah_jax.input import InputSpec
+from cmah_jax.metrics import rank_database
 from cmah_jax.retrieval import build, encode, readers
 from cmah_jax.retrieval import index as index_lib
 
@@ -249,26 +252,13 @@ def test_build_with_nothing_readable_writes_nothing(tmp_path):
 
 # ----------------------------------------------------------------------------- dataset
 def _evaluator_codes(model, params, builder, num_points, image_size, split):
-  """The evaluator's codes of `split` ({"image", "point"} float32), whichever API it has."""
-  try:
-    from cmah_jax.evaluate import RetrievalEvaluator
-    from cmah_jax.input import InputSpec
-    spec = InputSpec(batch_size=8, eval_batch_size=8, num_points=num_points,
-                     image_size=image_size, eval_view=0, prefetch=0)
-    return RetrievalEvaluator(model, builder, spec, sharding.make_mesh()).encode(params, split)
-  except ImportError:
-    from cmah_jax import evaluate  # the pre-refactor API
-    cfg = dict(eval_batch_size=8, num_points=num_points, image_size=image_size, eval_view=0)
-    mesh = sharding.make_mesh()
-    return evaluate.encode_split(evaluate.make_encoder(model, mesh), params, builder, split,
-                                 cfg, mesh)
+  """The evaluator's codes of `split` ({"image", "point"} float32, "label")."""
+  spec = InputSpec(batch_size=8, eval_batch_size=8, num_points=num_points,
+                   image_size=image_size, eval_view=0, prefetch=0)
+  return RetrievalEvaluator(model, builder, spec, sharding.make_mesh()).encode(params, split)
 
 
 def test_dataset_build_equals_evaluator_codes(tmp_path, capsys):
-  try:
-    from cmah_jax.datasets import get_builder
-  except ImportError:
-    from cmah_jax.data import get_builder
   data_dir = tmp_path / "data"
   builder = get_builder("synthetic_shapes", str(data_dir), "tiny")
   builder.download_and_prepare()
@@ -292,15 +282,20 @@ def test_dataset_build_equals_evaluator_codes(tmp_path, capsys):
   Image.fromarray(img).save(tmp_path / "q.png")
   code, out, err = run_cli(["search", f"--index={tmp_path / 'points.idx'}",
                             f"--query={tmp_path / 'q.png'}", "--k=4",
+                            f"--json={tmp_path / 'r.json'}",
                             f"--picture={tmp_path / 'p.png'}"], capsys)
   assert code == 0, err
+  # The same top-k (ids and distances) as the evaluator's ranking of that query.
+  query = _evaluator_codes(bound.model, bound.params, builder, 256, 32, "query")
+  dist, idx = rank_database(query["image"][:1], want["point"], k=4)
+  got = json.loads((tmp_path / "r.json").read_text())[0]["results"]
+  assert [r["distance"] for r in got] == dist[0].tolist()
+  names = [e["id"] for e in index_lib.HashIndex.open(tmp_path / "points.idx").entries(idx[0])]
+  assert [r["id"] for r in got] == names
   assert os.path.getsize(tmp_path / "p.png") > 1000
 
 
 # ----------------------------------------------------------------------------- real loader
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("cmah_jax.inference") is None,
-                    reason="cmah_jax.inference.load_trained has not landed yet")
 def test_cli_with_load_trained(tmp_path):
   """The CLI through the real loader on a short real training run (subprocesses)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,8 +1,7 @@
 """A picture of search results: one row per query, the query then its results left to right,
 each titled with its Hamming distance and id. Images are shown as the model sees them
 (centre-cropped, resized); point clouds and meshes as the model's points, drawn like the
-training report does (`cmah_jax.report._draw_points`, with a plain fallback if that
-helper moves)."""
+training report does (`cmah_jax.plotting.draw_points`)."""
 from __future__ import annotations
 
 import os
@@ -10,21 +9,9 @@ import re
 
 import numpy as np
 
+from cmah_jax.plotting import draw_points
 from cmah_jax.retrieval import readers
 from cmah_jax.retrieval.build import read_dataset
-
-try:  # shared with the training report while it has it there
-  from cmah_jax.report import _draw_points as draw_points  # pylint: disable=protected-access
-except ImportError:  # pragma: no cover - only once report.py drops the helper
-
-  def draw_points(ax, pts):
-    """Orthographic side view (x right, y up), nearer points (larger z) darker."""
-    order = np.argsort(pts[:, 2])
-    ax.scatter(pts[order, 0], pts[order, 1], s=1.0, c=pts[order, 2], cmap="Greys",
-               vmin=-1.5, vmax=1.0, linewidths=0)
-    ax.set_xlim(-1.1, 1.1)
-    ax.set_ylim(-1.1, 1.1)
-    ax.set_aspect("equal")
 
 _DATASET_PATH = re.compile(r"^(?P<label>[^:]+):(?P<split>[^\[]+)\[(?P<i>\d+)\]$")
 
