@@ -119,6 +119,25 @@ def image_reconstruction_loss(pred: jax.Array, target: jax.Array, norm_pix_loss:
   return jnp.mean((pred.astype(jnp.float32) - target) ** 2)
 
 
+def code_quality_terms(h: jax.Array) -> dict[str, jax.Array]:
+  """Bit balance, decorrelation and quantisation penalties of continuous codes.
+
+  Args:
+    h: `[B, K]` float in (-1, 1) (tanh codes).
+  Returns:
+    {"balance": sum_k (mean_b h_bk)^2 / K, "decorrelation": ||H^T H / B - I||_F^2 / K^2,
+     "quantization": mean (|h| - 1)^2}, float32 scalars; each is 0 for balanced,
+    uncorrelated, binary codes.
+  """
+  h = h.astype(jnp.float32)
+  b, k = h.shape
+  balance = jnp.sum(jnp.mean(h, axis=0) ** 2) / k
+  corr = h.T @ h / b
+  decorrelation = jnp.sum((corr - jnp.eye(k, dtype=h.dtype)) ** 2) / k ** 2
+  quantization = jnp.mean((jnp.abs(h) - 1.0) ** 2)
+  return {"balance": balance, "decorrelation": decorrelation, "quantization": quantization}
+
+
 def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
   """`"full_full,masked_masked"` -> `("full_full", "masked_masked")`, validated."""
   names = pairs.split(",") if isinstance(pairs, str) else list(pairs)
@@ -142,6 +161,16 @@ class LossSpec:
   lambda_r: float = 1.0                     # [paper shows no weight; ConMH 1:1]
   norm_pix_loss: bool = True                # [MAE]
   supervised: bool = False                  # SupCon-style upper bound using labels [ours]
+  objective: str = "cmah"                   # "cmah" or a baseline's (cmah_jax.objectives)
+  # Ablation switches: drop one reconstruction term [ours].
+  use_point_recon: bool = True              # L_3D
+  use_image_recon: bool = True              # L_2D
+  # Code-quality terms on the full-pass continuous codes h of both towers, 0 = off (the
+  # paper's objective) [ours, after the hashing literature: bit balance and decorrelation
+  # as in SpH/DSH-style unsupervised hashing, quantisation as in DSH/ConMH]:
+  balance_weight: float = 0.0               # sum_k mean_b(h)_k^2 / K
+  decorrelation_weight: float = 0.0         # ||H^T H / B - I||_F^2 / K^2
+  quantization_weight: float = 0.0          # mean (|h| - 1)^2
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -149,8 +178,10 @@ class LossSpec:
   def validate(self) -> "LossSpec":
     if not float(self.temperature) > 0:
       raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
-    if float(self.lambda_r) < 0:
-      raise ValueError(f"config.loss.lambda_r must be >= 0, got {self.lambda_r!r}")
+    for name in ("lambda_r", "balance_weight", "decorrelation_weight",
+                 "quantization_weight"):
+      if float(getattr(self, name)) < 0:
+        raise ValueError(f"config.loss.{name} must be >= 0, got {getattr(self, name)!r}")
     return self
 
 
@@ -170,7 +201,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
     full_masked:   the mean of (point/h, image/h_masked) and (point/h_masked, image/h)
                    (both cross pairs, averaged so it weighs as one pair) [ours].
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`.
-  Reconstruction terms are skipped (reported as 0) when `lambda_r == 0`.
+  Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
+  (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
+  `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
+  full-pass h (averaged over the towers) are added with those weights and logged.
 
   Args:
     outputs: the dict of a `CMAH.apply(..., train=True)` call with both modalities.
@@ -207,15 +241,25 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
       l_c += 0.5 * (con(h["point", "full"], h["image", "masked"])
                     + con(h["point", "masked"], h["image", "full"]))
 
-  if lambda_r != 0.0:
+  zero = jnp.zeros((), jnp.float32)
+  l_3d = l_2d = zero
+  if lambda_r != 0.0 and spec.use_point_recon:
     l_3d = point_reconstruction_loss(_need(outputs, "point/pred", "L_3D"),
                                      _need(outputs, "point/target", "L_3D"))
+  if lambda_r != 0.0 and spec.use_image_recon:
     l_2d = image_reconstruction_loss(_need(outputs, "image/pred", "L_2D"),
                                      _need(outputs, "image/target", "L_2D"),
                                      bool(spec.norm_pix_loss))
-  else:
-    l_3d = l_2d = jnp.zeros((), jnp.float32)
   total = l_c + lambda_r * (l_3d + l_2d)
-  terms = {"loss/contrastive": l_c, "loss/point_recon": l_3d, "loss/image_recon": l_2d,
-           "loss/total": total}
+  terms = {"loss/contrastive": l_c, "loss/point_recon": l_3d, "loss/image_recon": l_2d}
+  weights = {"balance": spec.balance_weight, "decorrelation": spec.decorrelation_weight,
+             "quantization": spec.quantization_weight}
+  if any(w > 0 for w in weights.values()):
+    quality = [code_quality_terms(h[t, "full"]) for t in ("point", "image")]
+    for name, w in weights.items():
+      if w > 0:
+        value = 0.5 * (quality[0][name] + quality[1][name])
+        terms[f"loss/{name}"] = value
+        total = total + w * value
+  terms["loss/total"] = total
   return total, terms

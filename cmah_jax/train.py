@@ -29,23 +29,26 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cmah_jax import checkpointing, losses
+from cmah_jax import checkpointing
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.datasets import prepare as prepare_lib
 from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
-from cmah_jax.input import TrainPipeline
+from cmah_jax.input import TrainPipeline, num_examples
 from cmah_jax.metric_writer import JsonlWriter
 from cmah_jax.models import CMAH, init_variables
+from cmah_jax.objectives import get_objective
 from cmah_jax.optim import make_optimizer
 
 
 # ----------------------------------------------------------------------------- train step
-def make_train_step(model: CMAH, tx, schedule, loss_spec: losses.LossSpec, root_key):
+def make_train_step(model: CMAH, tx, schedule, objective, root_key):
   """`(state, batch) -> (state, metrics)`, a pure function to be jitted.
 
-  state: `{"step": int32 [], "params": ..., "opt_state": ...}`;
-  batch: `{"points": [B, N, 3] f32, "images": [B, H, W, 3] f32, "label": [B] int32}`.
+  state: `{"step": int32 [], "params": ..., "opt_state": ...}` plus `"loss_state"` when
+  the objective carries one (`cmah_jax.objectives`);
+  batch: `{"points": [B, N, 3] f32, "images": [B, H, W, 3] f32, "label": [B] int32,
+  "index": [B] int32}`.
   """
 
   def train_step(state, batch):
@@ -55,16 +58,20 @@ def make_train_step(model: CMAH, tx, schedule, loss_spec: losses.LossSpec, root_
     def loss_fn(params):
       out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
                         train=True, mask_key=mask_key, rngs={"dropout": dropout_key})
-      labels = batch["label"] if loss_spec.supervised else None
-      return losses.cmah_loss(out, loss_spec, labels=labels)
+      total, terms, loss_state = objective(out, batch, state.get("loss_state"), step)
+      return total, (terms, loss_state)
 
-    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (_, (terms, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(terms)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = schedule(step)
-    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+    if "loss_state" in state:
+      new_state["loss_state"] = loss_state
+    return new_state, metrics
 
   return train_step
 
@@ -197,9 +204,10 @@ def prepare_dataset(dataset: config_lib.DatasetSpec):
 
 
 def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mesh, manager,
-                          init_key):
+                          init_key, loss_state=None):
   """The train state: the latest checkpoint of `manager`, else a warm start from
   `cfg.init_from`, else a fresh initialisation from `init_key`; replicated on `mesh`.
+  `loss_state` (the objective's initial carried state, if any) joins the state.
 
   Returns:
     (state, restored_step or None).
@@ -208,7 +216,10 @@ def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mes
 
   def init_state(key):
     params = init_variables(model, key)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if loss_state:
+      state["loss_state"] = loss_state
+    return state
 
   abstract_state = jax.eval_shape(init_state, init_key)
   shardings = jax.tree.map(lambda _: replicated, abstract_state)
@@ -286,13 +297,16 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
   tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
   builder = prepare_dataset(cfg.dataset)
+  objective = get_objective(cfg.loss, cfg.model.bits)
   evaluator = RetrievalEvaluator(model, builder, cfg.input, mesh,
                                  precision_ks=cfg.eval.precision_ks, seed=cfg.seed)
 
   manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=cfg.keep_checkpoints)
   try:
-    state, restored = init_or_restore_state(cfg, model, tx, mesh, manager, init_key)
+    loss_state = objective.init_state(num_examples(builder, "train"))
+    state, restored = init_or_restore_state(cfg, model, tx, mesh, manager, init_key,
+                                            loss_state)
     if restored is not None:
       writer.truncate_after(restored)  # rows past the checkpoint are logged again
     start_step = int(jax.device_get(state["step"]))
@@ -300,7 +314,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
                                start_step=start_step)
     it = iter(train_pipe)
     first_batch = next(it)  # shapes for compilation (and the first step's batch)
-    step_fn = compile_train_step(make_train_step(model, tx, schedule, cfg.loss, train_key),
+    step_fn = compile_train_step(make_train_step(model, tx, schedule, objective, train_key),
                                  state, first_batch, mesh)
 
     total = cfg.total_steps

@@ -190,3 +190,43 @@ def test_cmah_loss_clear_errors():
     losses.cmah_loss(eval_out, losses.LossSpec(pairs="full_full", lambda_r=1.0))
   with pytest.raises(ValueError, match="must both be"):
     losses.contrastive_loss(out["point/h"], out["image/h"][:3], 0.1)
+
+
+def test_code_quality_terms_vs_numpy():
+  rng = np.random.default_rng(3)
+  h = np.tanh(rng.normal(size=(6, 4))).astype(np.float32)
+  got = losses.code_quality_terms(jnp.asarray(h))
+  mean = h.mean(0)
+  np.testing.assert_allclose(got["balance"], (mean ** 2).sum() / 4, rtol=1e-5)
+  corr = sum(np.outer(r, r) for r in h) / 6
+  np.testing.assert_allclose(got["decorrelation"], ((corr - np.eye(4)) ** 2).sum() / 16,
+                             rtol=1e-5)
+  np.testing.assert_allclose(got["quantization"], ((np.abs(h) - 1) ** 2).mean(), rtol=1e-5)
+  # Balanced, uncorrelated binary codes (rows of a Hadamard matrix) score 0 on every term.
+  hadamard = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]],
+                      np.float32)[:, 1:]
+  for v in losses.code_quality_terms(jnp.asarray(hadamard)).values():
+    assert abs(float(v)) < 1e-6
+
+
+def test_cmah_loss_switches_and_quality_weights():
+  out = _fake_outputs()
+  base = losses.LossSpec(temperature=0.3, pairs="full_full", lambda_r=1.0)
+  total, terms = losses.cmah_loss(out, base)
+  pr = losses.point_reconstruction_loss(out["point/pred"], out["point/target"])
+  ir = losses.image_reconstruction_loss(out["image/pred"], out["image/target"])
+  no3d, t3 = losses.cmah_loss(out, dataclasses.replace(base, use_point_recon=False))
+  no2d, t2 = losses.cmah_loss(out, dataclasses.replace(base, use_image_recon=False))
+  np.testing.assert_allclose(total - no3d, pr, rtol=1e-5)
+  np.testing.assert_allclose(total - no2d, ir, rtol=1e-5)
+  assert float(t3["loss/point_recon"]) == 0.0 and float(t2["loss/image_recon"]) == 0.0
+  spec = dataclasses.replace(base, balance_weight=2.0, quantization_weight=0.5)
+  with_q, tq = losses.cmah_loss(out, spec)
+  qp = losses.code_quality_terms(out["point/h"])
+  qi = losses.code_quality_terms(out["image/h"])
+  want = (total + 2.0 * 0.5 * (qp["balance"] + qi["balance"])
+          + 0.5 * 0.5 * (qp["quantization"] + qi["quantization"]))
+  np.testing.assert_allclose(with_q, want, rtol=1e-5)
+  assert "loss/balance" in tq and "loss/decorrelation" not in tq
+  with pytest.raises(ValueError, match="balance_weight"):
+    losses.LossSpec(balance_weight=-1.0).validate()

@@ -467,3 +467,22 @@ def test_base_parameter_count_matches_hand_count():
     print(f"base ({bits} bits): {count:,} parameters")
     assert count == _hand_count_base(bits)
   assert (model.config.image_size, model.config.patch_size, model.config.num_points) == (224, 16, 1024)
+
+
+def test_fusion_without_cross_attention_ignores_the_other_modality():
+  """With fusion_cross_attention=False (an ablation) the point decoder's predictions do not
+  change when only the images change; with it (the default) they do."""
+  key = jax.random.key(0)
+  rng = np.random.default_rng(8)
+  for cross in (False, True):
+    model, variables = build("tiny", 16, key, fusion_cross_attention=cross, drop_path=0.0)
+    c = model.config
+    pts = jnp.asarray(rng.normal(size=(2, c.num_points, 3)).astype(np.float32))
+    imgs = [jnp.asarray(rng.normal(size=(2, c.image_size, c.image_size, 3)).astype(np.float32))
+            for _ in range(2)]
+    preds = [model.apply(variables, images=im, points=pts, train=True,
+                         mask_key=jax.random.key(1))["point/pred"] for im in imgs]
+    same = np.allclose(preds[0], preds[1], atol=1e-6)
+    assert same == (not cross)
+    dec = variables["params"]["point_decoder"]["transformer"]["block_0"]
+    assert ("cross_attn" in dec) == cross

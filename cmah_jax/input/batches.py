@@ -53,8 +53,8 @@ def train_local_batch(source, step: int, spec: InputSpec, seed: int, process_ind
     source: random-access examples (e.g. `builder.as_data_source(split="train")`).
     rows: global rows to produce; default `host_rows(batch_size, process_index, count)`.
   Returns:
-    {"points": float32 [b, N, 3], "images": uint8 [b, S, S, 3], "label": int32 [b]} with
-    b = batch_size / process_count.
+    {"points": float32 [b, N, 3], "images": uint8 [b, S, S, 3], "label": int32 [b],
+    "index": int32 [b] (record index in `source`)} with b = batch_size / process_count.
   """
   spec = check_spec(spec)
   seed = check_seed(seed)
@@ -69,7 +69,7 @@ def train_local_batch(source, step: int, spec: InputSpec, seed: int, process_ind
     images.append(im)
     labels.append(int(ex["label"]))
   return {"points": np.stack(points), "images": np.stack(images),
-          "label": np.asarray(labels, np.int32)}
+          "label": np.asarray(labels, np.int32), "index": np.asarray(indices, np.int32)}
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:

@@ -52,7 +52,7 @@ class TrainPipeline:
 
   With a `mesh`: global batches of jax.Arrays sharded on `"data"`:
     {"points": float32 [B, N, 3], "images": float32 [B, S, S, 3] (normalised),
-     "label": int32 [B]}.
+     "label": int32 [B], "index": int32 [B] (record index)}.
   With `mesh=None`: this host's NumPy batch (`train_local_batch`, uint8 images); the
   `process_index` / `process_count` overrides (default 0 / 1) simulate hosts.
 

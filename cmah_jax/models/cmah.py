@@ -63,7 +63,8 @@ class CMAH(nn.Module):
     self.point_decoder_pos = PositionMLP(cfg.point_pos_hidden, cfg.width, dt)
     self.point_decoder = FusionDecoder(
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
-        out_dim=3 * cfg.group_size, pos_every_block=True)
+        out_dim=3 * cfg.group_size, pos_every_block=True,
+        cross_attention=cfg.fusion_cross_attention)
     # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
     self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt)
     self.image_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.image_qkv_bias),
@@ -71,7 +72,8 @@ class CMAH(nn.Module):
     self.image_hash = HashHead(cfg.bits, dt)
     self.image_decoder = FusionDecoder(
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.image_qkv_bias),
-        out_dim=cfg.patch_size ** 2 * 3, pos_every_block=False)
+        out_dim=cfg.patch_size ** 2 * 3, pos_every_block=False,
+        cross_attention=cfg.fusion_cross_attention)
 
   # -- input checks --------------------------------------------------------------------
   def _check_images(self, images) -> jax.Array:

@@ -27,6 +27,7 @@ class FusionDecoder(nn.Module):
   spec: StackSpec
   out_dim: int
   pos_every_block: bool
+  cross_attention: bool = True  # False: plain self-attention decoder (ablation)
 
   @nn.compact
   def __call__(self, visible: jax.Array, pos_visible: jax.Array, pos_masked: jax.Array,
@@ -40,7 +41,10 @@ class FusionDecoder(nn.Module):
     x = jnp.concatenate(
         [visible, jnp.broadcast_to(mask_token, (b, tm, c)).astype(visible.dtype)], axis=1)
     pos = jnp.concatenate([pos_visible, pos_masked], axis=1).astype(x.dtype)
-    stack = TransformerStack(self.spec, cross_attention=True, name="transformer")
+    stack = TransformerStack(self.spec, cross_attention=self.cross_attention,
+                             name="transformer")
+    if not self.cross_attention:
+      context = None
     if self.pos_every_block:
       x = stack(x, pos=pos, context=context, deterministic=deterministic)
     else:

@@ -44,6 +44,9 @@ class ModelConfig:
   dropout: float = 0.0                 # attention / MLP dropout [Point-MAE]
   decoder_depth: int = 4               # [Point-MAE]
   decoder_num_heads: int = 6           # [Point-MAE]
+  fusion_cross_attention: bool = True  # decoders attend to the other modality [paper: MFB];
+                                       # False: each decoder sees its own modality only
+                                       # (an ablation) [ours]
   dtype: str = "float32"               # compute dtype; params stay float32 [ours]
 
   @property

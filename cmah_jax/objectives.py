@@ -1,0 +1,75 @@
+"""Training objectives by name (`config.loss.objective`): CMAH's, and baselines' that train
+the same two towers with another loss.
+
+An objective is called inside the jitted train step:
+
+    total, terms, new_loss_state = objective(outputs, batch, loss_state, step)
+
+`outputs` is the `CMAH.apply(..., train=True)` dict, `batch` the global train batch
+(`points`, `images`, `label`, `index` = dataset record index), `loss_state` a pytree the
+objective carries across steps (e.g. a memory bank) or None. `init_state(num_examples)`
+gives its initial value ({} when it carries nothing; the train state then has no
+`loss_state`). Objectives must use labels only when `spec.supervised`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from cmah_jax.losses import LossSpec, cmah_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class CmahObjective:
+  """`L_c + lambda_r (L_3D + L_2D)` (+ optional code-quality terms): `losses.cmah_loss`."""
+  spec: LossSpec
+  bits: int
+
+  def init_state(self, num_examples: int) -> dict:
+    del num_examples
+    return {}
+
+  def __call__(self, outputs, batch, loss_state, step):
+    del step
+    labels = batch["label"] if self.spec.supervised else None
+    total, terms = cmah_loss(outputs, self.spec, labels=labels)
+    return total, terms, loss_state
+
+
+_REGISTRY: dict[str, Callable[[LossSpec, int], Any]] = {"cmah": CmahObjective}
+
+
+def register(name: str, factory: Callable[[LossSpec, int], Any]) -> None:
+  """Make `config.loss.objective = name` build `factory(spec, bits)`."""
+  _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+  _load_baselines()
+  return sorted(_REGISTRY)
+
+
+def get_objective(spec: LossSpec, bits: int):
+  """The objective named by `spec.objective`, for codes of `bits` bits."""
+  _load_baselines()
+  if spec.objective not in _REGISTRY:
+    raise ValueError(f"unknown config.loss.objective={spec.objective!r}; "
+                     f"known: {sorted(_REGISTRY)}")
+  return _REGISTRY[spec.objective](spec, bits)
+
+
+def _load_baselines():
+  """Import the deep baselines' modules, which register their objectives."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  for module in ("cmah_jax.baselines.deep",):
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name != module:
+        raise
+
+
+def tree_is_empty(tree) -> bool:
+  return not jax.tree.leaves(tree)
