@@ -29,7 +29,8 @@ from cmah_jax.datasets.real.points import (
     BadPointCloudError, check_points, fps_indices, random_subset_indices)
 from cmah_jax.datasets.real.readers import LayoutError, UnreadableFileError, select_views
 from cmah_jax.datasets.real.skips import TooManySkippedError
-from cmah_jax.datasets.real.splits import SPLITS, query_database_split
+from cmah_jax.datasets.real.splits import (
+    SPLITS, holdout_split, query_database_split, record_order)
 
 MODELNET_NAMES = (
     "airplane bathtub bed bench bookshelf bottle bowl car chair cone cup curtain desk door "
@@ -114,6 +115,19 @@ def expected_split(ids, labels, fraction, seed, stream):
   return picked
 
 
+# The documented record order (docs/real_datasets.md): rng stream 2, split index below.
+RECORD_STREAM = 2
+SPLIT_INDEX = {"train": 0, "query": 1, "database": 2}
+
+
+def expected_order(ids, split, seed=0):
+  """The documented record order, written out: sorted ids, rng permutation, in that order."""
+  members = sorted(ids)
+  perm = np.random.default_rng([seed, RECORD_STREAM, SPLIT_INDEX[split]]).permutation(
+      len(members))
+  return [members[j] for j in perm]
+
+
 def oid_of(ex) -> str:
   oid = ex["object_id"]
   return oid.decode() if isinstance(oid, bytes) else str(oid)
@@ -166,7 +180,7 @@ MN_CLASSES = ("airplane", "chair", "sofa")
 
 
 def make_modelnet40(root, train_per_class=3, test_per_class=3, views=12,
-                    train_files=2, n_points=NUM_RAW_POINTS):
+                    train_files=2, n_points=NUM_RAW_POINTS, classes=MN_CLASSES):
   h5_dir = root / mn.H5_DIR
   h5_dir.mkdir(parents=True)
   (h5_dir / "shape_names.txt").write_text("\n".join(MODELNET_NAMES) + "\n")
@@ -174,7 +188,7 @@ def make_modelnet40(root, train_per_class=3, test_per_class=3, views=12,
   k = 0
   rows = {"train": [], "test": []}
   for split, per in (("train", train_per_class), ("test", test_per_class)):
-    for cls in MN_CLASSES:
+    for cls in classes:
       for j in range(per):
         num = j + (0 if split == "train" else 100)
         name = f"{cls}_{num:04d}"
@@ -258,6 +272,16 @@ def check_common(builder, objs, views_of, config):
   return seen
 
 
+def check_record_order(builder, seed=0):
+  """Each split's records are the documented seeded shuffle of its sorted ids."""
+  for split in SPLITS:
+    stored = [oid_of(ex) for ex in read_split(builder, split)]
+    assert stored == expected_order(stored, split, seed), split
+  assert builder.info.metadata["record_order"] == (
+      f"records of each split: sorted ids permuted by default_rng([{seed}, 2, split_index]), "
+      "split_index = train 0, query 1, database 2")
+
+
 def check_pipeline(builder, config):
   """Prepared splits feed the input pipeline: train and eval batches of the right content."""
   from cmah_jax import input as pipeline  # pylint: disable=import-outside-toplevel
@@ -307,6 +331,7 @@ def test_shapenet_render_happy_path(tmp_path):
   assert info.file_format.value == "array_record"
   s = summary(b)
   assert s["pairs_found"] == 12 and s["skipped"] == []
+  check_record_order(b)
   check_pipeline(b, config)
 
 
@@ -325,6 +350,7 @@ def test_modelnet40_happy_path(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "preparation summary" in out and "airplane" in out and "pairs found" in out
   assert b.info.metadata["class_names"] == MODELNET_NAMES
+  check_record_order(b)
   check_pipeline(b, config)
 
 
@@ -338,6 +364,7 @@ def test_shapenet55_happy_path_and_generic_prepare_idempotent(tmp_path, capsys):
   for oid, split in seen.items():
     assert (split == "train") == (objs[oid][3] == "train"), oid
   assert b.info.metadata["class_names"][54] == "washer"
+  check_record_order(b)
   check_pipeline(b, config)
   first = capsys.readouterr().out
   assert "preparation summary" in first
@@ -365,6 +392,103 @@ def test_generic_prepare_named_config(tmp_path, capsys):
   b = get_builder("shapenet55", str(tmp_path / "d"), "tiny")
   ex = b.as_data_source(split="train")[0]
   assert ex["images"].shape == (4, 32, 32, 3) and ex["points"].shape == (512, 3)
+
+
+def constant_code_maps(query_labels, db_labels_stored, db_labels_sorted):
+  """(mAP in stored order, mAP in sorted order, chance) of a constant code.
+
+  Every code equal: all distances tie and `mean_average_precision` ranks the database in
+  its order. Chance is the expectation over uniformly random orders, written out: for a
+  query with r relevant items among N, E[AP] = (H_N + (r - 1) / (N - 1) (N - H_N)) / N
+  (-> the class frequency r / N for large N).
+  """
+  from cmah_jax import metrics  # pylint: disable=import-outside-toplevel
+
+  ql = np.asarray(query_labels)
+  dl, ds = np.asarray(db_labels_stored), np.asarray(db_labels_sorted)
+  assert sorted(dl) == sorted(ds)
+  q_codes, d_codes = np.ones((len(ql), 16)), np.ones((len(dl), 16))
+  n = len(dl)
+  h = np.sum(1.0 / np.arange(1, n + 1))
+  r = (ql[:, None] == dl[None, :]).sum(1)
+  chance = float(np.mean((h + (r - 1) / (n - 1) * (n - h)) / n))
+  np.testing.assert_allclose(
+      metrics.tie_aware_mean_average_precision(q_codes, d_codes, ql, dl), chance, rtol=1e-9)
+  return (metrics.mean_average_precision(q_codes, d_codes, ql, dl),
+          metrics.mean_average_precision(q_codes, d_codes, ql, ds), chance)
+
+
+def test_records_in_seeded_shuffle_reproducible_and_constant_code_at_chance(tmp_path):
+  """Stored order = the documented shuffle (not class-sorted); same bytes on every prepare;
+  a constant code scores chance mAP in that order (index-broken ties carry no class)."""
+  classes = ("airplane", "bed", "car", "chair", "lamp", "sofa")
+  manual = tmp_path / "manual"
+  objs = make_modelnet40(manual, train_per_class=2, test_per_class=12, views=2,
+                         classes=classes)
+  config = cfg(num_views=2, query_fraction=0.25)  # per class: 3 queries, 9 database
+  a = prepare(mn.Modelnet40(data_dir=tmp_path / "a", config=config, num_workers=1), manual)
+  b = prepare(mn.Modelnet40(data_dir=tmp_path / "b", config=config, num_workers=3), manual)
+  assert str(a.version) == "2.0.0" and a.data_path.name == "2.0.0"
+
+  # Identical bytes whatever the thread count: records, info and summary.
+  names = sorted(p.name for p in a.data_path.iterdir())
+  assert names == sorted(p.name for p in b.data_path.iterdir())
+  assert any("array_record" in n for n in names)
+  for name in names:
+    assert (a.data_path / name).read_bytes() == (b.data_path / name).read_bytes(), name
+
+  check_record_order(a)
+  stored = {s: [oid_of(e) for e in read_split(a, s)] for s in SPLITS}
+  labels = {s: [int(e["label"]) for e in read_split(a, s)] for s in SPLITS}
+  assert len(stored["database"]) == 54 and len(stored["query"]) == 18
+  for split in SPLITS:  # not sorted by id, hence not by class
+    assert stored[split] != sorted(stored[split])
+    assert labels[split] != sorted(labels[split])
+    assert labels[split] == [objs[o][0] for o in stored[split]]
+  sorted_db = [objs[o][0] for o in sorted(stored["database"])]
+  assert sorted_db == sorted(sorted_db)  # the old order was class-sorted
+
+  got, old, chance = constant_code_maps(labels["query"], labels["database"], sorted_db)
+  # 6 classes of 9 among 54: chance 0.223 (class frequency 1/6); stored order 0.220,
+  # sorted order 0.318.
+  assert abs(got - chance) < 0.05, (got, chance)
+  assert abs(got - chance) < abs(old - chance), (got, old, chance)
+  assert old - chance > 0.08
+
+
+def test_record_order_constant_code_map_near_chance_at_scale():
+  """55 unbalanced classes (5-119 objects, ids prefixed by the synset as in ShapeNet-55):
+  a constant code scores chance in record order; in id order (1.0.0) far above it."""
+  rng = np.random.default_rng(123)
+  sizes = rng.integers(5, 120, size=55)
+  ids, labels = [], []
+  for lab, (synset, _) in enumerate(sn55.SYNSETS):
+    for _ in range(sizes[lab]):
+      ids.append(f"{synset}-{rng.bytes(8).hex()}")
+      labels.append(lab)
+  label_of = dict(zip(ids, labels))
+  qd = query_database_split(ids, labels, 0.2, seed=0)
+  query = record_order([i for i in ids if qd[i] == "query"], "query", 0)
+  db = record_order([i for i in ids if qd[i] == "database"], "database", 0)
+  assert db == expected_order(db, "database") and query == expected_order(query, "query")
+  got, old, chance = constant_code_maps([label_of[i] for i in query],
+                                        [label_of[i] for i in db],
+                                        [label_of[i] for i in sorted(db)])
+  # chance 0.0279; record order 0.0278; id order 0.068 (the issue's 0.070 vs 0.025).
+  assert abs(got - chance) < 0.005, (got, chance)
+  assert old - chance > 0.02, (old, chance)
+
+
+def test_real_builders_version_bumped_for_record_order(tmp_path):
+  for cls in (snr.ShapenetRender, mn.Modelnet40, sn55.Shapenet55):
+    assert str(cls.VERSION) == "2.0.0"
+    assert "shuffle" in cls.RELEASE_NOTES["2.0.0"] and "1.0.0" in cls.RELEASE_NOTES
+  # Data prepared by 1.0.0 (class-sorted records) is not reused.
+  make_shapenet_render(tmp_path / "manual")
+  b = prepare(snr.ShapenetRender(data_dir=tmp_path / "data", config=cfg()),
+              tmp_path / "manual")
+  os.rename(b.data_path, b.data_path.parent / "1.0.0")
+  assert not snr.ShapenetRender(data_dir=tmp_path / "data", config=cfg()).is_prepared()
 
 
 # ----------------------------------------------------------------------------------------
@@ -448,6 +572,17 @@ def test_shapenet_render_bad_files_are_skipped_and_named(tmp_path, capsys):
   assert written == set(ids) - {k[1] for k in skips}
   out = capsys.readouterr().out
   assert "skipped 9" in out and str(png) in out and rest[1] in out
+  # Splits and record order are decided on the paired objects; objects skipped while
+  # reading leave the others in the documented order.
+  paired = sorted(set(ids) - {ids[0], ids[1], rest[3]})
+  held = holdout_split(paired, [objs[i][0] for i in paired], 0.5, 0)
+  test_ids = [i for i in paired if held[i] == "test"]
+  qd = query_database_split(test_ids, [objs[i][0] for i in test_ids], 0.5, 0)
+  planned = {s: [i for i in paired if (held[i] if held[i] == "train" else qd[i]) == s]
+             for s in SPLITS}
+  for split in SPLITS:
+    stored = [oid_of(e) for e in read_split(b, split)]
+    assert stored == [i for i in expected_order(planned[split], split) if i in written]
 
 
 def test_modelnet40_bad_rows_and_files(tmp_path):
@@ -565,6 +700,21 @@ def test_split_rules_hand_worked():
   # Independent of input order; different seed, different pick.
   assert query_database_split(ids[::-1], labels[::-1], 0.25, seed=3) == qd
   assert query_database_split(ids, labels, 0.25, seed=4) != qd
+
+
+def test_record_order_rule():
+  ids = [f"{c}/{j:02d}" for c in ("b", "a", "c") for j in range(5)]
+  for split in SPLITS:
+    got = record_order(ids, split, seed=7)
+    assert sorted(got) == sorted(ids)
+    assert got == expected_order(ids, split, seed=7)
+    assert record_order(ids[::-1], split, seed=7) == got  # independent of input order
+    assert record_order(ids, split, seed=8) != got
+  assert len({tuple(record_order(ids, s, 7)) for s in SPLITS}) == 3  # one stream per split
+  with pytest.raises(ValueError, match="duplicate"):
+    record_order(["x", "x"], "train", 0)
+  with pytest.raises(ValueError, match="unknown split"):
+    record_order(["x"], "test", 0)
 
 
 def test_select_views_natural_order_and_check_points():

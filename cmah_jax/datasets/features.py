@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 BYTES = tfds.features.Encoding.BYTES
-# Real datasets 1.0.0 store points as a float list; kept so data prepared by them stays
+# Real datasets (1.0.0, 2.0.0) store points as a float list; kept so data prepared by them stays
 # readable (decoding follows the builder's features, not the files).
 FLOAT_LIST = tfds.features.Encoding.NONE
 

@@ -8,7 +8,8 @@ and writes them, identically for all three:
   `LayoutError` name the file or folder at fault.
 * `points`: point-cloud checks, FPS or seeded random subsampling, unit-sphere
   normalisation.
-* `splits`: per-class seeded holdout and query/database splits.
+* `splits`: per-class seeded holdout and query/database splits; the seeded record order
+  of each split (`record_order`: a fixed shuffle, not sorted by the class-prefixed ids).
 * `skips`: what is skipped and why, the skip limit, the preparation summary.
 
 Every example has the project's format (`cmah_jax.datasets.features`)

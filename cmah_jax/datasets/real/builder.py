@@ -4,7 +4,8 @@ Each builder lists the hand-downloaded files of its published layout (`_scan`, r
 `Scan` of `ObjectSpec`s); `RealDatasetBuilder` does the rest, identically for all three:
 pairs points with views and counts skips (`skips`), assigns splits before any file is read
 (`splits`), reads files with a thread pool (`readers`), subsamples and normalises points
-(`points`) and writes examples in the one format of `cmah_jax.datasets.features`. A summary
+(`points`) and writes examples in the one format of `cmah_jax.datasets.features`, each
+split's records in a fixed seeded shuffle (`splits.record_order`, not sorted by id). A summary
 is printed and logged at the end of preparation and saved as `prepare_summary.json` beside
 the data.
 """
@@ -29,7 +30,8 @@ from cmah_jax.datasets.real.readers import (
     LayoutError, UnreadableFileError, load_image, natural_key, read_npy_points,
     read_ply_points, select_views)
 from cmah_jax.datasets.real.skips import PrepareReport, Skip
-from cmah_jax.datasets.real.splits import SPLITS, holdout_split, query_database_split
+from cmah_jax.datasets.real.splits import (
+    RECORD_ORDER_STREAM, SPLITS, holdout_split, query_database_split, record_order)
 
 
 @dataclasses.dataclass
@@ -143,8 +145,14 @@ def _batched(items: Sequence, n: int) -> Iterator[Sequence]:
 class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the real-dataset builders: subclasses set the class attributes and `_scan`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "2.0.0": "Records of every split stored in a fixed seeded shuffle "
+               "(`splits.record_order`), no longer sorted by object id (which begins with "
+               "the class, so index-broken Hamming ties inflated mAP). Same objects per "
+               "split and same examples; record indices differ from 1.0.0.",
+  }
   DEFAULT_CONFIG_NAME = "default"
   DESCRIPTION = ""
   HOMEPAGE = ""
@@ -208,6 +216,7 @@ class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["class_names"] = list(scan.class_names)
     self.info.metadata.update(scan.metadata)
     self.info.metadata["split_rule"] = self._split_rule_text()
+    self.info.metadata["record_order"] = self._record_order_text()
 
     if not scan.objects and not scan.skips:
       raise LayoutError(
@@ -247,7 +256,10 @@ class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     for obj in paired:
       by_split[splits[obj.object_id]].append(obj)
     for s in SPLITS:
-      by_split[s].sort(key=lambda o: o.object_id)
+      # Stored in a fixed seeded shuffle, not by id (ids begin with the class, and Hamming
+      # ties are broken by database index): see `splits.record_order`.
+      members = {o.object_id: o for o in by_split[s]}
+      by_split[s] = [members[oid] for oid in record_order(members, s, cfg.split_seed)]
       for o in by_split[s]:
         report.planned[(s, o.label)] += 1
       if not by_split[s]:
@@ -262,6 +274,11 @@ class RealDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     return (f"query/database: per class, sorted ids permuted by default_rng([{cfg.split_seed},"
             f" 1, label]); first round({cfg.query_fraction} * n) (in [1, n-1]) are queries")
+
+  def _record_order_text(self) -> str:
+    return (f"records of each split: sorted ids permuted by default_rng(["
+            f"{self.builder_config.split_seed}, {RECORD_ORDER_STREAM}, split_index]), "
+            f"split_index = {', '.join(f'{s} {i}' for i, s in enumerate(SPLITS))}")
 
   def _assign_splits(self, objects: list[ObjectSpec]) -> dict[str, str]:
     """{object_id: split}: "train" stays; "test" -> query/database; None -> holdout first."""
