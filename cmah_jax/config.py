@@ -49,9 +49,26 @@ class OptimSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-  """Retrieval evaluation settings."""
+  """Retrieval evaluation settings; the protocol is described in `cmah_jax/protocol.py`."""
   precision_ks: tuple[int, ...] = (1, 10, 50, 100)
   num_examples_in_figure: int = 4      # query rows in retrieval_examples.png
+  protocol: str = "test"               # "test" | "validation" (carved from train) [ours]
+  database_split: str = "database"     # test protocol: "database" (held out) or "train"
+                                       # (the UCCH protocol's retrieval set)
+  validation_fraction: float = 0.2     # of train held out by the validation protocol [ours]
+  validation_query_fraction: float = 0.2  # of the held-out part, used as queries [ours]
+  hamming_radius: int = 2              # precision within this radius [hashing literature]
+
+  def validate(self) -> "EvalSpec":
+    if self.protocol not in ("test", "validation"):
+      raise ValueError(f"config.eval.protocol={self.protocol!r}: 'test' or 'validation'")
+    if self.database_split not in ("database", "train"):
+      raise ValueError(f"config.eval.database_split={self.database_split!r}: 'database' "
+                       "(held-out split) or 'train' (UCCH protocol)")
+    for name in ("validation_fraction", "validation_query_fraction"):
+      if not 0.0 < getattr(self, name) < 1.0:
+        raise ValueError(f"config.eval.{name}={getattr(self, name)!r} must be in (0, 1)")
+    return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +111,7 @@ class ExperimentConfig:
         model=ModelConfig(**model).validate(),
         loss=section(LossSpec, d["loss"], "loss").validate(),
         optim=section(OptimSpec, d["optim"], "optim"),
-        eval=section(EvalSpec, d["eval"], "eval"),
+        eval=section(EvalSpec, d["eval"], "eval").validate(),
         **{k: d[k] for k in ("total_steps", "log_every_steps", "checkpoint_every_steps",
                              "keep_checkpoints", "eval_every_steps", "init_from")})
 
@@ -200,7 +217,7 @@ def resolve(config: Any) -> ExperimentConfig:
       model=model,
       loss=_section(LossSpec, _as_dict(raw.get("loss")), "loss").validate(),
       optim=_section(OptimSpec, _as_dict(raw.get("optim")), "optim"),
-      eval=_section(EvalSpec, _as_dict(raw.get("eval")), "eval"),
+      eval=_section(EvalSpec, _as_dict(raw.get("eval")), "eval").validate(),
       total_steps=top["total_steps"], log_every_steps=top["log_every_steps"],
       checkpoint_every_steps=top["checkpoint_every_steps"],
       keep_checkpoints=top["keep_checkpoints"],

@@ -1,13 +1,15 @@
 """Cross-modal retrieval evaluation [UCCH protocol]: `RetrievalEvaluator`.
 
-Queries come from the `query` split, the database from `database_split` (default the
-held-out `database` split). Each tower encodes its modality alone (`train=False`: no
+Queries and database come from `cmah_jax.protocol.retrieval_sources` (by default the `query`
+split against the held-out `database` split). Each tower encodes its modality alone (`train=False`: no
 masking, no dropout), over sharded, padded batches; every object is encoded exactly once.
 The encoder is jitted once, in the constructor: periodic evaluations reuse the compiled
 program. Batch metadata (label, valid, index) never leaves the host; each process keeps its
 own rows, and processes exchange codes and metadata once per split. Then, on the host:
-mAP@all for image->point (i2p) and point->image (p2i), precision@k, PR curves, and the mAP
-of random codes (chance) for scale.
+mAP@all for image->point (i2p) and point->image (p2i), both with ties broken by database
+index and tie-aware (the expectation over orders within tied distances, McSherry & Najork
+2008), precision@k, precision within Hamming radius r, PR curves, and the mAP of random
+codes (chance) for scale.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from jax.experimental import multihost_utils
 
 from cmah_jax import metrics
 from cmah_jax import sharding as shd
+from cmah_jax.config import EvalSpec
 from cmah_jax.input import InputSpec, eval_batches, local_rows
+from cmah_jax.protocol import RetrievalSources, retrieval_sources
 
 DIRECTIONS = {"i2p": ("image", "point"), "p2i": ("point", "image")}
 
@@ -31,15 +35,19 @@ def _gather_hosts(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: int = 0):
+def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: int = 0,
+                      radius: int = 2):
   """Metrics of both directions from encoded splits (see `RetrievalEvaluator.encode`)."""
   bits = query["image"].shape[1]
   res = {"bits": bits, "num_queries": len(query["label"]),
          "num_database": len(database["label"]),
-         "map": {}, "precision_at_k": {}, "pr_curve": {}}
+         "map": {}, "map_tie_aware": {}, "precision_within_radius": {"radius": radius},
+         "precision_at_k": {}, "pr_curve": {}}
   for name, (qm, dm) in DIRECTIONS.items():
     args = (query[qm], database[dm], query["label"], database["label"])
     res["map"][name] = {str(bits): metrics.mean_average_precision(*args)}
+    res["map_tie_aware"][name] = {str(bits): metrics.tie_aware_mean_average_precision(*args)}
+    res["precision_within_radius"][name] = metrics.precision_within_radius(*args, radius)
     res["precision_at_k"][name] = {
         str(k): v for k, v in metrics.precision_at_k(*args, ks=ks).items()}
     radii, prec, rec = metrics.precision_recall_curve(*args)
@@ -55,26 +63,26 @@ def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: in
 
 
 class RetrievalEvaluator:
-  """Encodes the query and database splits and scores retrieval; built once per run.
+  """Encodes the queries and the database and scores retrieval; built once per run.
 
   Args:
     model: the `CMAH` module.
-    builder: a prepared TFDS builder (or anything `cmah_jax.input.eval_batches` reads).
+    data: `RetrievalSources` (see `cmah_jax.protocol`), or a prepared builder (then the
+      test protocol of `eval_spec`).
     spec: the resolved input spec (eval batch size, sizes, eval view).
     mesh: the device mesh; batches are sharded on its `"data"` axis.
-    precision_ks: the k of precision@k.
+    eval_spec: precision@k's k, the Hamming radius, the protocol.
     seed: seeds the chance (random codes) baseline.
-    query_split, database_split: split names.
 
   `trace_count` counts traces of the encoder (1 after any number of evaluations).
   """
 
-  def __init__(self, model, builder, spec: InputSpec, mesh, *, precision_ks=(1, 10, 50, 100),
-               seed: int = 0, query_split: str = "query", database_split: str = "database"):
-    self.model, self.builder, self.spec, self.mesh = model, builder, spec, mesh
-    self.precision_ks = tuple(int(k) for k in precision_ks)
+  def __init__(self, model, data, spec: InputSpec, mesh, *,
+               eval_spec: EvalSpec = EvalSpec(), seed: int = 0):
+    self.model, self.spec, self.mesh, self.eval_spec = model, spec, mesh, eval_spec
+    self.sources = (data if isinstance(data, RetrievalSources)
+                    else retrieval_sources(data, eval_spec))
     self.seed = int(seed)
-    self.splits = {"query": query_split, "database": database_split}
     self.trace_count = 0
     self._replicated = shd.replicated(mesh)
 
@@ -85,15 +93,19 @@ class RetrievalEvaluator:
 
     self._encode = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
 
-  def encode(self, params, split: str) -> dict:
-    """Codes of both modalities for every object of `split`, in split order.
+  def encode(self, params, source) -> dict:
+    """Codes of both modalities for every object of `source` ("query", "database", or a
+    random-access source), in source order.
 
     Returns:
       {"image": [n, K] float32 {-1, +1}, "point": [n, K] float32, "label": [n] int32}.
     """
     params = jax.device_put(params, self._replicated)
     chunks = {"image": [], "point": [], "label": [], "index": [], "valid": []}
-    for batch in eval_batches(self.builder, split, self.spec, self.mesh):
+    name = source if isinstance(source, str) else "source"
+    if isinstance(source, str):
+      source = {"query": self.sources.query, "database": self.sources.database}[source]
+    for batch in eval_batches(source, None, self.spec, self.mesh):
       codes = self._encode(params, batch["images"], batch["points"])
       for k in ("image", "point"):
         chunks[k].append(local_rows(codes[k]))
@@ -104,7 +116,7 @@ class RetrievalEvaluator:
     order = np.argsort(cat["index"][valid], kind="stable")
     out = {k: cat[k][valid][order] for k in ("image", "point", "label")}
     if not np.array_equal(cat["index"][valid][order], np.arange(len(out["label"]))):
-      raise RuntimeError(f"eval pipeline of split {split!r} did not cover each object once")
+      raise RuntimeError(f"eval pipeline of {name!r} did not cover each object once")
     return out
 
   def evaluate(self, params) -> dict:
@@ -114,9 +126,11 @@ class RetrievalEvaluator:
       a JSON-friendly dict (see `retrieval_metrics`) plus "arrays" (host codes and labels
       of both splits, for figures; not meant for JSON).
     """
-    query = self.encode(params, self.splits["query"])
-    database = self.encode(params, self.splits["database"])
-    res = retrieval_metrics(query, database, ks=self.precision_ks, seed=self.seed)
+    query = self.encode(params, "query")
+    database = self.encode(params, "database")
+    res = retrieval_metrics(query, database, ks=self.eval_spec.precision_ks, seed=self.seed,
+                            radius=self.eval_spec.hamming_radius)
+    res["protocol"] = self.sources.description
     res["arrays"] = {"query": query, "database": database}
     return res
 
@@ -131,6 +145,12 @@ def flat_metrics(results: dict) -> dict:
   for d, by_bits in results["map"].items():
     for bits, v in by_bits.items():
       out[f"map/{d}/{bits}"] = v
+  for d, by_bits in results["map_tie_aware"].items():
+    for bits, v in by_bits.items():
+      out[f"map_tie_aware/{d}/{bits}"] = v
+  radius = results["precision_within_radius"]["radius"]
+  for d in DIRECTIONS:
+    out[f"precision_within_{radius}/{d}"] = results["precision_within_radius"][d]
   for d, by_k in results["precision_at_k"].items():
     for k, v in by_k.items():
       out[f"precision_at_{k}/{d}"] = v

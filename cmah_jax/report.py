@@ -28,20 +28,24 @@ def _json_ready(results: dict, config) -> dict:
 
 def write_markdown(path: str, results: dict, config) -> None:
   bits = str(results["bits"])
+  radius = results["precision_within_radius"]["radius"]
   lines = [
       "# CMAH retrieval report", "",
       f"Dataset `{config.dataset.name}` ({config.dataset.config}), model "
       f"`{config.variant}`, {bits} bits, {results.get('steps', '?')} steps, "
       f"train {results.get('train_seconds', 0):.0f}s, eval {results.get('eval_seconds', 0):.0f}s. "
-      f"{results['num_queries']} queries (query split) against {results['num_database']} "
-      "database objects (database split); relevant = same class.", "",
-      "| direction | mAP@all | " + " | ".join(
+      f"Protocol: {results.get('protocol', '')}; relevant = same class. mAP@all with "
+      "ties broken by database index, and tie-aware (expected over orders within tied "
+      "distances).", "",
+      f"| direction | mAP@all | mAP@all tie-aware | P@r<={radius} | " + " | ".join(
           f"P@{k}" for k in results["precision_at_k"]["i2p"]) + " |",
-      "|---|---|" + "---|" * len(results["precision_at_k"]["i2p"]),
+      "|---|---|---|---|" + "---|" * len(results["precision_at_k"]["i2p"]),
   ]
   for d in DIRECTIONS:
     pk = " | ".join(f"{v:.4f}" for v in results["precision_at_k"][d].values())
-    lines.append(f"| {_NAMES[d]} | {results['map'][d][bits]:.4f} | {pk} |")
+    lines.append(f"| {_NAMES[d]} | {results['map'][d][bits]:.4f} | "
+                 f"{results['map_tie_aware'][d][bits]:.4f} | "
+                 f"{results['precision_within_radius'][d]:.4f} | {pk} |")
   lines += ["", f"Chance mAP (random codes): {results['chance_map']:.4f}", "",
             "![PR curves](pr_curve.png)", "", "![Retrieval examples](retrieval_examples.png)",
             ""]
@@ -77,12 +81,11 @@ def _frame(ax, ok):
       s.set_linewidth(3)
 
 
-def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
+def plot_retrieval_examples(path: str, results: dict, sources, eval_view: int,
                             num_queries: int = 4, top: int = 8, class_names=None) -> None:
   """Rows of (query, its top-`top` results), green/red frames for right/wrong class:
   first image queries retrieving point clouds, then point-cloud queries retrieving images."""
-  src = builder.as_data_source()
-  q_src, d_src = src["query"], src["database"]
+  q_src, d_src = sources.query, sources.database
   arr = results["arrays"]
   rng = np.random.default_rng(0)
   rows = []
@@ -123,12 +126,14 @@ def plot_retrieval_examples(path: str, results: dict, builder, eval_view: int,
   plt.close(fig)
 
 
-def write_report(workdir: str, results: dict, config, builder) -> str:
+def write_report(workdir: str, results: dict, config, builder, sources) -> str:
   """Write report.json, report.md, pr_curve.png and retrieval_examples.png to `workdir`.
 
   Args:
     results: `RetrievalEvaluator.evaluate` output (with "arrays") plus run figures.
     config: the resolved `ExperimentConfig` (recorded in report.json).
+    builder: the dataset's builder (class names); sources: the protocol's
+      `RetrievalSources` (the examples drawn in the figure).
   Returns:
     the path of report.md.
   """
@@ -138,7 +143,7 @@ def write_report(workdir: str, results: dict, config, builder) -> str:
   write_markdown(os.path.join(workdir, "report.md"), results, config)
   plot_pr_curves(os.path.join(workdir, "pr_curve.png"), results)
   names = class_names(builder)
-  plot_retrieval_examples(os.path.join(workdir, "retrieval_examples.png"), results, builder,
+  plot_retrieval_examples(os.path.join(workdir, "retrieval_examples.png"), results, sources,
                           config.input.eval_view,
                           num_queries=config.eval.num_examples_in_figure,
                           class_names=list(names) if names else None)

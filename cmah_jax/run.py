@@ -15,7 +15,8 @@ def run_experiment(config, workdir: str, devices=None) -> train.TrainResult:
   if result.results is not None:
     if jax.process_index() == 0:
       from cmah_jax import report  # pylint: disable=import-outside-toplevel (matplotlib)
-      path = report.write_report(workdir, result.results, result.config, result.builder)
+      path = report.write_report(workdir, result.results, result.config, result.builder,
+                                 result.sources)
       train.log("Report: %s", path)
   if jax.process_count() > 1:
     # No process may exit while another still talks to the coordination service (the

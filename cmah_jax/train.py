@@ -34,11 +34,12 @@ from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.datasets import prepare as prepare_lib
 from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
-from cmah_jax.input import TrainPipeline, num_examples
+from cmah_jax.input import TrainPipeline
 from cmah_jax.metric_writer import JsonlWriter
 from cmah_jax.models import CMAH, init_variables
 from cmah_jax.objectives import get_objective
 from cmah_jax.optim import make_optimizer
+from cmah_jax.protocol import retrieval_sources
 
 
 # ----------------------------------------------------------------------------- train step
@@ -262,13 +263,15 @@ def compile_train_step(train_step, state, batch, mesh):
 class TrainResult:
   """The final replicated train state, the metrics (last logged train metrics and the
   retrieval results, or `stopped_at`), the module, the resolved config, and the full
-  retrieval results (None when stopped early) for the report."""
+  retrieval results (None when stopped early) and the protocol's sources, for the
+  report."""
   state: Any
   metrics: dict
   model: CMAH
   config: config_lib.ExperimentConfig
   results: dict | None = None
   builder: Any = None
+  sources: Any = None
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -298,19 +301,21 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
   builder = prepare_dataset(cfg.dataset)
   objective = get_objective(cfg.loss, cfg.model.bits)
-  evaluator = RetrievalEvaluator(model, builder, cfg.input, mesh,
-                                 precision_ks=cfg.eval.precision_ks, seed=cfg.seed)
+  sources = retrieval_sources(builder, cfg.eval)
+  log("Protocol: %s", sources.description)
+  evaluator = RetrievalEvaluator(model, sources, cfg.input, mesh, eval_spec=cfg.eval,
+                                 seed=cfg.seed)
 
   manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=cfg.keep_checkpoints)
   try:
-    loss_state = objective.init_state(num_examples(builder, "train"))
+    loss_state = objective.init_state(len(sources.train))
     state, restored = init_or_restore_state(cfg, model, tx, mesh, manager, init_key,
                                             loss_state)
     if restored is not None:
       writer.truncate_after(restored)  # rows past the checkpoint are logged again
     start_step = int(jax.device_get(state["step"]))
-    train_pipe = TrainPipeline(builder, "train", cfg.input, mesh, seed=cfg.seed,
+    train_pipe = TrainPipeline(sources.train, "train", cfg.input, mesh, seed=cfg.seed,
                                start_step=start_step)
     it = iter(train_pipe)
     first_batch = next(it)  # shapes for compilation (and the first step's batch)
@@ -352,7 +357,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
           manager.wait_until_finished()
           log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
           return TrainResult(state, dict(last_metrics, stopped_at=done), model, cfg,
-                             builder=builder)
+                             builder=builder, sources=sources)
     manager.wait_until_finished()
   finally:
     manager.wait_until_finished()
@@ -366,4 +371,4 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
   writer.write(results["steps"], flat_metrics(results))
   log("Retrieval: %s", summary(results))
   return TrainResult(state, dict(last_metrics, **flat_metrics(results)), model, cfg,
-                     results=results, builder=builder)
+                     results=results, builder=builder, sources=sources)

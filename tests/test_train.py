@@ -12,7 +12,7 @@ import pytest
 
 from cmah_jax import checkpointing, evaluate, run, train
 from cmah_jax.inference import load_trained
-from cmah_jax.metrics import mean_average_precision
+from cmah_jax.metrics import mean_average_precision, tie_aware_mean_average_precision
 from cmah_jax.metric_writer import read_jsonl
 from configs import default
 
@@ -72,6 +72,9 @@ def test_end_to_end_report(data_dir, tmp_path):
     want = mean_average_precision(arrays["query"][qm], arrays["database"][dm],
                                   arrays["query"]["label"], arrays["database"]["label"])
     assert report["map"][d][bits] == want
+    assert report["map_tie_aware"][d][bits] == tie_aware_mean_average_precision(
+        arrays["query"][qm], arrays["database"][dm], arrays["query"]["label"],
+        arrays["database"]["label"])
   assert report["num_queries"] == len(arrays["query"]["label"]) > 0
   assert report["steps"] == 6 and report["train_seconds"] > 0
   # The resolved config: the variant's input sizes (tiny: 256 points, 32 px), not None.

@@ -31,6 +31,23 @@ def as_source(source_or_builder, split: str | None = None):
   return source_or_builder
 
 
+class SubsetSource:
+  """The records `indices` of `source`, renumbered 0..len-1 (random access)."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+  def __getitems__(self, ids):
+    return _read(self.source, self.indices[np.asarray(ids, np.int64)])
+
+
 def num_examples(builder, split: str) -> int:
   """Number of examples in `split` of a prepared builder (or len of a source)."""
   if hasattr(builder, "info"):

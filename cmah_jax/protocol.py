@@ -1,0 +1,63 @@
+"""The retrieval protocol: which records train the model, which are queries, which form the
+database (`config.eval`).
+
+- `protocol="test"`: the model trains on the `train` split; queries are the `query` split;
+  the database is the held-out `database` split, or with `database_split="train"` the
+  training set itself (the UCCH protocol, where the retrieval set is the training set).
+- `protocol="validation"`, for choosing hyper-parameters without ever looking at the query
+  or database splits: a fixed, seeded fraction (`validation_fraction`) of the train split
+  is held out of training; `validation_query_fraction` of it are the queries, the rest the
+  database. The carve depends only on the number of train records and `VALIDATION_SEED`,
+  not on the run's seed, so every run of a comparison validates on the same objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cmah_jax.config import EvalSpec
+from cmah_jax.input import SubsetSource, as_source
+
+VALIDATION_SEED = 20241125  # the fixed validation carve [ours]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalSources:
+  """Random-access sources of the three roles, and a description for reports."""
+  train: object
+  query: object
+  database: object
+  description: str
+
+
+def validation_carve(num_train: int, eval_spec: EvalSpec):
+  """Record indices of the train split: (training, validation queries, validation database),
+  each sorted int64, disjoint, covering `range(num_train)`."""
+  order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
+  held = max(2, int(round(eval_spec.validation_fraction * num_train)))
+  queries = max(1, int(round(eval_spec.validation_query_fraction * held)))
+  if held >= num_train or queries >= held:
+    raise ValueError(f"config.eval.validation_fraction={eval_spec.validation_fraction} of "
+                     f"{num_train} train records leaves no training or no database")
+  return (np.sort(order[held:]), np.sort(order[:queries]), np.sort(order[queries:held]))
+
+
+def retrieval_sources(builder, eval_spec: EvalSpec) -> RetrievalSources:
+  """The train / query / database sources of `builder` under `eval_spec`'s protocol."""
+  train = as_source(builder, "train")
+  if eval_spec.protocol == "validation":
+    fit, queries, database = validation_carve(len(train), eval_spec)
+    return RetrievalSources(
+        SubsetSource(train, fit), SubsetSource(train, queries),
+        SubsetSource(train, database),
+        f"validation protocol: {len(queries)} queries against {len(database)} database "
+        f"objects, both held out of the train split (the model trains on {len(fit)})")
+  query = as_source(builder, "query")
+  if eval_spec.database_split == "train":
+    database, what = train, "the training set (UCCH protocol)"
+  else:
+    database, what = as_source(builder, "database"), "the held-out database split"
+  return RetrievalSources(train, query, database,
+                          f"{len(query)} queries (query split) against {len(database)} "
+                          f"database objects, {what}")
