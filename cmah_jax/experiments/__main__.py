@@ -1,0 +1,163 @@
+"""Run a comparison suite: every (method, bits, seed) under one protocol, one table.
+
+  python -m cmah_jax.experiments --suite=main --workdir=work/suite --seeds=3
+  python -m cmah_jax.experiments --suite=smoke --config=configs/default.py:runlocal \
+      --workdir=/tmp/smoke --seeds=1 --jobs=2
+  python -m cmah_jax.experiments --suite=main --workdir=work/suite --dry_run   # the plan
+
+Each run is a separate process (`cmah_jax.experiments.worker`) in
+`WORKDIR/runs/<method>/b<bits>-s<seed>-<fingerprint>`; the fingerprint covers the method and
+the fully resolved config, so a changed config gets a new directory and never reuses an old
+result. A finished run (its report carries the same fingerprint) is skipped; an interrupted
+one resumes from its checkpoints. `--jobs` runs several at once. Results are rewritten after
+every run: `results.json`, `results.md`, `map_vs_bits.png`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cmah_jax.experiments import plan as plan_lib
+from cmah_jax.experiments import results as results_lib
+from cmah_jax.experiments.suites import SUITES, get_suite
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Base config file (configs/*.py[:args]).",
+    lock_config=False)
+_SUITE = flags.DEFINE_enum("suite", None, sorted(SUITES), "Which suite.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the suite.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every run.")
+_BITS = flags.DEFINE_list("bits", None, "Only these code lengths (default: the suite's).")
+_METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: the suite's).")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Runs at once.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
+flags.mark_flags_as_required(["suite", "workdir"])
+
+
+def _fmt(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _start(run) -> subprocess.Popen:
+  os.makedirs(run.workdir, exist_ok=True)
+  spec = {"method": run.method.name, "kind": run.method.kind,
+          "fingerprint": run.fingerprint, "workdir": run.workdir,
+          "config": run.config.to_dict()}
+  spec_path = os.path.join(run.workdir, "run.json")
+  with open(spec_path, "w") as f:
+    json.dump(spec, f, indent=2)
+  log = open(os.path.join(run.workdir, "log.txt"), "a")
+  return subprocess.Popen([sys.executable, "-m", "cmah_jax.experiments.worker", spec_path],
+                          stdout=log, stderr=subprocess.STDOUT)
+
+
+def _name(run) -> str:
+  return f"{run.method.name} {run.bits} bits seed {run.seed}"
+
+
+def collect(suite, runs, root) -> dict:
+  rows = []
+  for r in runs:
+    if r.finished():
+      with open(r.report_path) as f:
+        rows.append(results_lib.run_row(r, json.load(f)))
+  protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
+  return results_lib.write(root, suite, rows, protocol)
+
+
+def execute(suite, runs, root: str, jobs: int) -> dict:
+  """Run every unfinished run (`jobs` at a time), rewriting the results after each."""
+  todo = [r for r in runs if not r.finished()]
+  print(f"[experiments] suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} "
+        f"finished, {len(todo)} to run, {jobs} at a time; results in {root}", flush=True)
+  running: dict = {}
+  failed, durations = [], []
+  t_start = time.time()
+  try:
+    while todo or running:
+      while todo and len(running) < jobs:
+        run = todo.pop(0)
+        proc = _start(run)
+        _PROCS[proc.pid] = proc
+        running[proc.pid] = (run, time.time())
+      for pid, (run, t0) in list(running.items()):
+        proc_done = _poll(pid)
+        if proc_done is None:
+          continue
+        del running[pid]
+        durations.append(time.time() - t0)
+        if proc_done == 0 and run.finished():
+          print(f"[experiments] done {_name(run)} in {_fmt(durations[-1])}", flush=True)
+          collect(suite, runs, root)
+        else:
+          failed.append(run)
+          print(f"[experiments] FAILED {_name(run)} (exit {proc_done}); see "
+                f"{os.path.join(run.workdir, 'log.txt')}", flush=True)
+        left = len(todo) + len(running)
+        eta = sum(durations) / len(durations) * left / max(jobs, 1)
+        print(f"[experiments] {len(runs) - left - len(failed)} of {len(runs)} finished, "
+              f"{len(failed)} failed, elapsed {_fmt(time.time() - t_start)}, "
+              f"ETA {_fmt(eta)}", flush=True)
+      time.sleep(1.0)
+  except KeyboardInterrupt:
+    print("[experiments] interrupted: asking running jobs to checkpoint and stop; run the "
+          "same command again to resume", flush=True)
+    for pid in running:
+      os.kill(pid, signal.SIGTERM)
+    for pid in running:
+      _wait(pid)
+    raise
+  data = collect(suite, runs, root)
+  if failed:
+    raise SystemExit(f"{len(failed)} run(s) failed: " + ", ".join(_name(r) for r in failed))
+  return data
+
+
+_PROCS: dict = {}  # pid -> Popen of the runs started by this process
+
+
+def _poll(pid):
+  proc = _PROCS.get(pid)
+  return None if proc is None else proc.poll()
+
+
+def _wait(pid):
+  proc = _PROCS.get(pid)
+  if proc is not None:
+    proc.wait()
+
+
+def main(argv):
+  del argv
+  suite = get_suite(_SUITE.value)
+  root = os.path.abspath(_WORKDIR.value)
+  bits = [int(b) for b in _BITS.value] if _BITS.value else None
+  runs = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value), bits=bits,
+                       methods=_METHODS.value)
+  if not runs:
+    raise SystemExit("the suite, --bits and --methods select no run")
+  if _DRY_RUN.value:
+    for r in runs:
+      state = "finished" if r.finished() else "to run"
+      print(f"{_name(r):40s} {r.method.kind:8s} {state:9s} {r.workdir}")
+    return
+  os.makedirs(root, exist_ok=True)
+  from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel
+  for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
+    prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
+  data = execute(suite, runs, root, _JOBS.value)
+  print(open(os.path.join(root, "results.md")).read())
+  print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

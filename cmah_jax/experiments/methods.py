@@ -1,0 +1,84 @@
+"""The methods a comparison runs, by name: CMAH, its ablations, and the baselines.
+
+A `Method` is either trained by `cmah_jax.train` with config overrides (`kind="train"`,
+dotted keys into the config, e.g. `"loss.lambda_r": 0.0`) or computed without deep learning
+by `cmah_jax.experiments.classic` (`kind="classic"`). Every method is evaluated by the same
+protocol, at the same code lengths, with the same step budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  label: str                    # for tables and plots
+  group: str                    # "ours" | "baseline" | "ablation" | "bound"
+  source: str                   # where it comes from
+  kind: str = "train"           # "train" | "classic"
+  overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def _m(name, label, group, source, kind="train", **overrides):
+  items = tuple((k.replace("__", "."), v) for k, v in overrides.items())
+  return Method(name, label, group, source, kind, items)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    # -- CMAH as the paper describes it [paper; defaults in cmah_jax/config.py, losses.py].
+    _m("cmah", "CMAH (paper objective)", "ours", "[paper] arXiv 2408.05711"),
+    # -- baselines
+    _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic"),
+    _m("cca_itq", "CCA-ITQ, hand-crafted features", "baseline",
+       "[Gong & Lazebnik, TPAMI 2013]", kind="classic"),
+    _m("contrastive", "contrastive only (L_c, no reconstruction)", "baseline",
+       "[CLIP-style; ours]", loss__pairs="full_full", loss__lambda_r=0.0),
+    _m("ucch", "UCCH (point tower for text)", "baseline", "[Hu et al., TPAMI 2023]",
+       loss__objective="ucch", loss__pairs="full_full", loss__lambda_r=0.0),
+    _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
+       loss__supervised=True),
+    # -- ablations of CMAH's parts
+    _m("no_point_recon", "CMAH without L_3D", "ablation", "[ours]",
+       loss__use_point_recon=False),
+    _m("no_image_recon", "CMAH without L_2D", "ablation", "[ours]",
+       loss__use_image_recon=False),
+    _m("no_cross_attention", "CMAH, fusion without cross-attention", "ablation", "[ours]",
+       model__overrides__fusion_cross_attention=False),
+    _m("full_full_only", "CMAH, full-full pair only", "ablation", "[ours]",
+       loss__pairs="full_full"),
+    _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
+       loss__pairs="full_full,masked_masked,full_masked"),
+]}
+
+
+def get_method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+  return METHODS[name]
+
+
+def register(method: Method) -> None:
+  """Add a method (e.g. a CMAH variant under study) to the registry."""
+  METHODS[method.name] = method
+
+
+def apply_overrides(config, overrides) -> None:
+  """Set dotted keys of a ConfigDict in place (`"model.overrides.depth"` creates the key
+  under `overrides`, which accepts any ModelConfig field)."""
+  for key, value in overrides:
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+      node[leaf] = value
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False

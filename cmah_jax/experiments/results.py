@@ -1,0 +1,125 @@
+"""A suite's results: `results.json` (every run, and mean ± std over seeds), `results.md`
+(one table per metric, both directions, each code length) and `map_vs_bits.png`."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+DIRECTIONS = ("i2p", "p2i")
+METRICS = {"map": "mAP@all (ties by database index)",
+           "map_tie_aware": "mAP@all, tie-aware (McSherry & Najork 2008)"}
+GROUP_ORDER = ("ours", "baseline", "bound", "ablation")
+
+
+def run_row(run, report: dict) -> dict:
+  """The numbers of one finished run."""
+  b = str(run.bits)
+  row = {"method": run.method.name, "label": run.method.label, "group": run.method.group,
+         "bits": run.bits, "seed": run.seed, "fingerprint": run.fingerprint,
+         "workdir": run.workdir, "steps": report.get("steps"),
+         "train_seconds": report.get("train_seconds"), "protocol": report.get("protocol"),
+         "precision_within_radius": {d: report["precision_within_radius"][d]
+                                     for d in DIRECTIONS}}
+  for m in METRICS:
+    row[m] = {d: report[m][d][b] for d in DIRECTIONS}
+  return row
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+  """Mean and sample std (ddof=1; 0 for one seed) over seeds of each (method, bits)."""
+  groups: dict = {}
+  for r in rows:
+    groups.setdefault((r["method"], r["bits"]), []).append(r)
+  out = []
+  for (method, bits), rs in groups.items():
+    agg = {"method": method, "label": rs[0]["label"], "group": rs[0]["group"], "bits": bits,
+           "seeds": sorted(r["seed"] for r in rs), "n": len(rs)}
+    for m in list(METRICS) + ["precision_within_radius"]:
+      for d in DIRECTIONS:
+        v = np.array([r[m][d] for r in rs], float)
+        agg[f"{m}/{d}/mean"] = float(v.mean())
+        agg[f"{m}/{d}/std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    out.append(agg)
+  return out
+
+
+def _order(aggs):
+  methods = []
+  for a in sorted(aggs, key=lambda a: GROUP_ORDER.index(a["group"])
+                  if a["group"] in GROUP_ORDER else 99):
+    if a["method"] not in methods:
+      methods.append(a["method"])
+  return methods
+
+
+def markdown(aggs: list[dict], title: str, protocol: str) -> str:
+  """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
+  bits = sorted({a["bits"] for a in aggs})
+  by = {(a["method"], a["bits"]): a for a in aggs}
+  lines = [f"# {title}", "", f"Protocol: {protocol}. Mean ± std over seeds (n per cell in "
+           "`results.json`); each cell image -> point cloud / point cloud -> image.", ""]
+  for m, name in list(METRICS.items()) + [("precision_within_radius",
+                                           "precision within Hamming radius 2")]:
+    lines += [f"## {name}", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+              "|---|" + "---|" * len(bits)]
+    for method in _order(aggs):
+      cells = []
+      for b in bits:
+        a = by.get((method, b))
+        if a is None:
+          cells.append("")
+          continue
+        cells.append(" / ".join(f"{a[f'{m}/{d}/mean']:.3f} ± {a[f'{m}/{d}/std']:.3f}"
+                                for d in DIRECTIONS))
+      label = next(a["label"] for a in aggs if a["method"] == method)
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot(aggs: list[dict], path: str, metric: str = "map_tie_aware") -> None:
+  """mAP against code length with ± std error bars, one panel per direction."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for ax, d, title in zip(axes, DIRECTIONS, ("image -> point cloud", "point cloud -> image")):
+    for method in _order(aggs):
+      pts = sorted((a["bits"], a[f"{metric}/{d}/mean"], a[f"{metric}/{d}/std"], a)
+                   for a in aggs if a["method"] == method)
+      if not pts:
+        continue
+      a0 = pts[0][3]
+      style = "-" if a0["group"] in ("ours", "baseline", "bound") else ":"
+      ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                  marker="o", linestyle=style, capsize=3, label=a0["label"],
+                  linewidth=2.5 if a0["group"] == "ours" else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({a["bits"] for a in aggs}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("code length (bits)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(METRICS[metric])
+  axes[1].legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(root: str, suite, rows: list[dict], protocol: str) -> dict:
+  """Write results.json, results.md and map_vs_bits.png under `root`; return the JSON."""
+  aggs = aggregate(rows)
+  data = {"suite": suite.name, "description": suite.description, "protocol": protocol,
+          "runs": rows, "aggregate": aggs}
+  tmp = os.path.join(root, "results.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, os.path.join(root, "results.json"))
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(markdown(aggs, f"Suite `{suite.name}`: {suite.description}", protocol))
+  if aggs:
+    plot(aggs, os.path.join(root, "map_vs_bits.png"))
+  return data

@@ -1,0 +1,37 @@
+"""Named suites: which methods at which code lengths (seeds come from the command line)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  name: str
+  description: str
+  blocks: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]  # (methods, bits) pairs
+  protocol: str = "test"          # config.eval.protocol of every run
+
+
+MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
+ABLATIONS = ("no_point_recon", "no_image_recon", "no_cross_attention", "full_full_only",
+             "with_full_masked")
+
+SUITES = {s.name: s for s in [
+    Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
+          ((MAIN_METHODS, (16, 32, 64, 128)), (ABLATIONS, (16, 64)))),
+    Suite("baselines", "CMAH and the baselines at 16-128 bits",
+          ((MAIN_METHODS, (16, 32, 64, 128)),)),
+    Suite("ablations", "CMAH and its ablations at 16 and 64 bits",
+          ((("cmah",) + ABLATIONS, (16, 64)),)),
+    Suite("validation", "CMAH variants on the validation carve of the train split (for "
+          "choosing hyper-parameters; never the query/database splits)",
+          ((("cmah", "contrastive", "cca_itq"), (16, 64)),), protocol="validation"),
+    Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
+          ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),
+]}
+
+
+def get_suite(name: str) -> Suite:
+  if name not in SUITES:
+    raise ValueError(f"unknown suite {name!r}; known: {sorted(SUITES)}")
+  return SUITES[name]

@@ -1,0 +1,55 @@
+"""One run of a suite, in its own process: `python -m cmah_jax.experiments.worker RUN.json`.
+
+RUN.json (written by the suite): {"method", "kind", "fingerprint", "workdir", "config": the
+resolved config}. A trained method goes through `cmah_jax.run.run_experiment` (resumable
+from its checkpoints); a classic one through `cmah_jax.experiments.classic`. The report gets
+`method` and `run_fingerprint`, which the suite reads to know the run is finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _stamp_report(workdir: str, extra: dict, results: dict | None = None) -> None:
+  path = os.path.join(workdir, "report.json")
+  if results is None:
+    with open(path) as f:
+      results = json.load(f)
+  results = dict(results, **extra)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+
+
+def main(argv) -> int:
+  if len(argv) != 2:
+    print("usage: python -m cmah_jax.experiments.worker RUN.json", file=sys.stderr)
+    return 2
+  with open(argv[1]) as f:
+    spec = json.load(f)
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.ExperimentConfig.from_dict(spec["config"])
+  workdir = spec["workdir"]
+  os.makedirs(workdir, exist_ok=True)
+  extra = {"method": spec["method"], "run_fingerprint": spec["fingerprint"]}
+  if spec["kind"] == "classic":
+    from cmah_jax.experiments import classic  # pylint: disable=import-outside-toplevel
+    from cmah_jax.train import prepare_dataset  # pylint: disable=import-outside-toplevel
+    results = classic.run_classic(spec["method"], cfg, prepare_dataset(cfg.dataset))
+    results["config"] = cfg.to_dict()
+    results["config_fingerprint"] = cfg.fingerprint()
+    _stamp_report(workdir, extra, results)
+    return 0
+  from cmah_jax import run  # pylint: disable=import-outside-toplevel
+  result = run.run_experiment(cfg, workdir)
+  if result.results is None:  # stopped by a signal: resumable, not finished
+    return 3
+  _stamp_report(workdir, extra)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

@@ -1,0 +1,85 @@
+"""The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
+a runlocal suite end to end (resumes by skipping finished runs)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cmah_jax.experiments import plan as plan_lib
+from cmah_jax.experiments import results as results_lib
+from cmah_jax.experiments.suites import get_suite
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
+  runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
+  # 6 methods x 4 code lengths + 5 ablations x 2 code lengths, 3 seeds each.
+  assert len(runs) == (6 * 4 + 5 * 2) * 3
+  assert len({r.fingerprint for r in runs}) == len(runs)
+  assert len({r.workdir for r in runs}) == len(runs)
+  by = {(r.method.name, r.bits, r.seed): r for r in runs}
+  assert by["contrastive", 16, 0].config.loss.lambda_r == 0.0
+  assert by["no_cross_attention", 64, 1].config.model.fusion_cross_attention is False
+  assert by["ucch", 32, 2].config.loss.objective == "ucch"
+  assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
+
+
+def test_changed_config_is_never_reused(tmp_path):
+  suite = get_suite("smoke")
+  (run,) = plan_lib.plan(suite, default.get_config(), str(tmp_path), seeds=[0], bits=[16],
+                         methods=["cmah"])
+  os.makedirs(run.workdir)
+  with open(run.report_path, "w") as f:
+    json.dump({"run_fingerprint": run.fingerprint}, f)
+  assert run.finished()
+  changed = default.get_config()
+  changed.loss.temperature = 0.2
+  (other,) = plan_lib.plan(suite, changed, str(tmp_path), seeds=[0], bits=[16],
+                           methods=["cmah"])
+  assert other.fingerprint != run.fingerprint and other.workdir != run.workdir
+  assert not other.finished()
+  # A report whose fingerprint differs (a run of another config in that directory) does
+  # not count as finished either.
+  with open(run.report_path, "w") as f:
+    json.dump({"run_fingerprint": other.fingerprint}, f)
+  assert not run.finished()
+
+
+def test_aggregate_mean_and_sample_std():
+  rows = [{"method": "m", "label": "M", "group": "ours", "bits": 16, "seed": s,
+           "map": {"i2p": v, "p2i": 2 * v}, "map_tie_aware": {"i2p": v, "p2i": v},
+           "precision_within_radius": {"i2p": 0.0, "p2i": 1.0}}
+          for s, v in enumerate([0.2, 0.4, 0.9])]
+  (agg,) = results_lib.aggregate(rows)
+  assert agg["n"] == 3 and agg["seeds"] == [0, 1, 2]
+  assert agg["map/i2p/mean"] == pytest.approx(0.5)
+  # Sample std of (0.2, 0.4, 0.9): sqrt(((-.3)^2 + (-.1)^2 + .4^2) / 2) = sqrt(0.13).
+  assert agg["map/i2p/std"] == pytest.approx(np.sqrt(0.13))
+  assert agg["map/p2i/std"] == pytest.approx(2 * np.sqrt(0.13))
+  md = results_lib.markdown([agg], "t", "p")
+  assert "0.500 ± 0.361 / 1.000 ± 0.721" in md
+
+
+def test_runlocal_suite_runs_and_resumes(tmp_path):
+  cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+         f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",
+         f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah,random",
+         "--jobs=2"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  data = json.load(open(tmp_path / "suite" / "results.json"))
+  assert sorted(r["method"] for r in data["runs"]) == ["cmah", "random"]
+  for r in data["runs"]:
+    report = json.load(open(os.path.join(r["workdir"], "report.json")))
+    assert r["map"]["i2p"] == report["map"]["i2p"]["16"]
+    assert report["run_fingerprint"] == r["fingerprint"]
+  assert (tmp_path / "suite" / "map_vs_bits.png").stat().st_size > 0
+  assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "2 finished, 0 to run" in again.stdout
