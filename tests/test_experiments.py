@@ -83,3 +83,22 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "2 finished, 0 to run" in again.stdout
+
+
+def test_readme_block_is_generated_from_results():
+  from cmah_jax.experiments import readme  # pylint: disable=import-outside-toplevel
+  rows = [{"method": "cmah", "label": "CMAH", "group": "ours", "bits": b, "seed": s,
+           "train_seconds": 1800.0, "map": {"i2p": 0.5, "p2i": 0.4},
+           "map_tie_aware": {"i2p": 0.25 + 0.01 * s, "p2i": 0.125},
+           "precision_within_radius": {"i2p": 0.1, "p2i": 0.1}}
+          for b in (16, 64) for s in (0, 1)]
+  data = {"suite": "main", "protocol": "P", "runs": rows,
+          "aggregate": results_lib.aggregate(rows)}
+  text = "intro\n<!-- results:begin -->\nold typed table\n<!-- results:end -->\noutro\n"
+  out = readme.replace_block(text, readme.table(data, "python -m cmah_jax.experiments"))
+  assert out.startswith("intro\n<!-- results:begin -->\n") and out.endswith("outro\n")
+  assert "old typed table" not in out
+  assert "training time summed over runs 2.0 h" in out
+  assert "| CMAH | 0.255 ± 0.007 / 0.125 ± 0.000 | 0.255 ± 0.007 / 0.125 ± 0.000 |" in out
+  with pytest.raises(ValueError, match="markers"):
+    readme.replace_block("no markers", "x")

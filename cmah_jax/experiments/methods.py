@@ -50,6 +50,19 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        loss__pairs="full_full"),
     _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
        loss__pairs="full_full,masked_masked,full_masked"),
+    # -- candidate remedies for short codes, compared on the validation carve only
+    #    (suite `tuning`); the winner becomes a method of the main table [ours].
+    _m("cmah_t0.2", "CMAH, temperature 0.2", "candidate", "[ours]",
+       loss__temperature=0.2),
+    _m("cmah_balance", "CMAH + bit balance + decorrelation", "candidate",
+       "[ours, after SpH/DSH-style code-balance terms]",
+       loss__balance_weight=1.0, loss__decorrelation_weight=1.0),
+    _m("cmah_balance_quant", "CMAH + balance + decorrelation + quantisation", "candidate",
+       "[ours, after the hashing literature]", loss__balance_weight=1.0,
+       loss__decorrelation_weight=1.0, loss__quantization_weight=0.1),
+    _m("cmah_t0.2_balance", "CMAH, temperature 0.2 + balance + decorrelation", "candidate",
+       "[ours]", loss__temperature=0.2, loss__balance_weight=1.0,
+       loss__decorrelation_weight=1.0),
 ]}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 DIRECTIONS = ("i2p", "p2i")
 METRICS = {"map": "mAP@all (ties by database index)",
            "map_tie_aware": "mAP@all, tie-aware (McSherry & Najork 2008)"}
-GROUP_ORDER = ("ours", "baseline", "bound", "ablation")
+GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation")
 
 
 def run_row(run, report: dict) -> dict:

@@ -23,9 +23,10 @@ SUITES = {s.name: s for s in [
           ((MAIN_METHODS, (16, 32, 64, 128)),)),
     Suite("ablations", "CMAH and its ablations at 16 and 64 bits",
           ((("cmah",) + ABLATIONS, (16, 64)),)),
-    Suite("validation", "CMAH variants on the validation carve of the train split (for "
-          "choosing hyper-parameters; never the query/database splits)",
-          ((("cmah", "contrastive", "cca_itq"), (16, 64)),), protocol="validation"),
+    Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
+          "of the train split (chooses hyper-parameters; never sees query/database)",
+          ((("cmah", "cmah_t0.2", "cmah_balance", "cmah_balance_quant", "cmah_t0.2_balance",
+             "contrastive", "cca_itq"), (16, 64)),), protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),
 ]}

@@ -1,0 +1,63 @@
+"""Put a suite's results table into a Markdown file, between marker comments:
+
+  python -m cmah_jax.experiments.readme --results=work/suite/results.json --readme=README.md
+
+The block between `<!-- results:begin -->` and `<!-- results:end -->` is replaced by the
+tie-aware mAP table of `results.json` (and the command and machine time that made it), so
+the README's numbers are generated, never typed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+from cmah_jax.experiments import results as results_lib
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+_RESULTS = flags.DEFINE_string("results", None, "results.json of a suite.")
+_README = flags.DEFINE_string("readme", "README.md", "Markdown file with the markers.")
+_COMMAND = flags.DEFINE_string("command", "", "The command that produced the results.")
+
+
+def table(data: dict, command: str = "") -> str:
+  """The generated block (without markers)."""
+  aggs = data["aggregate"]
+  hours = sum(r.get("train_seconds") or 0.0 for r in data["runs"]) / 3600
+  lines = [f"Suite `{data['suite']}` ({len(data['runs'])} runs; training time summed over "
+           f"runs {hours:.1f} h). {data['protocol']}."]
+  if command:
+    lines += ["", f"`{command}`"]
+  body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")
+  start = body.index("## " + results_lib.METRICS["map_tie_aware"])
+  stop = body.index("", start + 2)
+  lines += ["", "mAP@all, tie-aware; each cell image -> point cloud / point cloud -> "
+            "image, mean ± std over seeds:", ""] + body[start + 2:stop]
+  return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+  """`text` with the content between the markers replaced by `block`."""
+  if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+    raise ValueError(f"the markers {BEGIN} ... {END} are missing or out of order")
+  head, rest = text.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv):
+  del argv
+  with open(_RESULTS.value) as f:
+    data = json.load(f)
+  with open(_README.value) as f:
+    text = f.read()
+  with open(_README.value, "w") as f:
+    f.write(replace_block(text, table(data, _COMMAND.value)))
+  print(f"updated the results block of {_README.value}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["results"])
+  app.run(main)
