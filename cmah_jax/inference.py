@@ -12,7 +12,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from cmah_jax import train
 from cmah_jax.models import CMAH, abstract_variables
 
 
@@ -39,6 +38,7 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedModel:
   Raises:
     FileNotFoundError: no config.json or no checkpoint (the path is named).
   """
+  from cmah_jax import train  # pylint: disable=import-outside-toplevel (the trainer's stack)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   cfg = train.read_config(workdir)
   model = CMAH(cfg.model)

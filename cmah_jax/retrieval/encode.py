@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from cmah_jax import sharding as shd
+from cmah_jax.inference import TrainedModel
 
 TOWERS = {"points": ("points", "point/code"), "images": ("images", "image/code")}
 
@@ -52,20 +53,7 @@ def unpack_faiss(packed: np.ndarray, bits: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class BoundModel:
-  """A model and its parameters with the fields of `TrainedModel` (duck-typed)."""
-  model: object
-  params: object
-  step: int
-  bits: int
-  num_points: int
-  image_size: int
-  config_hash: str
-
-  @property
-  def fingerprint(self) -> dict:
-    return dict(config_hash=self.config_hash, bits=self.bits, step=self.step)
+BoundModel = TrainedModel  # a model and its parameters, built in code or loaded from a run
 
 
 def params_digest(params) -> str:
