@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
+source launch/allocator.sh  # tcmalloc when available (CMAH_ALLOCATOR=system: off)
 export JAX_PLATFORMS=cpu
 exec .venv/bin/python -m pytest -n 2 --durations=15 "$@"

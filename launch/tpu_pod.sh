@@ -14,6 +14,7 @@ set -euo pipefail
 cd ~/${REPO_DIR}
 bash launch/setup.sh
 .venv/bin/pip install -q "jax[tpu]==0.10.2"
+source launch/allocator.sh
 .venv/bin/python - <<'PY'
 import os, sys, jax
 jax.distributed.initialize()
