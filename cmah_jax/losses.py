@@ -38,6 +38,20 @@ def _logits(h_points: jax.Array, h_images: jax.Array, temperature: float) -> jax
   return _l2_normalize(h_points) @ _l2_normalize(h_images).T / temperature  # [B, B]
 
 
+def square_diagonal(x: jax.Array) -> jax.Array:
+  """The diagonal of a square `[B, B]` matrix as `[B]`, by a masked row sum.
+
+  Not `jnp.diagonal`: for square matrices it lowers to a `conditional`
+  (`lax.platform_dependent`); with the batch sharded over processes its all-gathers then
+  sit inside the conditional's branch, which XLA:CPU runs concurrently with the step's
+  other collectives, and gloo (one tag for every collective) mixes up their messages: the
+  multi-process CPU run aborts ("collective mismatch") or, for equal sizes, exchanges
+  wrong data. The masked sum is exact and needs no collective.
+  """
+  eye = jnp.eye(x.shape[0], dtype=bool)
+  return jnp.sum(jnp.where(eye, x, jnp.zeros_like(x)), axis=1)
+
+
 def contrastive_loss(h_points: jax.Array, h_images: jax.Array, temperature: float
                      ) -> jax.Array:
   """Symmetric InfoNCE [paper]: `(l(P, I) + l(I, P)) / 2`, with
@@ -50,7 +64,7 @@ def contrastive_loss(h_points: jax.Array, h_images: jax.Array, temperature: floa
     scalar float32.
   """
   logits = _logits(h_points, h_images, temperature)
-  diag = jnp.diagonal(logits)
+  diag = square_diagonal(logits)
   l_pi = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
   l_ip = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
   return 0.5 * (l_pi + l_ip)

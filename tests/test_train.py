@@ -179,15 +179,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.slow  # flaky on CPU: see below
 def test_two_processes_match_one_process(data_dir, tmp_path):
   """2 processes x 1 CPU device (jax.distributed on 127.0.0.1) == 1 process x 2 devices.
 
-  Kept out of the default run: on this CPU stack (jax 0.10.2, gloo collectives) about one
-  run in three aborts early in training with gloo's "Received data size doesn't match
-  expected size ... collective mismatch", with or without async checkpoints, the stop-flag
-  all-gather or JAX calls in the prefetch thread. When it completes, the losses and mAP
-  match the single-process run. Run it with `bash launch/test.sh -m slow`.
+  This used to abort about one run in three with gloo's "Received data size doesn't match
+  expected size ... collective mismatch": `jnp.diagonal` in the contrastive loss compiled
+  to a conditional whose branch held all-gathers, XLA:CPU ran them concurrently with the
+  step's other collectives, and XLA's gloo collectives share one tag. The loss now uses
+  `losses.square_diagonal`, and the trainer refuses collectives inside control flow on
+  several CPU processes (tests/test_robustness.py).
   """
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
