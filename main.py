@@ -7,6 +7,7 @@ Multi-host: pass --distributed (or run under a cluster that JAX detects: SLURM, 
 Open MPI) and every process runs this same command; see launch/.
 """
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,6 +18,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize(). Default: when a cluster "
     "environment is detected (SLURM_NTASKS>1, TPU pod, JAX_COORDINATOR_ADDRESS).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose checkpoint was written with a "
+    "different config (e.g. more steps). Without it such a resume stops and lists the "
+    "changed fields.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,8 +45,13 @@ def main(argv):
         f"{jax.local_device_count()} local / {jax.device_count()} global "
         f"{jax.devices()[0].platform} devices", flush=True)
 
-  from cmah_jax import run
-  run.run_experiment(_CONFIG.value, _WORKDIR.value)
+  from cmah_jax import checkpointing, resume, run
+  try:
+    run.run_experiment(_CONFIG.value, _WORKDIR.value,
+                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (resume.ConfigChangedError, checkpointing.CheckpointWriteError,
+          checkpointing.DamagedCheckpointError) as e:
+    sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class OptimSpec:
   weight_decay: float = 0.05            # [Point-MAE]
   b1: float = 0.9                       # AdamW defaults [Point-MAE]
   b2: float = 0.999
-  warmup_steps: int = 100               # [ours: CPU budget; Point-MAE warms up 10 epochs]
+  warmup_steps: int | None = 100        # [ours: CPU budget]; None: WARMUP_FRACTION of the
+                                        # run (Point-MAE: 10 of 300 epochs)
   min_learning_rate_ratio: float = 0.01  # cosine floor [ours]
   grad_clip_norm: float = 1.0           # [ours]
 
@@ -82,12 +83,13 @@ class ExperimentConfig:
   loss: LossSpec
   optim: OptimSpec
   eval: EvalSpec
-  total_steps: int
+  total_steps: int | None            # None: `epochs` of the prepared train split
   log_every_steps: int
   checkpoint_every_steps: int
   keep_checkpoints: int
-  eval_every_steps: int               # 0: evaluate at the end only
+  eval_every_steps: int | None        # 0: at the end only; None: EVAL_FRACTION of the run
   init_from: str | None               # warm start: a checkpoint directory (params only)
+  epochs: float | None = None         # run length when total_steps is None (resolve_schedule)
 
   def to_dict(self) -> dict:
     """JSON-ready nested dict (tuples as lists)."""
@@ -113,11 +115,16 @@ class ExperimentConfig:
         optim=section(OptimSpec, d["optim"], "optim"),
         eval=section(EvalSpec, d["eval"], "eval").validate(),
         **{k: d[k] for k in ("total_steps", "log_every_steps", "checkpoint_every_steps",
-                             "keep_checkpoints", "eval_every_steps", "init_from")})
+                             "keep_checkpoints", "eval_every_steps", "init_from")},
+        epochs=d.get("epochs"))
 
   def fingerprint(self) -> str:
-    """sha256 (hex, 16 chars) of the canonical JSON of every resolved field."""
-    text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    """sha256 (hex, 16 chars) of the canonical JSON of every resolved field (`epochs`, added
+    later, only when set: earlier configs keep their fingerprints)."""
+    d = self.to_dict()
+    if d.get("epochs") is None:
+      d.pop("epochs", None)
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -125,7 +132,7 @@ _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,
              "optim": OptimSpec, "eval": EvalSpec}
 _TOP = {"seed": 0, "total_steps": 2400, "log_every_steps": 25,
         "checkpoint_every_steps": 400, "keep_checkpoints": 2, "eval_every_steps": 0,
-        "init_from": None}
+        "init_from": None, "epochs": None}
 
 
 def _defaults(cls) -> dict:
@@ -205,8 +212,11 @@ def resolve(config: Any) -> ExperimentConfig:
   top = {k: raw.get(k, v) for k, v in _TOP.items()}
   for k in ("seed", "total_steps", "log_every_steps", "checkpoint_every_steps",
             "keep_checkpoints"):
+    if k == "total_steps" and top[k] is None:
+      continue  # sized from `epochs` once the dataset is prepared (resolve_schedule)
     if not isinstance(top[k], int) or isinstance(top[k], bool) or top[k] < 0:
       raise ValueError(f"config.{k}={top[k]!r} must be a non-negative int")
+  _check_schedule(top)
   for k in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if top[k] < 1:
       raise ValueError(f"config.{k}={top[k]!r} must be >= 1")
@@ -221,5 +231,73 @@ def resolve(config: Any) -> ExperimentConfig:
       total_steps=top["total_steps"], log_every_steps=top["log_every_steps"],
       checkpoint_every_steps=top["checkpoint_every_steps"],
       keep_checkpoints=top["keep_checkpoints"],
-      eval_every_steps=int(top["eval_every_steps"] or 0), init_from=top["init_from"])
+      eval_every_steps=(None if top["eval_every_steps"] is None
+                        else int(top["eval_every_steps"])),
+      init_from=top["init_from"],
+      epochs=None if top["epochs"] is None else float(top["epochs"]))
   return spec
+
+
+# ----------------------------------------------------------------------------- schedule
+WARMUP_FRACTION = 1 / 30  # optim.warmup_steps=None: 10 of 300 epochs [Point-MAE]
+EVAL_FRACTION = 1 / 12    # eval_every_steps=None: every 25 of 300 epochs [ours]
+
+
+def _check_schedule(top: Mapping[str, Any]) -> None:
+  """`total_steps` xor `epochs`; `epochs` positive."""
+  epochs = top.get("epochs")
+  if top["total_steps"] is None and epochs is None:
+    raise ValueError("config.total_steps=None needs config.epochs (the run length in epochs "
+                     "of the prepared train split); set one of them")
+  if top["total_steps"] is not None and epochs is not None:
+    raise ValueError(f"config.total_steps={top['total_steps']} and config.epochs={epochs} "
+                     "are both set; set one of them (the other None)")
+  if epochs is not None and (isinstance(epochs, bool) or not float(epochs) > 0):
+    raise ValueError(f"config.epochs={epochs!r} must be a positive number")
+  every = top.get("eval_every_steps")
+  if every is not None and (not isinstance(every, int) or isinstance(every, bool)
+                            or every < 0):
+    raise ValueError(f"config.eval_every_steps={every!r} must be a non-negative int or "
+                     "None (EVAL_FRACTION of the run)")
+
+
+def schedule_resolved(cfg: ExperimentConfig) -> bool:
+  """Whether every step count is known (nothing left to the dataset's size)."""
+  return (cfg.total_steps is not None and cfg.optim.warmup_steps is not None
+          and cfg.eval_every_steps is not None)
+
+
+def resolve_schedule(cfg: ExperimentConfig, train_examples: int) -> ExperimentConfig:
+  """Fill in the step counts a config leaves to the prepared dataset.
+
+  - `total_steps=None`: `round(epochs * steps_per_epoch)`, where an epoch is
+    `train_examples // input.batch_size` full batches (the input pipeline drops the rest);
+  - `optim.warmup_steps=None`: `round(WARMUP_FRACTION * total_steps)` (10 of 300 epochs
+    [Point-MAE]; with an explicit `total_steps` the warm-up stays in proportion);
+  - `eval_every_steps=None`: `round(EVAL_FRACTION * total_steps)` (every 25 of 300 epochs).
+
+  Args:
+    cfg: a resolved config; returned unchanged when nothing is left (`schedule_resolved`).
+    train_examples: examples the training pipeline draws from (the prepared train split,
+      less any validation carve).
+  Raises:
+    ValueError: the batch is larger than the training set (no full batch per epoch).
+  """
+  if schedule_resolved(cfg):
+    return cfg
+  total = cfg.total_steps
+  if total is None:
+    steps_per_epoch = int(train_examples) // cfg.input.batch_size
+    if steps_per_epoch < 1:
+      raise ValueError(
+          f"config.input.batch_size={cfg.input.batch_size} exceeds the {train_examples} "
+          f"training examples of {cfg.dataset.name}/{cfg.dataset.config}: config.epochs "
+          "needs at least one full batch per epoch; choose a smaller batch.")
+    total = max(int(round(cfg.epochs * steps_per_epoch)), 1)
+  optim = cfg.optim
+  if optim.warmup_steps is None:
+    optim = dataclasses.replace(optim, warmup_steps=int(round(WARMUP_FRACTION * total)))
+  every = cfg.eval_every_steps
+  if every is None:
+    every = max(int(round(EVAL_FRACTION * total)), 1)
+  return dataclasses.replace(cfg, total_steps=total, optim=optim, eval_every_steps=every)

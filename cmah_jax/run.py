@@ -8,10 +8,13 @@ from jax.experimental import multihost_utils
 from cmah_jax import train
 
 
-def run_experiment(config, workdir: str, devices=None) -> train.TrainResult:
-  """`train.train_and_evaluate`, then `report.json`, `report.md` and figures in `workdir`
-  (not when the run stopped early on a signal)."""
-  result = train.train_and_evaluate(config, workdir, devices=devices)
+def run_experiment(config, workdir: str, devices=None, *,
+                   allow_config_change: bool = False) -> train.TrainResult:
+  """`train.train_and_evaluate` (`allow_config_change`: resume a checkpoint written with
+  another config, see `cmah_jax.resume`), then `report.json`, `report.md` and figures in
+  `workdir` (not when the run stopped early on a signal)."""
+  result = train.train_and_evaluate(config, workdir, devices=devices,
+                                    allow_config_change=allow_config_change)
   if result.results is not None:
     if jax.process_index() == 0:
       from cmah_jax import report  # pylint: disable=import-outside-toplevel (matplotlib)

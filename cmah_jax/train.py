@@ -7,16 +7,18 @@ train step compiled once ahead of time with the state donated. PRNG: one root ke
 input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
 state and a resumed run continues exactly.
 
-The story of a run, one function each: `prepare_dataset`, `init_or_restore_state`,
-`compile_train_step`, the loop (`MetricsWindow` logs, checkpoints, periodic evaluation,
-stop on signal), and the final evaluation. Writing the report is the caller's
-(`cmah_jax.run`).
+The story of a run, one function each: `prepare_dataset` (then the schedule is sized from
+its train split: `config.resolve_schedule`), `init_or_restore_state` (the newest intact
+checkpoint, written with the same config: `resume_check`), `compile_train_step`, the loop
+(`MetricsWindow` logs, checkpoints, periodic evaluation, stop on signal), and the final
+evaluation. Writing the report is the caller's (`cmah_jax.run`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -29,7 +31,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cmah_jax import checkpointing
+from cmah_jax import checkpointing, resume
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.datasets import prepare as prepare_lib
@@ -192,6 +194,42 @@ def read_config(workdir: str) -> config_lib.ExperimentConfig:
     return config_lib.ExperimentConfig.from_dict(json.load(f)["config"])
 
 
+def _legacy_config(workdir: str) -> dict | None:
+  """`workdir/config.json`'s config dict (for checkpoints written without one), or None."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      return json.load(f)["config"]
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def resume_check(cfg: config_lib.ExperimentConfig, workdir: str, directory: str,
+                 allow_config_change: bool):
+  """`check(step, saved_config)` for `checkpointing.restore_latest`: compares the config
+  stored with the checkpoint (or, for older checkpoints, `workdir/config.json`) with `cfg`
+  (`cmah_jax.resume`); raises `ConfigChangedError` unless allowed; an allowed change is
+  logged and recorded in `workdir/config_changes.jsonl`."""
+  defaults = config_lib.resolve(config_lib.base_config()).to_dict()
+
+  def check(step, saved):
+    where = f"checkpoint step {step} in {directory}"
+    if saved is None:
+      saved = _legacy_config(workdir)
+      where += f" (no config stored with it; compared with {CONFIG_FILE})"
+      if saved is None:
+        logging.warning("%s has no stored config to compare with", where)
+    changes = resume.check_config(saved, cfg, where=where, defaults=defaults,
+                                  allow_change=allow_config_change)
+    if changes:
+      log("Config changed since %s (allowed by --allow_config_change):\n%s", where,
+          resume.format_diff(changes))
+      if jax.process_index() == 0:
+        resume.record_change(workdir, step, changes)
+
+  return check
+
+
 def prepare_dataset(dataset: config_lib.DatasetSpec):
   """The dataset's builder, prepared once (process 0 first, then every other process)."""
   args = (dataset.name, dataset.data_dir, dataset.config, dataset.manual_dir)
@@ -205,10 +243,11 @@ def prepare_dataset(dataset: config_lib.DatasetSpec):
 
 
 def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mesh, manager,
-                          init_key, loss_state=None):
-  """The train state: the latest checkpoint of `manager`, else a warm start from
-  `cfg.init_from`, else a fresh initialisation from `init_key`; replicated on `mesh`.
-  `loss_state` (the objective's initial carried state, if any) joins the state.
+                          init_key, loss_state=None, check=None):
+  """The train state: the newest intact checkpoint of `manager` (damaged newer ones are
+  named and set aside; `check(step, saved_config)` vets each, see `resume_check`), else a
+  warm start from `cfg.init_from`, else a fresh initialisation from `init_key`; replicated
+  on `mesh`. `loss_state` (the objective's initial carried state, if any) joins the state.
 
   Returns:
     (state, restored_step or None).
@@ -226,12 +265,14 @@ def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mes
   shardings = jax.tree.map(lambda _: replicated, abstract_state)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
   log("Model %s, %d bits: %.2fM parameters", cfg.variant, cfg.model.bits, num_params / 1e6)
-  latest = manager.latest_step()
-  if latest is not None:
-    state = checkpointing.restore(manager, latest,
-                                  checkpointing.abstract_like(abstract_state, shardings))
-    log("Resumed from %s at step %d", manager.directory, latest)
-    return state, latest
+  restored = checkpointing.restore_latest(
+      manager, checkpointing.abstract_like(abstract_state, shardings), check=check)
+  if restored is not None:
+    for step, reason in restored.damaged:
+      log("Checkpoint step %d in %s is damaged (%s); moved to %s", step, manager.directory,
+          reason, restored.damaged_dir)
+    log("Resumed from %s at step %d", manager.directory, restored.step)
+    return restored.state, restored.step
   state = jax.jit(init_state, out_shardings=shardings)(init_key)
   if cfg.init_from:
     abs_params = checkpointing.abstract_like(abstract_state["params"], shardings["params"])
@@ -251,12 +292,57 @@ def compile_train_step(train_step, state, batch, mesh):
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   log("Compiled the train step in %.1fs", time.perf_counter() - t0)
+  if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
+    check_collectives_for_gloo(compiled.as_text())
   mem = compiled.memory_analysis()
   if mem is not None:
     log("Train step memory per device: args %.1f MB, temps %.1f MB, outputs %.1f MB",
         mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
         mem.output_size_in_bytes / 2**20)
   return compiled
+
+
+_COLLECTIVE = re.compile(r"=\s.*?\b(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute|collective-broadcast)(-start)?\(")
+
+
+def collectives_outside_entry(hlo_text: str) -> list[str]:
+  """Collectives of an optimized HLO module that sit outside its ENTRY computation (in a
+  conditional branch, while body or called computation): `"kind (op_name)"` each."""
+  found, in_entry = [], False
+  for line in hlo_text.splitlines():
+    if line.endswith("{") and not line.startswith(" "):
+      in_entry = line.startswith("ENTRY ")
+      continue
+    m = _COLLECTIVE.search(line)
+    if m and not in_entry:
+      name = re.search(r'op_name="([^"]*)"', line)
+      found.append(f"{m.group(1)} ({name.group(1)[-120:] if name else '?'})")
+  return found
+
+
+def check_collectives_for_gloo(hlo_text: str) -> None:
+  """Refuse a multi-process CPU train step with collectives inside control flow.
+
+  XLA:CPU runs a conditional's / loop's body in a nested executor, concurrently with the
+  step's top-level collectives, and its gloo collectives use one tag for every operation:
+  two in flight between the same processes take each other's messages. The run then
+  aborts ("Received data size doesn't match expected size ... collective mismatch") or,
+  when the sizes agree, silently exchanges the wrong data.
+
+  Raises:
+    RuntimeError: naming the offending collectives and their source ops.
+  """
+  found = collectives_outside_entry(hlo_text)
+  if found:
+    listing = "\n  ".join(found[:8]) + ("\n  ..." if len(found) > 8 else "")
+    raise RuntimeError(
+        f"The compiled train step has {len(found)} collective(s) inside control flow "
+        f"(conditional / while / call bodies):\n  {listing}\nWith several CPU processes "
+        "XLA:CPU runs them concurrently with the step's other collectives and gloo mixes up "
+        "their messages (an abort with 'collective mismatch', or wrong data). Rewrite the "
+        "op without control flow (e.g. jnp.diagonal of a square matrix -> "
+        "cmah_jax.losses.square_diagonal), or train in one process.")
 
 
 @dataclasses.dataclass
@@ -275,20 +361,27 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- main entry
-def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
+def train_and_evaluate(config, workdir: str, devices=None, *,
+                       allow_config_change: bool = False) -> TrainResult:
   """Train on the dataset's train split, then evaluate retrieval.
 
   Args:
     config: a config (`configs/*.py`, a ConfigDict) or a resolved `ExperimentConfig`.
-    workdir: checkpoints and metrics.jsonl go here; a run resumes from it.
+    workdir: checkpoints and metrics.jsonl go here; a run resumes from its newest intact
+      checkpoint, which must have been written with the same config (`cmah_jax.resume`).
     devices: the devices of the mesh (default: all devices of all processes).
+    allow_config_change: resume even if the config differs from the checkpoint's in
+      fields that change the training (e.g. more steps); the change is logged.
+  Raises:
+    resume.ConfigChangedError: the checkpoint was written with another config (the changed
+      fields are listed).
+    checkpointing.CheckpointWriteError: `workdir` is not writable, or a checkpoint could
+      not be written (the previous one is left intact).
   """
   cfg = config_lib.resolve(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  checkpointing.check_writable(workdir, "workdir")
   writer = JsonlWriter(workdir)
-  if jax.process_index() == 0:
-    write_config(workdir, cfg)
 
   mesh = shd.make_mesh(devices)
   shd.check_batch_divisible(cfg.input.batch_size, mesh, "input.batch_size")
@@ -297,23 +390,36 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
       jax.devices()[0].platform, jax.process_count(), cfg.input.batch_size)
 
   model = CMAH(cfg.model)
-  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
   builder = prepare_dataset(cfg.dataset)
   objective = get_objective(cfg.loss, cfg.model.bits)
   sources = retrieval_sources(builder, cfg.eval)
   log("Protocol: %s", sources.description)
+  cfg = config_lib.resolve_schedule(cfg, len(sources.train))
+  log("Schedule: %d steps (%.1f epochs of %d training examples at batch %d), warm-up %d "
+      "steps, %s", cfg.total_steps,
+      cfg.total_steps * cfg.input.batch_size / max(len(sources.train), 1),
+      len(sources.train), cfg.input.batch_size, cfg.optim.warmup_steps,
+      f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
+      else "evaluation at the end")
+  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
   evaluator = RetrievalEvaluator(model, sources, cfg.input, mesh, eval_spec=cfg.eval,
                                  seed=cfg.seed)
 
-  manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=cfg.keep_checkpoints)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  manager = checkpointing.make_manager(
+      ckpt_dir, max_to_keep=cfg.keep_checkpoints,
+      step_metadata={checkpointing.CONFIG_KEY: cfg.to_dict()})
   try:
     loss_state = objective.init_state(len(sources.train))
-    state, restored = init_or_restore_state(cfg, model, tx, mesh, manager, init_key,
-                                            loss_state)
-    if restored is not None:
-      writer.truncate_after(restored)  # rows past the checkpoint are logged again
+    state, restored = init_or_restore_state(
+        cfg, model, tx, mesh, manager, init_key, loss_state,
+        check=resume_check(cfg, workdir, ckpt_dir, allow_config_change))
+    if jax.process_index() == 0:
+      write_config(workdir, cfg)  # after the resume check: the config this run goes on with
+    # Rows past the checkpoint (or all, when starting afresh after a run killed before its
+    # first checkpoint) are logged again.
+    writer.truncate_after(restored or 0)
     start_step = int(jax.device_get(state["step"]))
     train_pipe = TrainPipeline(sources.train, "train", cfg.input, mesh, seed=cfg.seed,
                                start_step=start_step)
@@ -354,14 +460,13 @@ def train_and_evaluate(config, workdir: str, devices=None) -> TrainResult:
         if check and stop.requested():
           if last_saved != done:
             checkpointing.save(manager, done, state, force=True)
-          manager.wait_until_finished()
+          checkpointing.wait(manager)
           log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
           return TrainResult(state, dict(last_metrics, stopped_at=done), model, cfg,
                              builder=builder, sources=sources)
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    checkpointing.close(manager)
 
   t_eval = time.perf_counter()
   results = evaluator.evaluate(state["params"])

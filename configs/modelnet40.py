@@ -4,12 +4,11 @@
   python main.py --config=configs/modelnet40.py:data_dir=work/data --workdir=work/modelnet40
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,
-dataset_config, epochs. See docs/real_datasets.md for the layout.
+dataset_config, epochs (counted over the prepared train split). See
+docs/real_datasets.md for the layout.
 """
 from configs import paper_scale
 
-TRAIN_EXAMPLES = 9840  # approx. objects in the train split: sizes the epoch-based schedule
-
 
 def get_config(arg=None):
-  return paper_scale.get_paper_config("modelnet40", TRAIN_EXAMPLES, arg)
+  return paper_scale.get_paper_config("modelnet40", arg)

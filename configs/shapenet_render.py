@@ -4,12 +4,11 @@
   python main.py --config=configs/shapenet_render.py:data_dir=work/data --workdir=work/shapenet_render
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,
-dataset_config, epochs. See docs/real_datasets.md for the layout.
+dataset_config, epochs (counted over the prepared train split). See
+docs/real_datasets.md for the layout.
 """
 from configs import paper_scale
 
-TRAIN_EXAMPLES = 36000  # approx. objects in the train split: sizes the epoch-based schedule
-
 
 def get_config(arg=None):
-  return paper_scale.get_paper_config("shapenet_render", TRAIN_EXAMPLES, arg)
+  return paper_scale.get_paper_config("shapenet_render", arg)

@@ -44,10 +44,13 @@ def test_default_config_values():
 
 
 def test_paper_scale_schedule_in_epochs():
+  """Sized from the prepared train split (here 9,840 examples): see test_robustness too."""
   cfg = config_lib.resolve(importlib.import_module("configs.modelnet40").get_config())
+  assert (cfg.variant, cfg.input.batch_size, cfg.total_steps, cfg.epochs) == (
+      "base", 128, None, 300)
+  sized = config_lib.resolve_schedule(cfg, 9840)
   spe = 9840 // 128
-  assert (cfg.variant, cfg.input.batch_size, cfg.total_steps) == ("base", 128, 300 * spe)
-  assert cfg.optim.warmup_steps == 10 * spe
+  assert (sized.total_steps, sized.optim.warmup_steps) == (300 * spe, 10 * spe)
   assert (cfg.input.num_points, cfg.input.image_size) == (1024, 224)
 
 

@@ -1,0 +1,430 @@
+"""Nothing lost, nothing silently wrong: hard kills, changed configs, damaged checkpoints,
+schedules sized from the dataset, full or read-only disks, collectives inside control flow.
+
+Training runs use the tiny `runlocal` config (6 steps, checkpoints at 3 and 6); the hard
+kills happen in subprocesses (`_DRIVER`), everything else in-process.
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmah_jax import checkpointing, losses, optim, resume, run, train
+from cmah_jax import config as config_lib
+from cmah_jax import sharding as shd
+from cmah_jax.inference import load_trained
+from cmah_jax.metric_writer import read_jsonl
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("CMAH_TEST_COMPILE_CACHE", os.path.join(REPO, ".cache", "jax_tests"))
+TIMING = ("train_seconds", "eval_seconds")  # the only report.json fields allowed to differ
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(data_dir, steps=6, **changes):
+  c = default.get_config(f"runlocal,steps={steps},data_dir={data_dir}")
+  c.log_every_steps = 1
+  for k, v in changes.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def params(workdir):
+  return jax.tree.map(np.asarray, load_trained(str(workdir)).params)
+
+
+def assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def losses_of(workdir):
+  return [r["loss/total"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "loss/total" in r]
+
+
+def report_without_timing(workdir):
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  return {k: v for k, v in report.items() if k not in TIMING}
+
+
+# ----------------------------------------------------------------------------- kill -9
+_DRIVER = textwrap.dedent("""
+    # A training run that SIGKILLs itself at one point: step:N (right after step N's
+    # computation is dispatched), save:N (inside Orbax's commit of step N: data written,
+    # not yet renamed), eval:N (mid-way through the periodic evaluation at step N, once
+    # checkpoint N-1 is committed), or none.
+    import os, signal, sys, time
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.environ["CACHE"])
+    sys.path.insert(0, os.environ["REPO"])
+    workdir, data_dir, kill = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode, _, at = kill.partition(":")
+    at = int(at or 0)
+
+    def die():
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    from cmah_jax import evaluate, run, train
+    if mode == "step":
+      real_compile = train.compile_train_step
+      def compile_then_kill(*args, **kwargs):
+        compiled = real_compile(*args, **kwargs)
+        done = [int(os.environ["START"])]  # the step the run resumes from
+        def step_fn(state, batch):
+          out = compiled(state, batch)  # dispatched, still computing
+          done[0] += 1
+          if done[0] == at:
+            die()
+          return out
+        return step_fn
+      train.compile_train_step = compile_then_kill
+    elif mode == "save":
+      from orbax.checkpoint._src.checkpointers import async_checkpointer as ac
+      real_commit = ac._on_commit_callback
+      def commit_then_kill(tmpdir, *args, **kwargs):
+        if os.path.basename(str(tmpdir.get_final())) == str(at):
+          die()
+        return real_commit(tmpdir, *args, **kwargs)
+      ac._on_commit_callback = commit_then_kill
+    elif mode == "eval":
+      real_encode = evaluate.RetrievalEvaluator.encode
+      def encode_then_kill(self, params, split):
+        out = real_encode(self, params, split)
+        if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+          return out
+        steps = [l for l in open(os.path.join(workdir, "metrics.jsonl")) if '"loss/total"' in l]
+        if len(steps) == at:  # the periodic evaluation after step `at`, first split done
+          ckpt = os.path.join(workdir, "checkpoints", str(at - 1))
+          for _ in range(600):
+            if os.path.isdir(ckpt):
+              break
+            time.sleep(0.05)
+          die()
+        return out
+      evaluate.RetrievalEvaluator.encode = encode_then_kill
+
+    from configs import default
+    c = default.get_config(f"runlocal,steps=6,data_dir={data_dir}")
+    c.log_every_steps = 1
+    c.eval_every_steps = 2
+    run.run_experiment(c, workdir)
+""")
+
+
+def _run_driver(script, workdir, data_dir, kill, start=0):
+  env = dict(os.environ, REPO=REPO, CACHE=CACHE, START=str(start), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, str(script), str(workdir), data_dir, kill],
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_kill9_at_several_points_resumes_identically(data_dir, tmp_path):
+  """SIGKILL mid-step, inside an async save's commit and during an evaluation; each
+  re-run resumes from the newest committed checkpoint, and the end result (parameters,
+  report.json but its timings, the logged losses) equals an uninterrupted run."""
+  script = tmp_path / "driver.py"
+  script.write_text(_DRIVER)
+  ref, work = tmp_path / "ref", tmp_path / "killed"
+  done = _run_driver(script, ref, data_dir, "none")
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  # 1. Mid-step 2, before any checkpoint: nothing saved; the next run starts afresh.
+  r = _run_driver(script, work, data_dir, "step:2")
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert not glob.glob(str(work / "checkpoints" / "[0-9]*"))
+  # 2. Inside the commit of step 3: the data is written to a temporary directory that is
+  #    never renamed, so step 3 does not exist; the next run cleans it up.
+  r = _run_driver(script, work, data_dir, "save:3")
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert not os.path.exists(work / "checkpoints" / "3")
+  assert glob.glob(str(work / "checkpoints" / "3.orbax-checkpoint-tmp*"))
+  # 3. During the evaluation after step 4 (checkpoint 3 committed): resumes from 3.
+  r = _run_driver(script, work, data_dir, "eval:4")
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert not glob.glob(str(work / "checkpoints" / "*tmp*"))
+  assert os.path.isdir(work / "checkpoints" / "3")
+  # 4. Mid-step 5, resumed from 3.
+  r = _run_driver(script, work, data_dir, "step:5", start=3)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert "Resumed from" in r.stdout and "at step 3" in r.stdout
+  # 5. Uninterrupted to the end.
+  r = _run_driver(script, work, data_dir, "none")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "at step 3" in r.stdout
+
+  assert_same_params(params(work), params(ref))
+  assert report_without_timing(work) == report_without_timing(ref)
+  assert losses_of(str(work)) == losses_of(str(ref))
+
+
+# ----------------------------------------------------------------------------- changed config
+def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
+  """A run sized in epochs (from the prepared split), resumed with another temperature and
+  length: stopped with `field: old -> new`; frequencies may change; an allowed change
+  continues and is recorded; every checkpoint stores its config."""
+  workdir = str(tmp_path / "run")
+  first = tiny_config(data_dir, total_steps=None, epochs=0.3)  # 80 train // batch 8 = 10
+  done = train.train_and_evaluate(first, workdir)
+  assert done.config.total_steps == 3 and done.config.epochs == 0.3
+  manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  assert checkpointing.step_config(manager, 3) == done.config.to_dict()
+  before = open(os.path.join(workdir, "config.json")).read()
+
+  changed = tiny_config(data_dir, steps=6, **{"loss.temperature": 0.5})
+  with pytest.raises(resume.ConfigChangedError) as e:
+    run.run_experiment(changed, workdir)
+  msg = str(e.value)
+  assert "checkpoint step 3" in msg and "--allow_config_change" in msg
+  assert "loss.temperature: 0.07 -> 0.5" in msg, msg
+  assert "total_steps: 3 -> 6" in msg and "epochs: 0.3 -> None" in msg
+  assert "log_every_steps" not in msg
+  assert open(os.path.join(workdir, "config.json")).read() == before  # untouched
+  assert not os.path.exists(os.path.join(workdir, "report.json"))
+
+  # Frequencies and locations are free: same run, evaluated again.
+  same = tiny_config(data_dir, total_steps=None, epochs=0.3, log_every_steps=3,
+                     checkpoint_every_steps=1, eval_every_steps=0)
+  again = train.train_and_evaluate(same, workdir)
+  assert int(again.state["step"]) == 3
+
+  # Allowed: 3 more steps with the new temperature, recorded, stored with step 6.
+  longer = run.run_experiment(changed, workdir, allow_config_change=True)
+  assert int(longer.state["step"]) == 6
+  rows = read_jsonl(os.path.join(workdir, "config_changes.jsonl"))
+  assert rows[-1]["resumed_at_step"] == 3
+  assert {c["field"] for c in rows[-1]["changes"]} == {"loss.temperature", "total_steps",
+                                                      "epochs"}
+  manager.reload()
+  assert checkpointing.step_config(manager, 6)["loss"]["temperature"] == 0.5
+  assert json.load(open(os.path.join(workdir, "report.json")))["config"]["total_steps"] == 6
+  manager.close()
+
+
+def test_config_diff_and_policy():
+  a = config_lib.resolve(default.get_config("runlocal"))
+  b = config_lib.resolve(default.get_config("runlocal,bits=32,steps=9"))
+  diff = resume.config_diff(a.to_dict(), b.to_dict())
+  assert ("model.bits", 64, 32) in diff and ("total_steps", 6, 9) in diff
+  assert "model.bits: 64 -> 32" in resume.format_diff(diff)
+  # A field added since an old checkpoint, at its default now, is not a change.
+  old = a.to_dict()
+  del old["epochs"]
+  defaults = config_lib.resolve(config_lib.base_config()).to_dict()
+  assert resume.check_config(old, a, where="x", defaults=defaults) == []
+  with pytest.raises(resume.ConfigChangedError, match="model.bits: 64 -> 32"):
+    resume.check_config(a.to_dict(), b, where="x")
+  assert resume.check_config(a.to_dict(), b, where="x", allow_change=True)
+  assert resume.check_config(None, b, where="x") == []
+
+
+# ----------------------------------------------------------------------------- damaged
+def _damage(step_dir, how):
+  if how == "truncated array file":
+    files = sorted(glob.glob(f"{step_dir}/default/ocdbt.process_0/d/*"), key=os.path.getsize)
+    with open(files[-1], "r+b") as f:
+      f.truncate(os.path.getsize(files[-1]) // 2)
+  elif how == "array files deleted":
+    for f in glob.glob(f"{step_dir}/default/ocdbt.process_0/d/*"):
+      os.remove(f)
+  elif how == "item metadata deleted":
+    os.remove(f"{step_dir}/default/_METADATA")
+  elif how == "garbage step metadata":
+    with open(f"{step_dir}/{checkpointing.STEP_METADATA_FILE}", "w") as f:
+      f.write("{\x00not json")
+  elif how == "emptied directory":
+    shutil.rmtree(step_dir)
+    os.makedirs(step_dir)
+  else:
+    raise ValueError(how)
+
+
+DAMAGE = ("truncated array file", "array files deleted", "item metadata deleted",
+          "garbage step metadata", "emptied directory")
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path, capsys):
+  """Step 6 damaged in five ways: each resume names it, moves it aside, restores step 3
+  and retrains 4-6 to the uninterrupted result; all damaged: a clear error."""
+  ref = str(tmp_path / "ref")
+  train.train_and_evaluate(tiny_config(data_dir), ref)
+  want = params(ref)
+  for i, how in enumerate(DAMAGE):
+    workdir = str(tmp_path / f"d{i}")
+    shutil.copytree(ref, workdir)
+    _damage(os.path.join(workdir, "checkpoints", "6"), how)
+    capsys.readouterr()
+    result = train.train_and_evaluate(tiny_config(data_dir), workdir)
+    out = capsys.readouterr().out
+    assert "Checkpoint step 6 in" in out and "is damaged" in out, (how, out[-2000:])
+    assert "Resumed from" in out and "at step 3" in out, how
+    assert os.path.isdir(os.path.join(workdir, "checkpoints.damaged", "6")), how
+    assert int(result.state["step"]) == 6
+    assert_same_params(params(workdir), want)
+    assert losses_of(workdir) == losses_of(ref), how
+
+  workdir = str(tmp_path / "all")
+  shutil.copytree(ref, workdir)
+  _damage(os.path.join(workdir, "checkpoints", "6"), "array files deleted")
+  _damage(os.path.join(workdir, "checkpoints", "3"), "garbage step metadata")
+  with pytest.raises(checkpointing.DamagedCheckpointError,
+                     match=r"No intact checkpoint in .*step 6: .*step 3: unreadable"):
+    train.train_and_evaluate(tiny_config(data_dir), workdir)
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_paper_schedule_is_sized_from_the_prepared_dataset():
+  """The issue's case: ShapeNet-55 layout with ~1,200 training objects, batch 64."""
+  from configs import shapenet55
+  by_steps = config_lib.resolve(
+      shapenet55.get_config("variant=small,dataset_config=small,steps=1200,batch=64"))
+  assert (by_steps.total_steps, by_steps.epochs, by_steps.optim.warmup_steps) == (
+      1200, None, None)
+  sized = config_lib.resolve_schedule(by_steps, 1200)
+  assert (sized.total_steps, sized.optim.warmup_steps, sized.eval_every_steps) == (
+      1200, 40, 100)  # warm-up 1/30 and evaluation 1/12 of the run, as 10 and 25 of 300
+  lr = optim.learning_rate_schedule(sized.optim, 64, sized.total_steps)
+  peak = optim.peak_learning_rate(sized.optim, 64)
+  assert float(lr(50)) > 0.99 * peak  # no longer warming up at step 50 (was 1e-5)
+
+  by_epochs = config_lib.resolve(shapenet55.get_config("variant=small,batch=64"))
+  assert (by_epochs.total_steps, by_epochs.epochs) == (None, 300)
+  sized = config_lib.resolve_schedule(by_epochs, 1200)
+  spe = 1200 // 64
+  assert (sized.total_steps, sized.optim.warmup_steps, sized.eval_every_steps) == (
+      300 * spe, 10 * spe, 25 * spe)
+  assert config_lib.resolve_schedule(sized, 5) is sized  # nothing left to size
+  with pytest.raises(ValueError, match=r"batch_size=64 exceeds the 40 training examples"):
+    config_lib.resolve_schedule(by_epochs, 40)
+  runlocal = config_lib.resolve(shapenet55.get_config("runlocal"))
+  assert (runlocal.total_steps, runlocal.epochs, runlocal.optim.warmup_steps) == (6, None, 2)
+
+  c = default.get_config()
+  c.total_steps = None
+  with pytest.raises(ValueError, match="needs config.epochs"):
+    config_lib.resolve(c)
+  c.total_steps, c.epochs = 10, 2.0
+  with pytest.raises(ValueError, match="both set"):
+    config_lib.resolve(c)
+
+
+# ----------------------------------------------------------------------------- disk
+_FULL_DISK = textwrap.dedent("""
+    # Resume a run with every file capped at LIMIT bytes (RLIMIT_FSIZE; writes past it fail
+    # with EFBIG, like a full disk).
+    import os, resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.environ["CACHE"])
+    sys.argv = ["main.py", f"--config=configs/default.py:runlocal,steps=6,data_dir={sys.argv[2]}",
+                f"--workdir={sys.argv[1]}"]
+    sys.path.insert(0, os.environ["REPO"])
+    os.chdir(os.environ["REPO"])
+    import runpy
+    runpy.run_path("main.py", run_name="__main__")
+""")
+
+
+def test_full_disk_stops_clearly_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+  """A save that cannot be written stops the run naming the step and the cause, and the
+  previous checkpoint stays restorable; a workdir where nothing can be written is refused
+  up front."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # as if stopped after step 3
+  script = tmp_path / "full_disk.py"
+  script.write_text(_FULL_DISK)
+  env = dict(os.environ, REPO=REPO, CACHE=CACHE, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, str(script), workdir, data_dir, str(300_000)],
+                     env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert "CheckpointWriteError: Writing checkpoint step 6 to" in r.stderr, r.stderr[-3000:]
+  assert "File too large [errno 27]. The last complete checkpoint (step 3) is intact" in r.stderr
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "6"))
+  trained = load_trained(workdir)
+  assert trained.step == 3
+
+  # Nothing can be written at all: refused before any work, naming the workdir.
+  r = subprocess.run([sys.executable, str(script), str(tmp_path / "new"), data_dir, "0"],
+                     env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1 and "is not writable" in r.stderr, r.stderr[-3000:]
+
+
+def test_read_only_workdir_is_refused(tmp_path):
+  """A read-only workdir is refused before any work, naming it. (As root, the run goes
+  through `setpriv --bounding-set=-dac_override`, without which permission bits are
+  ignored.)"""
+  readonly = tmp_path / "readonly"
+  readonly.mkdir()
+  readonly.chmod(0o555)
+  prefix = []
+  if os.geteuid() == 0:
+    if not shutil.which("setpriv"):
+      pytest.skip("running as root without setpriv: permission bits cannot be enforced")
+    prefix = ["setpriv", "--bounding-set=-dac_override"]
+  code = textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {REPO!r})
+      from cmah_jax import checkpointing, train
+      from configs import default
+      try:
+        train.train_and_evaluate(default.get_config("runlocal,data_dir={tmp_path}/data"),
+                                 "{readonly}/run")
+      except checkpointing.CheckpointWriteError as e:
+        sys.exit(f"refused: {{e}}")
+  """)
+  try:
+    r = subprocess.run(prefix + [sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  finally:
+    readonly.chmod(0o755)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert f"refused: The workdir {readonly}/run is not writable (Permission denied)" in (
+      r.stderr), r.stderr[-3000:]
+  assert not os.path.exists(readonly / "run") and not os.path.exists(tmp_path / "data")
+
+
+# ----------------------------------------------------------------------------- collectives
+def test_no_collectives_inside_control_flow_for_gloo():
+  """Root cause of the 2-process CPU abort: `jnp.diagonal` of the batch-sharded logits
+  compiles to a conditional whose branch holds all-gathers; `square_diagonal` does not,
+  and the trainer refuses such a step on several CPU processes."""
+  mesh = shd.make_mesh(jax.devices()[:2])
+  put = lambda x: jax.device_put(x, shd.data_sharding(mesh))  # noqa: E731
+  rng = np.random.default_rng(0)
+  h_p, h_i = (put(rng.normal(size=(8, 16)).astype(np.float32)) for _ in range(2))
+
+  def compiled_text(diag):
+    def loss(a, b):
+      logits = a @ b.T / 0.1
+      d = diag(logits)
+      return jnp.mean(jax.nn.logsumexp(logits, axis=1) - d)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_p, h_i).compile().as_text()
+
+  bad = train.collectives_outside_entry(compiled_text(jnp.diagonal))
+  assert bad and all("diagonal" in b for b in bad)
+  with pytest.raises(RuntimeError, match="collective mismatch"):
+    train.check_collectives_for_gloo(compiled_text(jnp.diagonal))
+  assert train.collectives_outside_entry(compiled_text(losses.square_diagonal)) == []
+  x = rng.normal(size=(8, 8)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(losses.square_diagonal(put(x))), np.diagonal(x))
