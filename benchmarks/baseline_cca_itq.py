@@ -25,7 +25,6 @@ random codes 0.054; wall time 393 s.
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import sys
 import time
@@ -33,6 +32,8 @@ import time
 import numpy as np
 
 from cmah_jax import baselines, metrics
+from cmah_jax.datasets import get_builder
+from cmah_jax.input import InputSpec, eval_example
 
 # Chosen with --validate on train only, in two stages (score: mean val mAP@all over 16..128
 # bits and both directions). (A) norm=cell, views {1, 4, 8} x reg {1e-4..1e-1} x power
@@ -47,22 +48,6 @@ GRID = dict(norm=("cell", "global"), train_views=(1, 4, 8), reg=(1e-4, 1e-3, 1e-
 VAL_FRACTION = 0.2
 
 
-def _find(attr: str, *modules: str):
-  """`attr` of the first of `modules` that imports and has it (the input package moved)."""
-  for name in modules:
-    try:
-      module = importlib.import_module(name)
-    except ImportError:
-      continue
-    if hasattr(module, attr):
-      return getattr(module, attr)
-  raise ImportError(f"none of {modules} provides {attr}")
-
-
-_INPUT_MODULES = ("cmah_jax.input.transforms", "cmah_jax.input.spec", "cmah_jax.input",
-                  "cmah_jax.data.pipeline")
-
-
 def load_split(builder, split: str, views: int, num_points: int, image_size: int):
   """Reads `split` as the evaluator does.
 
@@ -70,9 +55,7 @@ def load_split(builder, split: str, views: int, num_points: int, image_size: int
     images uint8 `[n, views, S, S, 3]` (views 0..views-1), points float32 `[n, P, 3]`,
     labels int64 `[n]`.
   """
-  eval_example = _find("eval_example", *_INPUT_MODULES)
-  input_spec = _find("InputSpec", *_INPUT_MODULES)
-  specs = [input_spec(num_points=num_points, image_size=image_size, eval_view=v)
+  specs = [InputSpec(num_points=num_points, image_size=image_size, eval_view=v)
            for v in range(views)]
   source = builder.as_data_source(split=split)
   images, points, labels = [], [], []
@@ -182,7 +165,6 @@ def main(argv=None) -> int:
           for k, v in DEFAULTS.items()}
 
   start = time.perf_counter()
-  get_builder = _find("get_builder", "cmah_jax.datasets", "cmah_jax.data")
   builder = get_builder(args.dataset, args.data_dir, args.config)
   views = max(grid["train_views"]) if args.validate else args.train_views
   splits = ("train",) if args.validate else ("train", "query", "database")

@@ -68,13 +68,13 @@ def test_aggregate_mean_and_sample_std():
 def test_runlocal_suite_runs_and_resumes(tmp_path):
   cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
          f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",
-         f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah,random",
+         f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah,random,cca_itq",
          "--jobs=2"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   data = json.load(open(tmp_path / "suite" / "results.json"))
-  assert sorted(r["method"] for r in data["runs"]) == ["cmah", "random"]
+  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "random"]
   for r in data["runs"]:
     report = json.load(open(os.path.join(r["workdir"], "report.json")))
     assert r["map"]["i2p"] == report["map"]["i2p"]["16"]
@@ -82,7 +82,7 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   assert (tmp_path / "suite" / "map_vs_bits.png").stat().st_size > 0
   assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0 and "2 finished, 0 to run" in again.stdout
+  assert again.returncode == 0 and "3 finished, 0 to run" in again.stdout
 
 
 def test_readme_block_is_generated_from_results():
