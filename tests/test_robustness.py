@@ -61,6 +61,11 @@ def losses_of(workdir):
           if "loss/total" in r]
 
 
+def read_text(path):
+  with open(path) as f:
+    return f.read()
+
+
 def report_without_timing(workdir):
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
@@ -112,8 +117,9 @@ _DRIVER = textwrap.dedent("""
         out = real_encode(self, params, split)
         if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
           return out
-        steps = [l for l in open(os.path.join(workdir, "metrics.jsonl")) if '"loss/total"' in l]
-        if len(steps) == at:  # the periodic evaluation after step `at`, first split done
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+          steps = sum('"loss/total"' in line for line in f)
+        if steps == at:  # the periodic evaluation after step `at`, first split done
           ckpt = os.path.join(workdir, "checkpoints", str(at - 1))
           for _ in range(600):
             if os.path.isdir(ckpt):
@@ -187,7 +193,7 @@ def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
   assert done.config.total_steps == 3 and done.config.epochs == 0.3
   manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=2)
   assert checkpointing.step_config(manager, 3) == done.config.to_dict()
-  before = open(os.path.join(workdir, "config.json")).read()
+  before = read_text(os.path.join(workdir, "config.json"))
 
   changed = tiny_config(data_dir, steps=6, **{"loss.temperature": 0.5})
   with pytest.raises(resume.ConfigChangedError) as e:
@@ -197,7 +203,7 @@ def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
   assert "loss.temperature: 0.07 -> 0.5" in msg, msg
   assert "total_steps: 3 -> 6" in msg and "epochs: 0.3 -> None" in msg
   assert "log_every_steps" not in msg
-  assert open(os.path.join(workdir, "config.json")).read() == before  # untouched
+  assert read_text(os.path.join(workdir, "config.json")) == before  # untouched
   assert not os.path.exists(os.path.join(workdir, "report.json"))
 
   # Frequencies and locations are free: same run, evaluated again.
@@ -215,7 +221,8 @@ def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
                                                       "epochs"}
   manager.reload()
   assert checkpointing.step_config(manager, 6)["loss"]["temperature"] == 0.5
-  assert json.load(open(os.path.join(workdir, "report.json")))["config"]["total_steps"] == 6
+  report = json.loads(read_text(os.path.join(workdir, "report.json")))
+  assert report["config"]["total_steps"] == 6
   manager.close()
 
 
@@ -262,24 +269,32 @@ DAMAGE = ("truncated array file", "array files deleted", "item metadata deleted"
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path, capsys):
-  """Step 6 damaged in five ways: each resume names it, moves it aside, restores step 3
-  and retrains 4-6 to the uninterrupted result; all damaged: a clear error."""
+  """Step 6 damaged in five ways: each time step 6 is named with its reason and moved
+  aside, and step 3 restored; the resumed run retrains 4-6 to the uninterrupted result.
+  All checkpoints damaged: a clear error naming each."""
   ref = str(tmp_path / "ref")
   train.train_and_evaluate(tiny_config(data_dir), ref)
-  want = params(ref)
   for i, how in enumerate(DAMAGE):
     workdir = str(tmp_path / f"d{i}")
     shutil.copytree(ref, workdir)
     _damage(os.path.join(workdir, "checkpoints", "6"), how)
-    capsys.readouterr()
-    result = train.train_and_evaluate(tiny_config(data_dir), workdir)
-    out = capsys.readouterr().out
-    assert "Checkpoint step 6 in" in out and "is damaged" in out, (how, out[-2000:])
-    assert "Resumed from" in out and "at step 3" in out, how
+    if i == 0:  # the whole run: resumed from 3, same end as the uninterrupted run
+      capsys.readouterr()
+      result = train.train_and_evaluate(tiny_config(data_dir), workdir)
+      out = capsys.readouterr().out
+      assert "Checkpoint step 6 in" in out and "is damaged" in out, out[-2000:]
+      assert "Resumed from" in out and "at step 3" in out
+      assert int(result.state["step"]) == 6
+      assert_same_params(params(workdir), params(ref))
+      assert losses_of(workdir) == losses_of(ref)
+    else:  # the restore alone (as saved, without target shapes)
+      manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"),
+                                           max_to_keep=2)
+      restored = checkpointing.restore_latest(manager, None)
+      assert (restored.step, [s for s, _ in restored.damaged]) == (3, [6]), how
+      assert manager.all_steps() == [3], how
+      manager.close()
     assert os.path.isdir(os.path.join(workdir, "checkpoints.damaged", "6")), how
-    assert int(result.state["step"]) == 6
-    assert_same_params(params(workdir), want)
-    assert losses_of(workdir) == losses_of(ref), how
 
   workdir = str(tmp_path / "all")
   shutil.copytree(ref, workdir)
