@@ -264,8 +264,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
   if damaged:
     listing = "; ".join(f"step {s}: {r}" for s, r in damaged)
     raise DamagedCheckpointError(
-        f"No intact checkpoint in {directory} ({listing}). Move that directory away (or "
-        "choose another --workdir) to start afresh.")
+        f"No intact checkpoint in {directory} ({listing}). If the model was changed on "
+        "purpose (--allow_config_change), its checkpoints cannot be restored into it. Move "
+        "that directory away (or choose another --workdir) to start afresh.")
   return None
 
 
