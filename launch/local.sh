@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-source launch/allocator.sh  # tcmalloc: ~1.2-1.5x faster CPU steps (CMAH_ALLOCATOR=system: off)
+source launch/allocator.sh  # tcmalloc: ~1.4x faster CPU steps (CMAH_ALLOCATOR=system: off)
 CONFIG=${CONFIG:-configs/default.py}
 WORKDIR=${WORKDIR:-work/default}
 .venv/bin/python - <<'PY'
