@@ -344,13 +344,12 @@ def test_paper_schedule_is_sized_from_the_prepared_dataset():
 # ----------------------------------------------------------------------------- disk
 _FULL_DISK = textwrap.dedent("""
     # Resume a run with every file capped at LIMIT bytes (RLIMIT_FSIZE; writes past it fail
-    # with EFBIG, like a full disk).
+    # with EFBIG, like a full disk). No persistent compilation cache: JAX writes its entries
+    # in place, and a truncated one would stay in the shared test cache.
     import os, resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     limit = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    import jax
-    jax.config.update("jax_compilation_cache_dir", os.environ["CACHE"])
     sys.argv = ["main.py", f"--config=configs/default.py:runlocal,steps=6,data_dir={sys.argv[2]}",
                 f"--workdir={sys.argv[1]}"]
     sys.path.insert(0, os.environ["REPO"])
@@ -369,7 +368,7 @@ def test_full_disk_stops_clearly_and_keeps_the_last_checkpoint(data_dir, tmp_pat
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # as if stopped after step 3
   script = tmp_path / "full_disk.py"
   script.write_text(_FULL_DISK)
-  env = dict(os.environ, REPO=REPO, CACHE=CACHE, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, REPO=REPO, JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, str(script), workdir, data_dir, str(300_000)],
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stderr[-3000:]
