@@ -21,7 +21,11 @@ class HashHead(nn.Module):
 
   @nn.compact
   def __call__(self, pooled: jax.Array):
-    """pooled: `[B, C]`. Returns (h `[B, K]` float32 in (-1, 1), code `[B, K]` float32 +-1)."""
+    """pooled: `[B, C]`. Returns (h `[B, K]` float32 in (-1, 1), code `[B, K]` float32 +-1).
+
+    The projection runs in `dtype`; the LayerNorm and tanh always in float32, so with a
+    half-precision compute dtype `h` (what the contrastive loss sees) is not rounded to 8
+    or 11 mantissa bits."""
     x = dense(self.bits, self.dtype, "proj")(pooled.astype(self.dtype))
-    h = jnp.tanh(layer_norm(self.dtype, "norm")(x)).astype(jnp.float32)
+    h = jnp.tanh(layer_norm(jnp.float32, "norm")(x))
     return h, sign_ste(h)

@@ -61,8 +61,9 @@ def attend(q: jax.Array, k: jax.Array, num_heads: int) -> jax.Array:
   d = c // num_heads
   qh = q.reshape(b, tq, num_heads, d)
   kh = k.reshape(b, k.shape[1], num_heads, d)
-  logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) * (d ** -0.5)
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+  # Scaled after the cast: with a half-precision dtype the scaling is not rounded twice.
+  logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh).astype(jnp.float32) * (d ** -0.5)
+  return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
 def combine(weights: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
