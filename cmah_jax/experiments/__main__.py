@@ -136,6 +136,11 @@ def _wait(pid):
     proc.wait()
 
 
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv):
   del argv
   suite = get_suite(_SUITE.value)
@@ -154,6 +159,7 @@ def main(argv):
   from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
+  signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as Ctrl-C does
   data = execute(suite, runs, root, _JOBS.value)
   print(open(os.path.join(root, "results.md")).read())
   print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")

@@ -54,6 +54,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     #    (suite `tuning`); the winner becomes a method of the main table [ours].
     _m("cmah_t0.2", "CMAH, temperature 0.2", "candidate", "[ours]",
        loss__temperature=0.2),
+    _m("cmah_t0.5", "CMAH, temperature 0.5", "candidate", "[ours; ConMH's 0.5]",
+       loss__temperature=0.5),
+    _m("contrastive_t0.2", "contrastive only, temperature 0.2", "candidate", "[ours]",
+       loss__pairs="full_full", loss__lambda_r=0.0, loss__temperature=0.2),
     _m("cmah_balance", "CMAH + bit balance + decorrelation", "candidate",
        "[ours, after SpH/DSH-style code-balance terms]",
        loss__balance_weight=1.0, loss__decorrelation_weight=1.0),
