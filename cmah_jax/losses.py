@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from cmah_jax.ops.pointcloud import chamfer_distance
 
-PAIRS = ("full_full", "masked_masked", "full_masked")
+PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal")
 _NORM_EPS = 1e-12
 
 
@@ -214,6 +214,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
     masked_masked: (point/h_masked, image/h_masked)
     full_masked:   the mean of (point/h, image/h_masked) and (point/h_masked, image/h)
                    (both cross pairs, averaged so it weighs as one pair) [ours].
+    intra_modal:   the mean of (point/h, point/h_masked) and (image/h, image/h_masked):
+                   each tower's full view against its own masked view, as CrossPoint's
+                   intra-modal instance discrimination [Afham et al., CVPR 2022].
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`.
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
@@ -251,9 +254,12 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
       l_c += con(h["point", "full"], h["image", "full"])
     elif pair == "masked_masked":
       l_c += con(h["point", "masked"], h["image", "masked"])
-    else:  # full_masked
+    elif pair == "full_masked":
       l_c += 0.5 * (con(h["point", "full"], h["image", "masked"])
                     + con(h["point", "masked"], h["image", "full"]))
+    else:  # intra_modal
+      l_c += 0.5 * (con(h["point", "full"], h["point", "masked"])
+                    + con(h["image", "full"], h["image", "masked"]))
 
   zero = jnp.zeros((), jnp.float32)
   l_3d = l_2d = zero

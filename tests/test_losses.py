@@ -154,6 +154,12 @@ def test_cmah_loss_combines_terms():
   np.testing.assert_allclose(terms["loss/image_recon"], ir, rtol=1e-6)
   np.testing.assert_allclose(total, ff + mm + fm + 0.5 * (pr + ir), rtol=1e-6)
   np.testing.assert_allclose(terms["loss/total"], total)
+  # intra_modal: each tower's full h against its own masked h (NumPy InfoNCE reference).
+  np_out = {k: np.asarray(v) for k, v in out.items()}
+  want = 0.5 * (np_contrastive(np_out["point/h"], np_out["point/h_masked"], tau)
+                + np_contrastive(np_out["image/h"], np_out["image/h_masked"], tau))
+  _, terms = losses.cmah_loss(out, dataclasses.replace(cfg, pairs="intra_modal"))
+  np.testing.assert_allclose(terms["loss/contrastive"], want, rtol=1e-5)
   # Only full_full: masked outputs are not needed.
   only_full = {k: v for k, v in out.items() if "masked" not in k}
   total, terms = losses.cmah_loss(

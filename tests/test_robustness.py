@@ -442,3 +442,17 @@ def test_no_collectives_inside_control_flow_for_gloo():
   assert train.collectives_outside_entry(compiled_text(losses.square_diagonal)) == []
   x = rng.normal(size=(8, 8)).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(losses.square_diagonal(put(x))), np.diagonal(x))
+
+
+def test_ucch_losses_have_no_collectives_inside_control_flow():
+  """UCCH's in-batch and ranking losses (the `ucch` objective) take their diagonals with
+  `square_diagonal` too, so the objective may train on several CPU processes."""
+  from cmah_jax.baselines import deep  # pylint: disable=import-outside-toplevel
+  mesh = shd.make_mesh(jax.devices()[:2])
+  put = lambda x: jax.device_put(x, shd.data_sharding(mesh))  # noqa: E731
+  rng = np.random.default_rng(1)
+  u_x, u_y = (put(np.tanh(rng.normal(size=(8, 16))).astype(np.float32)) for _ in range(2))
+  for name, fn in [("in_batch", lambda a, b: deep.in_batch_contrastive_loss(a, b, 0.2)),
+                   ("ranking", lambda a, b: deep.cross_modal_ranking_loss(a, b, 0.2, 0.1))]:
+    text = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(u_x, u_y).compile().as_text()
+    assert train.collectives_outside_entry(text) == [], name

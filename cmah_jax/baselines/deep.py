@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from cmah_jax import objectives
-from cmah_jax.losses import LossSpec
+from cmah_jax.losses import LossSpec, square_diagonal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ def in_batch_contrastive_loss(u_x: jax.Array, u_y: jax.Array, temperature: float
   total = jnp.zeros((), jnp.float32)
   for u in (u_x, u_y):
     sims = u.astype(jnp.float32) @ keys.T / temperature  # [B, B]
-    total += jnp.mean(jax.nn.logsumexp(sims, axis=1) - jnp.diagonal(sims))
+    total += jnp.mean(jax.nn.logsumexp(sims, axis=1) - square_diagonal(sims))
   return total
 
 
@@ -169,10 +169,10 @@ def cross_modal_ranking_loss(u_x: jax.Array, u_y: jax.Array, margin: float, shif
   m = u_x.astype(jnp.float32) @ u_y.astype(jnp.float32).T  # [B, B]
 
   def one_way(mat):  # rows are the queries
-    diag = jnp.diagonal(mat)
+    diag = square_diagonal(mat)
     inside = jax.lax.stop_gradient(mat >= diag[:, None] - margin)
     s = jnp.where(inside, mat, mat - shift)
-    return jnp.mean(margin + kappa * jax.nn.logsumexp(s / kappa, axis=1) - jnp.diagonal(s))
+    return jnp.mean(margin + kappa * jax.nn.logsumexp(s / kappa, axis=1) - square_diagonal(s))
 
   return one_way(m) + one_way(m.T)
 

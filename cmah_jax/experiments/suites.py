@@ -25,7 +25,8 @@ SUITES = {s.name: s for s in [
           ((("cmah",) + ABLATIONS, (16, 64)),)),
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
-          ((("cmah", "cmah_t0.2", "cmah_t0.5", "cmah_balance", "cmah_balance_quant",
+          ((("cmah", "cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
+             "cmah_balance", "cmah_balance_quant",
              "cmah_t0.2_balance", "contrastive", "contrastive_t0.2", "supervised", "cca_itq",
              "random"), (16, 64)),), protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
