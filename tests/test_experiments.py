@@ -83,6 +83,12 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "3 finished, 0 to run" in again.stdout
+  # A run of a subset (here: one method) keeps every finished run of the suite in the tables.
+  subset = [a for a in cmd if not a.startswith("--methods")] + ["--methods=random"]
+  part = subprocess.run(subset, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert part.returncode == 0 and "1 finished, 0 to run" in part.stdout, part.stdout[-2000:]
+  data = json.load(open(tmp_path / "suite" / "results.json"))
+  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "random"]
 
 
 def test_readme_block_is_generated_from_results():

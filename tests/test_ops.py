@@ -313,19 +313,3 @@ def test_normalize_images():
   np.testing.assert_array_equal(image.normalize_images(out), out)  # float passes through
   np.testing.assert_array_equal(image.denormalize_images(out), img)
 
-
-def test_knn_bit_identical_to_squared_distances_top_k():
-  """`knn` sums its distances over coordinate planes (speed); the neighbours, ties included,
-  equal a top-k of `squared_distances` on the default model's shapes."""
-  rng = np.random.default_rng(7)
-  pts = rng.normal(size=(8, 512, 3)).astype(np.float32)
-  pts /= np.linalg.norm(pts, axis=-1, keepdims=True)
-  pts[:, 100:110] = pts[:, :10]  # duplicate points: tied distances
-  qs = jnp.asarray(pts[:, ::16])  # [8, 32, 3]
-
-  @jax.jit
-  def reference(q, p):
-    return jax.lax.top_k(-pointcloud.squared_distances(q, p), 16)[1]
-
-  got = jax.jit(pointcloud.knn, static_argnums=2)(qs, jnp.asarray(pts), 16)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(reference(qs, jnp.asarray(pts))))

@@ -74,8 +74,12 @@ def collect(suite, runs, root) -> dict:
   return results_lib.write(root, suite, rows, protocol)
 
 
-def execute(suite, runs, root: str, jobs: int) -> dict:
-  """Run every unfinished run (`jobs` at a time), rewriting the results after each."""
+def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
+  """Run every unfinished run (`jobs` at a time), rewriting the results after each.
+
+  `collected`: the runs whose finished results the tables show (default `runs`); the
+  whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
+  collected = runs if collected is None else collected
   todo = [r for r in runs if not r.finished()]
   print(f"[experiments] suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} "
         f"finished, {len(todo)} to run, {jobs} at a time; results in {root}", flush=True)
@@ -97,7 +101,7 @@ def execute(suite, runs, root: str, jobs: int) -> dict:
         durations.append(time.time() - t0)
         if proc_done == 0 and run.finished():
           print(f"[experiments] done {_name(run)} in {_fmt(durations[-1])}", flush=True)
-          collect(suite, runs, root)
+          collect(suite, collected, root)
         else:
           failed.append(run)
           print(f"[experiments] FAILED {_name(run)} (exit {proc_done}); see "
@@ -116,7 +120,7 @@ def execute(suite, runs, root: str, jobs: int) -> dict:
     for pid in running:
       _wait(pid)
     raise
-  data = collect(suite, runs, root)
+  data = collect(suite, collected, root)
   if failed:
     raise SystemExit(f"{len(failed)} run(s) failed: " + ", ".join(_name(r) for r in failed))
   return data
@@ -160,7 +164,8 @@ def main(argv):
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
   signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as Ctrl-C does
-  data = execute(suite, runs, root, _JOBS.value)
+  everything = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value))
+  data = execute(suite, runs, root, _JOBS.value, collected=everything)
   print(open(os.path.join(root, "results.md")).read())
   print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")
 
