@@ -99,7 +99,7 @@ def knn(queries: jax.Array, points: jax.Array, k: int) -> jax.Array:
     raise ValueError(f"knn: k={k} must be in [1, N={n}] for points {tuple(points.shape)}")
   # Not rewritten as a sum of per-coordinate planes: that is ~2.6x faster on CPU, but inside
   # the train step it rounds some distances differently and flips near-tied neighbours
-  # (the main job diverged at step ~440, final mAP 0.617 -> 0.600); see BENCHMARKS.md.
+  # (the main job diverged at step ~440, final mAP 0.5935 -> 0.6003); see BENCHMARKS.md.
   d = squared_distances(queries.astype(jnp.float32), points.astype(jnp.float32))
   # lax.top_k on -d is stable (lower index first among equal values) and fast on float32.
   _, idx = jax.lax.top_k(-d, k)
