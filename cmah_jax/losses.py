@@ -95,6 +95,59 @@ def supervised_contrastive_loss(h_points: jax.Array, h_images: jax.Array, labels
   return 0.5 * (l_pi + l_ip)
 
 
+def joint_affinity_targets(features_points: jax.Array, features_images: jax.Array,
+                           weight: float, temperature: float) -> jax.Array:
+  """Soft cross-modal targets from the batch's joint intra-modal affinity [ours, after
+  DJSRH's joint-semantics affinity (Su et al., ICCV 2019) and soft-target contrastive
+  learning (ALBEF, Li et al. 2021; SoftCLIP, Gao et al. 2024)].
+
+  Each modality's features are centred on the batch mean and L2-normalised;
+  `S = (F_P F_P^T + F_I F_I^T) / 2` is the joint cosine affinity, computed without gradient.
+  Row i of the target puts `1 - weight` on its own pair and spreads `weight` over the other
+  objects j != i by `softmax_j(S_ij / temperature)`: objects that look alike in both
+  modalities are partly positives, so same-category objects are not pushed apart as hard
+  negatives.
+
+  Args:
+    features_points, features_images: `[B, C]` float (row i of each is object i).
+    weight: mass on the other objects, in [0, 1).
+    temperature: > 0, sharpness of the neighbour distribution.
+  Returns:
+    `[B, B]` float32 targets, each row summing to 1.
+  """
+  def cosine(f):
+    f = jax.lax.stop_gradient(f).astype(jnp.float32)
+    f = _l2_normalize(f - jnp.mean(f, axis=0, keepdims=True))
+    return f @ f.T
+  s = 0.5 * (cosine(features_points) + cosine(features_images))
+  eye = jnp.eye(s.shape[0], dtype=bool)
+  neighbours = jax.nn.softmax(jnp.where(eye, -jnp.inf, s / temperature), axis=1)
+  return (1.0 - weight) * eye.astype(jnp.float32) + weight * neighbours
+
+
+def soft_contrastive_loss(h_points: jax.Array, h_images: jax.Array, targets: jax.Array,
+                          temperature: float) -> jax.Array:
+  """Symmetric InfoNCE with soft targets: `l(a, b) = -(1/B) sum_i sum_j T_ij log
+  softmax_j(<a_i, b_j> / tau)`, point anchors with rows of `T`, image anchors with rows of
+  `T` too (row j of `T` is image anchor j's target over points). Equals
+  `contrastive_loss` for `T = I`.
+
+  Args:
+    h_points, h_images: `[B, K]` float; targets: `[B, B]` float, rows summing to 1.
+  Returns:
+    scalar float32.
+  """
+  logits = _logits(h_points, h_images, temperature)
+  if targets.shape != logits.shape:
+    raise ValueError(f"soft contrastive loss: targets {tuple(targets.shape)} must be "
+                     f"{tuple(logits.shape)}")
+  log_p_pi = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)  # rows: point anchors
+  log_p_ip = logits - jax.nn.logsumexp(logits, axis=0, keepdims=True)  # cols: image anchors
+  l_pi = -jnp.mean(jnp.sum(targets * log_p_pi, axis=1))
+  l_ip = -jnp.mean(jnp.sum(targets.T * log_p_ip, axis=0))
+  return 0.5 * (l_pi + l_ip)
+
+
 def point_reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
   """Chamfer-L2 (squared distances, mean + mean) per masked group, averaged over groups
   and batch [Point-MAE].
@@ -185,6 +238,14 @@ class LossSpec:
   balance_weight: float = 0.0               # sum_k mean_b(h)_k^2 / K
   decorrelation_weight: float = 0.0         # ||H^T H / B - I||_F^2 / K^2
   quantization_weight: float = 0.0          # mean (|h| - 1)^2
+  # Soft cross-modal targets from the joint affinity of both towers' pooled features
+  # (`joint_affinity_targets`), 0 = off: the paper's one-hot InfoNCE [ours, after DJSRH /
+  # soft-target contrastive learning]. Applies to every cross-modal pair.
+  soft_target_weight: float = 0.0           # mass on the other objects of the batch
+  soft_target_temperature: float = 0.1      # sharpness of the neighbour distribution
+  # Weight of the same contrastive pairs on the wide embeddings z (model.embed_dim > 0),
+  # 0 = off [ours]: the encoders learn from an embedding wider than the K-bit code.
+  embed_weight: float = 0.0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -193,9 +254,15 @@ class LossSpec:
     if not float(self.temperature) > 0:
       raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
     for name in ("lambda_r", "balance_weight", "decorrelation_weight",
-                 "quantization_weight"):
+                 "quantization_weight", "embed_weight"):
       if float(getattr(self, name)) < 0:
         raise ValueError(f"config.loss.{name} must be >= 0, got {getattr(self, name)!r}")
+    if not 0.0 <= float(self.soft_target_weight) < 1.0:
+      raise ValueError("config.loss.soft_target_weight must be in [0, 1), got "
+                       f"{self.soft_target_weight!r}")
+    if not float(self.soft_target_temperature) > 0:
+      raise ValueError("config.loss.soft_target_temperature must be > 0, got "
+                       f"{self.soft_target_temperature!r}")
     return self
 
 
@@ -217,7 +284,11 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
     intra_modal:   the mean of (point/h, point/h_masked) and (image/h, image/h_masked):
                    each tower's full view against its own masked view, as CrossPoint's
                    intra-modal instance discrimination [Afham et al., CVPR 2022].
-  With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`.
+  With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
+  `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
+  `joint_affinity_targets` of the pooled features ("point/pooled", "image/pooled").
+  With `spec.embed_weight > 0` the same pairs over the wide embeddings ("point/z", ...)
+  are added with that weight and logged as "loss/embed_contrastive".
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -238,28 +309,45 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
   if supervised and labels is None:
     raise ValueError("cmah_loss: config.loss.supervised=True needs labels (batch['label'])")
 
-  def con(a, b):
+  soft = float(spec.soft_target_weight) > 0 and not supervised
+  if soft:
+    targets = joint_affinity_targets(
+        _need(outputs, "point/pooled", "soft targets"),
+        _need(outputs, "image/pooled", "soft targets"),
+        float(spec.soft_target_weight), float(spec.soft_target_temperature))
+
+  def con(a, b, cross_modal=True):
     if supervised:
       return supervised_contrastive_loss(a, b, labels, temperature)
+    if soft and cross_modal:
+      return soft_contrastive_loss(a, b, targets, temperature)
     return contrastive_loss(a, b, temperature)
 
-  h = {}
-  for tower in ("point", "image"):
-    h[tower, "full"] = _need(outputs, f"{tower}/h", "the contrastive loss")
-    if any(p != "full_full" for p in pairs):
-      h[tower, "masked"] = _need(outputs, f"{tower}/h_masked", f"pairs={pairs}")
-  l_c = jnp.zeros((), jnp.float32)
-  for pair in pairs:
-    if pair == "full_full":
-      l_c += con(h["point", "full"], h["image", "full"])
-    elif pair == "masked_masked":
-      l_c += con(h["point", "masked"], h["image", "masked"])
-    elif pair == "full_masked":
-      l_c += 0.5 * (con(h["point", "full"], h["image", "masked"])
-                    + con(h["point", "masked"], h["image", "full"]))
-    else:  # intra_modal
-      l_c += 0.5 * (con(h["point", "full"], h["point", "masked"])
-                    + con(h["image", "full"], h["image", "masked"]))
+  def pair_sum(name: str, why: str) -> jax.Array:
+    """Sum of `con` over `pairs` for outputs `{tower}/{name}` (full) and `_masked`."""
+    h = {}
+    for tower in ("point", "image"):
+      h[tower, "full"] = _need(outputs, f"{tower}/{name}", why)
+      if any(p != "full_full" for p in pairs):
+        h[tower, "masked"] = _need(outputs, f"{tower}/{name}_masked", f"pairs={pairs}")
+    total = jnp.zeros((), jnp.float32)
+    for pair in pairs:
+      if pair == "full_full":
+        total += con(h["point", "full"], h["image", "full"])
+      elif pair == "masked_masked":
+        total += con(h["point", "masked"], h["image", "masked"])
+      elif pair == "full_masked":
+        total += 0.5 * (con(h["point", "full"], h["image", "masked"])
+                        + con(h["point", "masked"], h["image", "full"]))
+      else:  # intra_modal
+        total += 0.5 * (con(h["point", "full"], h["point", "masked"], cross_modal=False)
+                        + con(h["image", "full"], h["image", "masked"], cross_modal=False))
+    return total
+
+  l_c = pair_sum("h", "the contrastive loss")
+  embed_weight = float(spec.embed_weight)
+  if embed_weight > 0:
+    l_embed = pair_sum("z", "loss.embed_weight > 0 (set model.overrides.embed_dim > 0)")
 
   zero = jnp.zeros((), jnp.float32)
   l_3d = l_2d = zero
@@ -272,10 +360,13 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
                                      bool(spec.norm_pix_loss))
   total = l_c + lambda_r * (l_3d + l_2d)
   terms = {"loss/contrastive": l_c, "loss/point_recon": l_3d, "loss/image_recon": l_2d}
+  if embed_weight > 0:
+    terms["loss/embed_contrastive"] = l_embed
+    total = total + embed_weight * l_embed
   weights = {"balance": spec.balance_weight, "decorrelation": spec.decorrelation_weight,
              "quantization": spec.quantization_weight}
   if any(w > 0 for w in weights.values()):
-    quality = [code_quality_terms(h[t, "full"]) for t in ("point", "image")]
+    quality = [code_quality_terms(outputs[f"{t}/h"]) for t in ("point", "image")]
     for name, w in weights.items():
       if w > 0:
         value = 0.5 * (quality[0][name] + quality[1][name])

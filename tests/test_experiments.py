@@ -65,6 +65,32 @@ def test_aggregate_mean_and_sample_std():
   assert "0.500 ± 0.361 / 1.000 ± 0.721" in md
 
 
+def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
+  def rows(method, group, i2p, p2i):
+    return [{"method": method, "label": method.upper(), "group": group, "bits": 16,
+             "seed": s, "map": {"i2p": a, "p2i": b}, "map_tie_aware": {"i2p": a, "p2i": b},
+             "precision_within_radius": {"i2p": 0.0, "p2i": 0.0}}
+            for s, (a, b) in enumerate(zip(i2p, p2i))]
+  # ours: i2p mean 0.6 std 0.1; p2i mean 0.5 std 0.0.
+  aggs = results_lib.aggregate(
+      rows("cmah", "ours", [0.5, 0.6, 0.7], [0.5, 0.5, 0.5])
+      + rows("a", "baseline", [0.45, 0.45, 0.45], [0.3, 0.3, 0.3])     # i2p +0.15 > 0.1
+      + rows("b", "baseline", [0.55, 0.55, 0.55], [0.3, 0.3, 0.3])     # i2p +0.05 < 0.1
+      + rows("c", "ablation", [0.1, 0.1, 0.1], [0.48, 0.5, 0.52])      # p2i +0.0 < 0.02
+      + rows("sup", "bound", [0.8, 0.8, 0.8], [1.0, 1.0, 1.0]))
+  by = {r["method"]: r for r in results_lib.verdicts(aggs)}
+  assert set(by) == {"a", "b", "c", "sup"}
+  assert by["a"]["wins"] and not by["b"]["wins"] and not by["c"]["wins"]
+  assert by["a"]["margin/i2p"] == pytest.approx(0.15)
+  assert by["a"]["needed/i2p"] == pytest.approx(0.1)
+  assert by["c"]["needed/p2i"] == pytest.approx(0.02)
+  assert by["sup"]["fraction/i2p"] == pytest.approx(0.75)
+  assert by["sup"]["fraction/p2i"] == pytest.approx(0.5)
+  md = results_lib.verdict_markdown(aggs)
+  assert "| 16 | B | -0.000 (0.100)" not in md and "**does not win**" in md
+  assert "75.0% / 50.0%" in md
+
+
 def test_runlocal_suite_runs_and_resumes(tmp_path):
   cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
          f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",

@@ -236,3 +236,99 @@ def test_cmah_loss_switches_and_quality_weights():
   assert "loss/balance" in tq and "loss/decorrelation" not in tq
   with pytest.raises(ValueError, match="balance_weight"):
     losses.LossSpec(balance_weight=-1.0).validate()
+
+
+# -- soft joint-affinity targets -----------------------------------------------------------
+def np_joint_affinity_targets(fp, fi, weight, temperature):
+  """Plain loops: centre, normalise, average the two cosine matrices, softmax over j != i."""
+  def cosine(f):
+    f = f - f.mean(axis=0)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    n = len(f)
+    return np.array([[float(np.dot(f[i], f[j])) for j in range(n)] for i in range(n)])
+  s = 0.5 * (cosine(fp) + cosine(fi))
+  n = len(s)
+  t = np.zeros((n, n))
+  for i in range(n):
+    others = [j for j in range(n) if j != i]
+    e = np.exp([s[i, j] / temperature for j in others])
+    for j, v in zip(others, e / e.sum()):
+      t[i, j] = weight * v
+    t[i, i] = 1.0 - weight
+  return t
+
+
+def np_soft_contrastive(p, i, t, tau):
+  p = p / np.linalg.norm(p, axis=1, keepdims=True)
+  i = i / np.linalg.norm(i, axis=1, keepdims=True)
+  n = len(p)
+  sims = np.array([[float(np.dot(p[a], i[b])) / tau for b in range(n)] for a in range(n)])
+  l_pi = -np.mean([sum(t[a, b] * (sims[a, b] - np.log(np.exp(sims[a]).sum()))
+                       for b in range(n)) for a in range(n)])
+  l_ip = -np.mean([sum(t[b, a] * (sims[a, b] - np.log(np.exp(sims[:, b]).sum()))
+                       for a in range(n)) for b in range(n)])
+  return 0.5 * (l_pi + l_ip)
+
+
+def test_joint_affinity_targets_and_soft_loss_vs_numpy():
+  rng = np.random.default_rng(7)
+  fp, fi = rng.normal(size=(6, 10)), rng.normal(size=(6, 10))
+  got = np.asarray(losses.joint_affinity_targets(jnp.asarray(fp, jnp.float32),
+                                                 jnp.asarray(fi, jnp.float32), 0.3, 0.1))
+  want = np_joint_affinity_targets(fp, fi, 0.3, 0.1)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+  p, i = _codes(8)
+  np.testing.assert_allclose(float(losses.soft_contrastive_loss(p, i, jnp.asarray(got), 0.2)),
+                             np_soft_contrastive(p.astype(np.float64), i.astype(np.float64),
+                                                 want, 0.2), rtol=1e-5)
+  # Identity targets: the one-hot InfoNCE.
+  np.testing.assert_allclose(float(losses.soft_contrastive_loss(p, i, jnp.eye(6), 0.2)),
+                             np_contrastive(p, i, 0.2), rtol=1e-5)
+  # No gradient flows into the features the targets are computed from.
+  g = jax.grad(lambda f: losses.soft_contrastive_loss(
+      p, i, losses.joint_affinity_targets(f, jnp.asarray(fi, jnp.float32), 0.3, 0.1), 0.2))(
+          jnp.asarray(fp, jnp.float32))
+  assert float(jnp.abs(g).max()) == 0.0
+
+
+def test_cmah_loss_soft_targets_replace_cross_modal_pairs_only():
+  out = _fake_outputs()
+  rng = np.random.default_rng(9)
+  out["point/pooled"] = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  out["image/pooled"] = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  np_out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+  t = np_joint_affinity_targets(np_out["point/pooled"], np_out["image/pooled"], 0.4, 0.2)
+  tau = 0.3
+  spec = losses.LossSpec(temperature=tau, pairs="full_full,masked_masked,intra_modal",
+                         lambda_r=0.0, soft_target_weight=0.4, soft_target_temperature=0.2)
+  _, terms = losses.cmah_loss(out, spec)
+  want = (np_soft_contrastive(np_out["point/h"], np_out["image/h"], t, tau)
+          + np_soft_contrastive(np_out["point/h_masked"], np_out["image/h_masked"], t, tau)
+          + 0.5 * (np_contrastive(np_out["point/h"], np_out["point/h_masked"], tau)
+                   + np_contrastive(np_out["image/h"], np_out["image/h_masked"], tau)))
+  np.testing.assert_allclose(float(terms["loss/contrastive"]), want, rtol=1e-5)
+  with pytest.raises(KeyError, match="point/pooled"):
+    losses.cmah_loss({k: v for k, v in out.items() if "pooled" not in k}, spec)
+  with pytest.raises(ValueError, match="soft_target_weight"):
+    losses.LossSpec(soft_target_weight=1.0).validate()
+
+
+def test_cmah_loss_embed_weight_adds_the_pairs_on_z():
+  out = _fake_outputs()
+  rng = np.random.default_rng(11)
+  for name in ("point/z", "image/z", "point/z_masked", "image/z_masked"):
+    out[name] = jnp.asarray(rng.normal(size=(4, 12)), jnp.float32)
+  np_out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+  tau = 0.2
+  spec = losses.LossSpec(temperature=tau, pairs="full_full,masked_masked", lambda_r=0.0,
+                         embed_weight=0.5)
+  total, terms = losses.cmah_loss(out, spec)
+  want_z = (np_contrastive(np_out["point/z"], np_out["image/z"], tau)
+            + np_contrastive(np_out["point/z_masked"], np_out["image/z_masked"], tau))
+  want_h = (np_contrastive(np_out["point/h"], np_out["image/h"], tau)
+            + np_contrastive(np_out["point/h_masked"], np_out["image/h_masked"], tau))
+  np.testing.assert_allclose(float(terms["loss/embed_contrastive"]), want_z, rtol=1e-5)
+  np.testing.assert_allclose(float(total), want_h + 0.5 * want_z, rtol=1e-5)
+  with pytest.raises(KeyError, match="embed_dim"):
+    losses.cmah_loss({k: v for k, v in out.items() if "/z" not in k}, spec)

@@ -60,7 +60,8 @@ def test_outputs_and_shapes(tiny):
           "image/code": (B, BITS), "point/h_masked": (B, BITS), "image/h_masked": (B, BITS),
           "point/pred": (B, gm, cfg.group_size, 3), "point/target": (B, gm, cfg.group_size, 3),
           "image/pred": (B, tm, p * p * 3), "image/target": (B, tm, p * p * 3),
-          "point/mask": (B, cfg.num_groups), "image/mask": (B, cfg.num_patches)}
+          "point/mask": (B, cfg.num_groups), "image/mask": (B, cfg.num_patches),
+          "point/pooled": (B, cfg.width), "image/pooled": (B, cfg.width)}
   assert {k: v.shape for k, v in out.items()} == want
   for t in ("point", "image"):
     h, code = np.asarray(out[f"{t}/h"]), np.asarray(out[f"{t}/code"])
@@ -486,3 +487,26 @@ def test_fusion_without_cross_attention_ignores_the_other_modality():
     assert same == (not cross)
     dec = variables["params"]["point_decoder"]["transformer"]["block_0"]
     assert ("cross_attn" in dec) == cross
+
+
+def test_embed_dim_adds_linear_embeddings_and_leaves_the_rest(tiny):
+  model, variables, _, images, points = tiny
+  wide, wide_vars = build("tiny", BITS, jax.random.key(0), embed_dim=24)
+  params = wide_vars["params"]
+  assert set(params) - set(variables["params"]) == {"point_embed", "image_embed"}
+  # Adding the heads leaves every other parameter's initial value unchanged.
+  rest = {k: v for k, v in params.items() if not k.endswith("_embed")}
+  assert set(rest) == set(variables["params"]) and _equal_trees(rest, variables["params"])
+  out = wide.apply(wide_vars, images, points, train=True, mask_key=jax.random.key(1),
+                   rngs={"dropout": jax.random.key(2)})
+  for tower in ("point", "image"):
+    w = np.asarray(params[f"{tower}_embed"]["kernel"])
+    bias = np.asarray(params[f"{tower}_embed"]["bias"])
+    np.testing.assert_allclose(out[f"{tower}/z"],
+                               np.asarray(out[f"{tower}/pooled"]) @ w + bias, atol=1e-5)
+    assert out[f"{tower}/z_masked"].shape == (B, 24)
+  # Inference outputs are the codes only, with or without the heads.
+  assert set(wide.apply(wide_vars, images, points, train=False)) == {
+      "point/h", "point/code", "image/h", "image/code"}
+  with pytest.raises(ValueError, match="embed_dim"):
+    resolve_config("tiny", BITS, {"embed_dim": -1})

@@ -72,6 +72,21 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _m("cmah_t0.2_balance", "CMAH, temperature 0.2 + balance + decorrelation", "candidate",
        "[ours]", loss__temperature=0.2, loss__balance_weight=1.0,
        loss__decorrelation_weight=1.0),
+    _m("cmah_t0.2_iso", "CMAH, temperature 0.2, isotropic point scaling", "candidate",
+       "[ours: a stretched cloud no longer matches its image]", loss__temperature=0.2,
+       input__point_scale_isotropic=True),
+    _m("cmah_t0.2_soft", "CMAH, temperature 0.2, soft joint-affinity targets", "candidate",
+       "[ours, after DJSRH's joint-semantics affinity and soft-target contrastive learning]",
+       loss__temperature=0.2, loss__soft_target_weight=0.3),
+    _m("cmah_t0.2_embed", "CMAH, temperature 0.2, + 128-d embedding contrast", "candidate",
+       "[ours]", loss__temperature=0.2, loss__embed_weight=1.0,
+       model__overrides__embed_dim=128),
+    _m("cmah_t0.2_iso_soft", "CMAH, t 0.2, isotropic, soft targets", "candidate",
+       "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__soft_target_weight=0.3),
+    _m("cmah_t0.2_iso_embed", "CMAH, t 0.2, isotropic, + 128-d embedding", "candidate",
+       "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__embed_weight=1.0, model__overrides__embed_dim=128),
 ]}
 
 

@@ -79,6 +79,54 @@ def markdown(aggs: list[dict], title: str, protocol: str) -> str:
   return "\n".join(lines)
 
 
+def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[dict]:
+  """Does `ours` beat each other method at each code length, in both directions, by more
+  than the larger of the two seed standard deviations (the issue's criterion)?
+
+  Returns one dict per (other method, bits) present for both: margins and needed gaps
+  per direction, `wins` (both directions), and for the supervised bound `fraction` =
+  ours / bound per direction instead of a win.
+  """
+  by = {(a["method"], a["bits"]): a for a in aggs}
+  out = []
+  for (method, bits), other in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    mine = by.get((ours, bits))
+    if method == ours or mine is None:
+      continue
+    row = {"method": method, "label": other["label"], "group": other["group"], "bits": bits,
+           "n": (mine["n"], other["n"])}
+    for d in DIRECTIONS:
+      m_mean, o_mean = mine[f"{metric}/{d}/mean"], other[f"{metric}/{d}/mean"]
+      row[f"margin/{d}"] = m_mean - o_mean
+      row[f"needed/{d}"] = max(mine[f"{metric}/{d}/std"], other[f"{metric}/{d}/std"])
+      if other["group"] == "bound":
+        row[f"fraction/{d}"] = m_mean / o_mean if o_mean else float("nan")
+    row["wins"] = all(row[f"margin/{d}"] > row[f"needed/{d}"] for d in DIRECTIONS)
+    out.append(row)
+  return out
+
+
+def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> str:
+  rows = verdicts(aggs, ours, metric)
+  if not rows:
+    return ""
+  label = next((a["label"] for a in aggs if a["method"] == ours), ours)
+  lines = [f"## Does {label} win? ({METRICS[metric]})", "",
+           "margin = ours - other (mean over seeds); a win needs margin > the larger seed "
+           "std, in both directions. Against the supervised bound: ours / bound.", "",
+           "| bits | other | margin i2p (needed) | margin p2i (needed) | verdict |",
+           "|---|---|---|---|---|"]
+  for r in rows:
+    cells = [f"{r[f'margin/{d}']:+.3f} ({r[f'needed/{d}']:.3f})" for d in DIRECTIONS]
+    if r["group"] == "bound":
+      verdict = " / ".join(f"{100 * r[f'fraction/{d}']:.1f}%" for d in DIRECTIONS)
+    else:
+      verdict = "wins" if r["wins"] else "**does not win**"
+    n = "" if min(r["n"]) > 1 else " (1 seed)"
+    lines.append(f"| {r['bits']} | {r['label']}{n} | {cells[0]} | {cells[1]} | {verdict} |")
+  return "\n".join(lines) + "\n"
+
+
 def plot(aggs: list[dict], path: str, metric: str = "map_tie_aware") -> None:
   """mAP against code length with ± std error bars, one panel per direction."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -120,6 +168,7 @@ def write(root: str, suite, rows: list[dict], protocol: str) -> dict:
   os.replace(tmp, os.path.join(root, "results.json"))
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(markdown(aggs, f"Suite `{suite.name}`: {suite.description}", protocol))
+    f.write("\n" + verdict_markdown(aggs, ours=getattr(suite, "ours", "cmah")))
   if aggs:
     plot(aggs, os.path.join(root, "map_vs_bits.png"))
   return data

@@ -5,6 +5,7 @@ Train augmentation, in this order of random draws per example:
   point subset: N = input.num_points of the P stored points, without replacement
     (all points in stored order and no draw when P == N; an error when P < N)   [Point-MAE]
   per-axis scale ~ U[input.point_scale], translate ~ U[+-input.point_translate]  [Point-MAE]
+    (input.point_scale_isotropic: the first of the three factors for every axis  [ours])
   horizontal flip with probability 1/2 (input.hflip)                            [ours]
   colour jitter of strength s = input.color_jitter: brightness, contrast and saturation
     factors ~ U[max(0, 1-s), 1+s], applied in that fixed order                  [ours]
@@ -79,6 +80,8 @@ def augment_example(example: Mapping, rng: np.random.Generator,
   view = int(rng.integers(views))
   subset = _subset(points.shape[0], spec.num_points, rng)
   scale = rng.uniform(spec.point_scale[0], spec.point_scale[1], 3).astype(np.float32)
+  if spec.point_scale_isotropic:
+    scale = np.full(3, scale[0], np.float32)
   shift = rng.uniform(-spec.point_translate, spec.point_translate, 3).astype(np.float32)
   flip = rng.random() < 0.5
   s = spec.color_jitter

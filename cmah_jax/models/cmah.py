@@ -22,6 +22,11 @@ and in training with both modalities also
                                       of the normalised input image; per-patch
                                       normalisation is applied in the loss)
   "point/mask", "image/mask"          [B, G] / [B, T] bool, True = masked.
+  "point/pooled", "image/pooled"      [B, C] float32: the full pass's pooled encoder
+                                      features (what the hash heads read).
+  with `config.embed_dim = E > 0` also
+  "point/z", "image/z", "point/z_masked", "image/z_masked"  [B, E] float32: linear
+                                      embeddings of the full / masked pooled features.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from cmah_jax.models.fusion import FusionDecoder
 from cmah_jax.models.hash_head import HashHead
 from cmah_jax.models.image_tokenizer import ImageTokenizer
 from cmah_jax.models.point_tokenizer import PointTokenizer, PositionMLP
-from cmah_jax.models.transformer import StackSpec
+from cmah_jax.models.transformer import StackSpec, dense
 from cmah_jax.models.variants import ModelConfig, resolve_config
 from cmah_jax.ops.image import normalize_images
 from cmah_jax.ops.masking import random_mask, take_tokens
@@ -60,6 +65,9 @@ class CMAH(nn.Module):
     self.point_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.point_qkv_bias),
                                       pos_every_block=True)
     self.point_hash = HashHead(cfg.bits, dt)
+    if cfg.embed_dim:  # [ours] auxiliary wide embedding (training only)
+      self.point_embed = dense(cfg.embed_dim, dt, "point_embed")
+      self.image_embed = dense(cfg.embed_dim, dt, "image_embed")
     self.point_decoder_pos = PositionMLP(cfg.point_pos_hidden, cfg.width, dt)
     self.point_decoder = FusionDecoder(
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
@@ -107,12 +115,14 @@ class CMAH(nn.Module):
     if points is not None:
       points = self._check_points(points)
       p_tok, p_pos, neighborhoods, centers = self.point_tokenizer(points)
-      h, code = self.point_hash(global_pool(self.point_encoder(p_tok, p_pos, det)))
+      p_pooled = global_pool(self.point_encoder(p_tok, p_pos, det))
+      h, code = self.point_hash(p_pooled)
       out["point/h"], out["point/code"] = h, code
     if images is not None:
       images = self._check_images(images)
       i_tok, i_pos, patches = self.image_tokenizer(images)
-      h, code = self.image_hash(global_pool(self.image_encoder(i_tok, i_pos, det)))
+      i_pooled = global_pool(self.image_encoder(i_tok, i_pos, det))
+      h, code = self.image_hash(i_pooled)
       out["image/h"], out["image/code"] = h, code
 
     if not (train and images is not None and points is not None):
@@ -132,8 +142,14 @@ class CMAH(nn.Module):
     i_pos = jnp.broadcast_to(i_pos, i_tok.shape[:2] + i_pos.shape[2:])
     p_vis = self.point_encoder(take_tokens(p_tok, keep_p), take_tokens(p_pos, keep_p), det)
     i_vis = self.image_encoder(take_tokens(i_tok, keep_i), take_tokens(i_pos, keep_i), det)
-    out["point/h_masked"], _ = self.point_hash(global_pool(p_vis))
-    out["image/h_masked"], _ = self.image_hash(global_pool(i_vis))
+    p_vis_pooled, i_vis_pooled = global_pool(p_vis), global_pool(i_vis)
+    out["point/h_masked"], _ = self.point_hash(p_vis_pooled)
+    out["image/h_masked"], _ = self.image_hash(i_vis_pooled)
+    if cfg.embed_dim:
+      out["point/z"] = self.point_embed(p_pooled).astype(jnp.float32)
+      out["image/z"] = self.image_embed(i_pooled).astype(jnp.float32)
+      out["point/z_masked"] = self.point_embed(p_vis_pooled).astype(jnp.float32)
+      out["image/z_masked"] = self.image_embed(i_vis_pooled).astype(jnp.float32)
 
     dec_pos = self.point_decoder_pos(centers)
     p_pred = self.point_decoder(p_vis, take_tokens(dec_pos, keep_p),
@@ -144,6 +160,7 @@ class CMAH(nn.Module):
                                            take_tokens(i_pos, masked_i), p_vis, det)
     out["image/target"] = take_tokens(patches, masked_i)
     out["point/mask"], out["image/mask"] = mask_p, mask_i
+    out["point/pooled"], out["image/pooled"] = p_pooled, i_pooled
     return out
 
 

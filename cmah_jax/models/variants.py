@@ -47,6 +47,11 @@ class ModelConfig:
   fusion_cross_attention: bool = True  # decoders attend to the other modality [paper: MFB];
                                        # False: each decoder sees its own modality only
                                        # (an ablation) [ours]
+  embed_dim: int = 0                   # > 0: each tower also projects its pooled feature
+                                       # to an embed_dim-wide embedding z for an auxiliary
+                                       # contrastive loss (loss.embed_weight), so the
+                                       # encoders learn from a wider space than K bits;
+                                       # 0: none (the paper's network) [ours]
   dtype: str = "float32"               # compute dtype; params stay float32 [ours]
 
   @property
@@ -95,6 +100,8 @@ class ModelConfig:
     for name in ("drop_path", "dropout"):
       r = getattr(self, name)
       need(0.0 <= r < 1.0, f"{name} must be in [0, 1), got {r!r}")
+    need(isinstance(self.embed_dim, int) and not isinstance(self.embed_dim, bool)
+         and self.embed_dim >= 0, f"embed_dim must be an int >= 0, got {self.embed_dim!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(self.dtype in ("float32", "bfloat16", "float16"),
          f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
