@@ -4,8 +4,8 @@
   python main.py --config=configs/shapenet55.py:data_dir=work/data --workdir=work/shapenet55
 
 Arguments: bits, variant, supervised, runlocal, steps, batch, seed, data_dir, manual_dir,
-dataset_config, epochs (counted over the prepared train split). See
-docs/real_datasets.md for the layout.
+dataset_config, epochs (counted over the prepared train split), paper (the paper-faithful
+objective, see configs/default.py). See docs/real_datasets.md for the layout.
 """
 from configs import paper_scale
 

@@ -41,6 +41,14 @@ def test_default_config_values():
   assert (cfg.input.batch_size, cfg.input.eval_batch_size, cfg.total_steps) == (64, 128, 2400)
   assert cfg.loss.pairs == ("full_full", "masked_masked")
   assert cfg.dataset.config == "default"
+  # Our validated departures from the paper, and the `paper` switch that undoes them.
+  assert (cfg.loss.temperature, cfg.input.point_scale_isotropic) == (0.2, True)
+  for name in ("default", "modelnet40"):
+    paper = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config("paper"))
+    assert (paper.loss.temperature, paper.input.point_scale_isotropic) == (0.07, False)
+    ours = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config())
+    assert {k for k in ours.to_dict()["loss"] if ours.to_dict()["loss"][k]
+            != paper.to_dict()["loss"][k]} == {"temperature"}
 
 
 def test_paper_scale_schedule_in_epochs():

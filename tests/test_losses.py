@@ -332,3 +332,33 @@ def test_cmah_loss_embed_weight_adds_the_pairs_on_z():
   np.testing.assert_allclose(float(total), want_h + 0.5 * want_z, rtol=1e-5)
   with pytest.raises(KeyError, match="embed_dim"):
     losses.cmah_loss({k: v for k, v in out.items() if "/z" not in k}, spec)
+
+
+def test_cmah_loss_code_contrast_ranks_by_hamming_with_straight_through_gradient():
+  out = _fake_outputs()
+  np_out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+  tau = 0.25
+  spec = losses.LossSpec(temperature=tau, pairs="full_full", lambda_r=0.0,
+                         code_contrast_weight=2.0)
+  total, terms = losses.cmah_loss(out, spec)
+  code = lambda x: np.where(x >= 0, 1.0, -1.0)
+  want = np_contrastive(code(np_out["point/h"]), code(np_out["image/h"]), tau)
+  np.testing.assert_allclose(float(terms["loss/code_contrastive"]), want, rtol=1e-5)
+  # On +-1 codes the cosine is 1 - 2 d_H / K: the same loss from Hamming distances.
+  k = out["point/h"].shape[1]
+  d = (code(np_out["point/h"])[:, None, :] != code(np_out["image/h"])[None, :, :]).sum(-1)
+  logits = (1 - 2 * d / k) / tau
+  lse = lambda x, axis: np.log(np.exp(x).sum(axis))
+  by_hamming = 0.5 * (np.mean(lse(logits, 1) - np.diag(logits))
+                      + np.mean(lse(logits, 0) - np.diag(logits)))
+  np.testing.assert_allclose(float(terms["loss/code_contrastive"]), by_hamming, rtol=1e-5)
+  np.testing.assert_allclose(float(total),
+                             np_contrastive(np_out["point/h"], np_out["image/h"], tau)
+                             + 2.0 * want, rtol=1e-5)
+  # Straight-through: the code term's gradient w.r.t. h is that of the loss on the codes.
+  g = jax.grad(lambda h: losses.cmah_loss(dict(out, **{"point/h": h}),
+                                          dataclasses.replace(spec, code_contrast_weight=1.0))
+               [1]["loss/code_contrastive"])(out["point/h"])
+  g_codes = jax.grad(lambda c: losses.contrastive_loss(c, jnp.sign(out["image/h"]), tau))(
+      jnp.sign(out["point/h"]))
+  np.testing.assert_allclose(g, g_codes, rtol=1e-5, atol=1e-7)

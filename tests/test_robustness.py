@@ -200,7 +200,7 @@ def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
     run.run_experiment(changed, workdir)
   msg = str(e.value)
   assert "checkpoint step 3" in msg and "--allow_config_change" in msg
-  assert "loss.temperature: 0.07 -> 0.5" in msg, msg
+  assert "loss.temperature: 0.2 -> 0.5" in msg, msg
   assert "total_steps: 3 -> 6" in msg and "epochs: 0.3 -> None" in msg
   assert "log_every_steps" not in msg
   assert read_text(os.path.join(workdir, "config.json")) == before  # untouched

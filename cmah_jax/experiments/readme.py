@@ -35,6 +35,9 @@ def table(data: dict, command: str = "") -> str:
   stop = body.index("", start + 2)
   lines += ["", "mAP@all, tie-aware; each cell image -> point cloud / point cloud -> "
             "image, mean ± std over seeds:", ""] + body[start + 2:stop]
+  verdict = results_lib.verdict_markdown(aggs, metric="map_tie_aware")
+  if verdict:
+    lines += [""] + verdict.replace("## ", "", 1).rstrip("\n").split("\n")
   return "\n".join(lines)
 
 

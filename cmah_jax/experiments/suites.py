@@ -13,8 +13,12 @@ class Suite:
 
 
 MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
-ABLATIONS = ("no_point_recon", "no_image_recon", "no_cross_attention", "full_full_only",
-             "with_full_masked")
+ABLATIONS = ("cmah_paper", "cmah_t0.07", "cmah_aniso", "no_point_recon", "no_image_recon",
+             "no_cross_attention", "full_full_only", "with_full_masked")
+CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
+              "cmah_t0.2_balance", "cmah_t0.2_iso", "cmah_t0.2_iso_soft",
+              "cmah_t0.2_iso_embed", "cmah_t0.2_iso_code", "cmah_t0.2_iso_balance",
+              "contrastive_t0.2")
 
 SUITES = {s.name: s for s in [
     Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
@@ -25,12 +29,9 @@ SUITES = {s.name: s for s in [
           ((("cmah",) + ABLATIONS, (16, 64)),)),
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
-          ((("cmah", "cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
-             "cmah_balance", "cmah_balance_quant",
-             "cmah_t0.2_balance", "cmah_t0.2_iso", "cmah_t0.2_soft",
-             "cmah_t0.2_embed", "cmah_t0.2_iso_soft", "cmah_t0.2_iso_embed",
-             "contrastive", "contrastive_t0.2", "supervised", "cca_itq",
-             "random"), (16, 64)),), protocol="validation"),
+          ((("cmah", "cmah_paper") + CANDIDATES
+            + ("contrastive", "supervised", "cca_itq", "random"), (16, 64)),),
+          protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),
 ]}
