@@ -18,8 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 5 ablations x 2 code lengths, 3 seeds each.
-  assert len(runs) == (6 * 4 + 5 * 2) * 3
+  # 6 methods x 4 code lengths + 8 ablations x 2 code lengths, 3 seeds each.
+  assert len(runs) == (6 * 4 + 8 * 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -27,6 +27,12 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   assert by["no_cross_attention", 64, 1].config.model.fusion_cross_attention is False
   assert by["ucch", 32, 2].config.loss.objective == "ucch"
   assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
+  # Our defaults, and the ablations that undo them.
+  ours, paper = by["cmah", 16, 0].config, by["cmah_paper", 16, 0].config
+  assert (ours.loss.temperature, ours.input.point_scale_isotropic) == (0.2, True)
+  assert (paper.loss.temperature, paper.input.point_scale_isotropic) == (0.07, False)
+  assert by["cmah_t0.07", 64, 1].config.input.point_scale_isotropic is True
+  assert by["cmah_aniso", 64, 1].config.loss.temperature == 0.2
 
 
 def test_changed_config_is_never_reused(tmp_path):
@@ -38,7 +44,7 @@ def test_changed_config_is_never_reused(tmp_path):
     json.dump({"run_fingerprint": run.fingerprint}, f)
   assert run.finished()
   changed = default.get_config()
-  changed.loss.temperature = 0.2
+  changed.loss.temperature = 0.3  # the default is 0.2
   (other,) = plan_lib.plan(suite, changed, str(tmp_path), seeds=[0], bits=[16],
                            methods=["cmah"])
   assert other.fingerprint != run.fingerprint and other.workdir != run.workdir

@@ -117,8 +117,10 @@ def test_simulated_hosts_through_the_pipeline(tiny, train_source):
 # ---------------------------------------------------------------------------- transforms
 
 
-def test_augmentation_ranges_against_reference(train_source):
-  cfg = replace(CFG, num_points=512, color_jitter=0.0, hflip=False, image_size=32)
+@pytest.mark.parametrize("isotropic", [True, False])
+def test_augmentation_ranges_against_reference(train_source, isotropic):
+  cfg = replace(CFG, num_points=512, color_jitter=0.0, hflip=False, image_size=32,
+                point_scale_isotropic=isotropic)
   step = 4
   batch = P.train_local_batch(train_source, step, cfg, SEED)
   idx = P.global_batch_indices(SEED, step, len(train_source), 8)
@@ -136,6 +138,8 @@ def test_augmentation_ranges_against_reference(train_source):
     rng = np.random.default_rng([SEED, 1, step, j])
     view = rng.integers(4)
     ref_s = rng.uniform(2 / 3, 3 / 2, 3)
+    if isotropic:  # the first of the three draws on every axis; the others still drawn
+      ref_s = np.full(3, ref_s[0])
     ref_t = rng.uniform(-0.2, 0.2, 3)
     np.testing.assert_allclose(scales[-3:], ref_s, rtol=1e-4)
     np.testing.assert_allclose(shifts[-3:], ref_t, atol=1e-4)
