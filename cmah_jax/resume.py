@@ -15,7 +15,8 @@ compares it with the new resolved config:
   is logged and appended to `workdir/config_changes.jsonl`.
 
 A field missing from an older checkpoint's config that is at its default now (a field added
-since) is not a change.
+since) is not a change, except the fields of `ABSENT_MEANS`, whose absence stands for the
+behaviour before they existed.
 """
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ FREE_FIELDS = frozenset({
 })
 
 _ABSENT = object()
+
+# Fields added with a default that differs from what runs did before the field existed: in
+# an older checkpoint's config their absence means this value, not today's default.
+ABSENT_MEANS = {
+    "input.point_scale_isotropic": False,   # per-axis scaling before 2026-12-02
+}
 
 
 class ConfigChangedError(ValueError):
@@ -93,7 +100,11 @@ def check_config(saved: Mapping[str, Any] | None, cfg, *, where: str,
   for path, old, value in config_diff(saved, new):
     if path in FREE_FIELDS:
       continue
-    if old == "<absent>" and defaults is not None and _lookup(defaults, path) == value:
+    if old == "<absent>" and path in ABSENT_MEANS:
+      old = ABSENT_MEANS[path]
+      if _normalise(old) == _normalise(value):
+        continue
+    elif old == "<absent>" and defaults is not None and _lookup(defaults, path) == value:
       continue
     changes.append((path, old, value))
   if changes and not allow_change:

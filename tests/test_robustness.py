@@ -237,6 +237,16 @@ def test_config_diff_and_policy():
   del old["epochs"]
   defaults = config_lib.resolve(config_lib.base_config()).to_dict()
   assert resume.check_config(old, a, where="x", defaults=defaults) == []
+  # ... except a field whose absence stands for the old behaviour: per-axis scaling.
+  old = a.to_dict()
+  del old["input"]["point_scale_isotropic"]
+  with pytest.raises(resume.ConfigChangedError,
+                     match="input.point_scale_isotropic: False -> True"):
+    resume.check_config(old, a, where="x", defaults=defaults)
+  paper = config_lib.resolve(default.get_config("runlocal,paper"))
+  old = paper.to_dict()
+  del old["input"]["point_scale_isotropic"]
+  assert resume.check_config(old, paper, where="x", defaults=defaults) == []
   with pytest.raises(resume.ConfigChangedError, match="model.bits: 64 -> 32"):
     resume.check_config(a.to_dict(), b, where="x")
   assert resume.check_config(a.to_dict(), b, where="x", allow_change=True)
