@@ -83,17 +83,13 @@ def supervised_contrastive_loss(h_points: jax.Array, h_images: jax.Array, labels
   Returns:
     scalar float32.
   """
-  logits = _logits(h_points, h_images, temperature)
-  if labels.shape != (logits.shape[0],):
+  b = h_points.shape[0]
+  if labels.shape != (b,):
     raise ValueError(f"supervised contrastive loss: labels {tuple(labels.shape)} must be "
-                     f"[B] = [{logits.shape[0]}]")
+                     f"[B] = [{b}]")
   pos = (labels[:, None] == labels[None, :]).astype(jnp.float32)  # symmetric, diag = 1
-  num_pos = jnp.sum(pos, axis=1)
-  log_p_pi = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)  # rows: point anchors
-  log_p_ip = logits - jax.nn.logsumexp(logits, axis=0, keepdims=True)  # cols: image anchors
-  l_pi = -jnp.mean(jnp.sum(pos * log_p_pi, axis=1) / num_pos)
-  l_ip = -jnp.mean(jnp.sum(pos * log_p_ip, axis=0) / num_pos)
-  return 0.5 * (l_pi + l_ip)
+  return soft_contrastive_loss(h_points, h_images, pos / jnp.sum(pos, axis=1, keepdims=True),
+                               temperature)
 
 
 def joint_affinity_targets(features_points: jax.Array, features_images: jax.Array,
