@@ -69,6 +69,15 @@ def test_outputs_and_shapes(tiny):
     np.testing.assert_array_equal(code, np.where(h >= 0, 1.0, -1.0))
   np.testing.assert_array_equal(np.sum(out["point/mask"], 1), gm)
   np.testing.assert_array_equal(np.sum(out["image/mask"], 1), tm)
+  # "pooled" is what the hash head reads: h = tanh(LayerNorm(pooled W + b)), in NumPy.
+  from cmah_jax.models.transformer import LN_EPS  # pylint: disable=import-outside-toplevel
+  for t in ("point", "image"):
+    head = variables["params"][f"{t}_hash"]
+    x = np.asarray(out[f"{t}/pooled"], np.float64) @ np.asarray(head["proj"]["kernel"])
+    x = x + np.asarray(head["proj"]["bias"])
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + LN_EPS)
+    h = np.tanh(x * np.asarray(head["norm"]["scale"]) + np.asarray(head["norm"]["bias"]))
+    np.testing.assert_allclose(out[f"{t}/h"], h, atol=1e-5)
 
 
 def test_deterministic_given_params_and_keys(tiny):

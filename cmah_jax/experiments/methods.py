@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from cmah_jax.config import PAPER_OBJECTIVE
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -26,8 +28,8 @@ def _m(name, label, group, source, kind="train", **overrides):
   return Method(name, label, group, source, kind, items)
 
 
-# The paper-faithful settings where our defaults depart from them (configs/default.py:paper).
-PAPER = {"loss__temperature": 0.07, "input__point_scale_isotropic": False}
+# The paper-faithful settings where our defaults depart from them, as `_m` keywords.
+PAPER = {k.replace(".", "__"): v for k, v in PAPER_OBJECTIVE.items()}
 
 
 def _c(name, label, group, source, **overrides):
@@ -51,7 +53,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper
     _m("cmah_paper", "CMAH, paper objective (t 0.07, per-axis scaling)", "ablation",
-       "[paper; Point-MAE]", loss__temperature=0.07, input__point_scale_isotropic=False),
+       "[paper; Point-MAE]", **PAPER),
     _m("cmah_t0.07", "CMAH, temperature 0.07", "ablation", "[ours]",
        loss__temperature=0.07),
     _m("cmah_aniso", "CMAH, per-axis point scaling", "ablation", "[Point-MAE]",
@@ -85,7 +87,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        "[ours, after SpH/DSH-style code-balance terms]", loss__temperature=0.2,
        loss__balance_weight=1.0, loss__decorrelation_weight=1.0),
     _c("cmah_t0.2_iso", "CMAH, temperature 0.2, isotropic point scaling", "candidate",
-       "[ours: a stretched cloud no longer matches its image]", loss__temperature=0.2, input__point_scale_isotropic=True),
+       "[ours: a stretched cloud no longer matches its image]", loss__temperature=0.2,
+       input__point_scale_isotropic=True),
     _c("cmah_t0.2_iso_soft", "CMAH, t 0.2, isotropic, soft targets", "candidate",
        "[ours, after DJSRH's joint-semantics affinity and soft-target contrastive learning]",
        loss__temperature=0.2, input__point_scale_isotropic=True,
@@ -97,7 +100,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        "[ours, after CIBHash / UCCH]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__code_contrast_weight=1.0),
     _c("cmah_t0.2_iso_balance", "CMAH, t 0.2, isotropic, + balance + decorrelation",
-       "candidate", "[ours, after SpH/DSH-style code-balance terms]", loss__temperature=0.2, input__point_scale_isotropic=True, loss__balance_weight=1.0,
+       "candidate", "[ours, after SpH/DSH-style code-balance terms]", loss__temperature=0.2,
+       input__point_scale_isotropic=True, loss__balance_weight=1.0,
        loss__decorrelation_weight=1.0),
 ]}
 

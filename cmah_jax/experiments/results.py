@@ -168,7 +168,7 @@ def write(root: str, suite, rows: list[dict], protocol: str) -> dict:
   os.replace(tmp, os.path.join(root, "results.json"))
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(markdown(aggs, f"Suite `{suite.name}`: {suite.description}", protocol))
-    f.write("\n" + verdict_markdown(aggs, ours=getattr(suite, "ours", "cmah")))
+    f.write("\n" + verdict_markdown(aggs))
   if aggs:
     plot(aggs, os.path.join(root, "map_vs_bits.png"))
   return data
