@@ -8,6 +8,10 @@ None and the trainer sets it to `epochs` x (train examples // batch) of the prep
 split (`cmah_jax.config.resolve_schedule`); the warm-up is 1/30 of the run (10 of 300
 epochs) and periodic evaluation every 1/12 of it (25 of 300 epochs). `steps=N` replaces
 the epoch count with N steps and keeps warm-up and evaluation in the same proportions.
+
+Retrieval follows the UCCH protocol (docs/PAPER.md): queries from the query split against
+the training set as database (`eval.database_split="train"`); pass
+`--config.eval.database_split=database` for the smaller held-out database split.
 """
 from cmah_jax.config_args import parse_config_arg
 from configs import default
@@ -31,6 +35,7 @@ def get_paper_config(dataset: str, arg=None):
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = None                     # 1/12 of the run: every 25 of 300 epochs
+  c.eval.database_split = "train"               # database = training set [UCCH protocol]
   if a["runlocal"]:
     c.model.variant = "tiny"
   c = default.apply_common_args(c, a)

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -759,12 +761,38 @@ def test_trainer_prepares_and_trains_one_step(name, tmp_path):
   assert np.isfinite(result.metrics["loss/total"])
   bits = str(config.model.bits)
   report = json.load(open(tmp_path / "work" / "report.json"))
-  # Evaluated on the prepared query/database splits (split rule: 1 query per class of 3;
-  # shapenet_render 1 database object per class, the others 2).
+  # UCCH protocol: the query split (split rule: 1 query per class of 3) against the
+  # training set as database (shapenet_render: 8 of 10 per class; the others 3 per class).
   assert (report["num_queries"], report["num_database"]) == (
-      (3, 3) if name == "shapenet_render" else (3, 6))
+      (3, 24) if name == "shapenet_render" else (3, 9))
+  assert "the training set (UCCH protocol)" in report["protocol"]
   assert report["bits"] == config.model.bits
   for d in ("i2p", "p2i"):
     assert set(report["map"][d]) == {bits} and np.isfinite(report["map"][d][bits])
   b = get_builder(name, str(tmp_path / "data"), "tiny")
   assert b.is_prepared() and os.path.exists(b.data_path / "prepare_summary.json")
+
+
+def test_suite_runs_on_a_real_dataset_config_unchanged(tmp_path):
+  """`python -m cmah_jax.experiments` on a real dataset's config, as a user would run it on
+  ModelNet40 or ShapeNet: it prepares the data once, runs a deep and two classic methods
+  under the UCCH protocol (database = the training set) and writes the tables."""
+  manual = tmp_path / "manual"
+  make_shapenet_render(manual, per_class=10, views=4, n_points=600)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+         f"--config=configs/shapenet_render.py:runlocal,steps=1,data_dir={tmp_path / 'data'},"
+         f"manual_dir={manual},dataset_config=tiny",
+         f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah,cca_itq,random",
+         "--jobs=2"]
+  out = subprocess.run(cmd, cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  data = json.load(open(tmp_path / "suite" / "results.json"))
+  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "random"]
+  for r in data["runs"]:
+    report = json.load(open(os.path.join(r["workdir"], "report.json")))
+    assert (report["num_queries"], report["num_database"]) == (3, 24), r["method"]
+    assert "the training set (UCCH protocol)" in report["protocol"], r["method"]
+    assert np.isfinite(r["map"]["i2p"]) and np.isfinite(r["map"]["p2i"])
+  assert "the training set (UCCH protocol)" in (tmp_path / "suite" / "results.md").read_text()
