@@ -97,6 +97,29 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
   assert "75.0% / 50.0%" in md
 
 
+def test_one_seed_has_no_spread_and_never_wins():
+  def rows(method, group, seeds, i2p, p2i):
+    return [{"method": method, "label": method.upper(), "group": group, "bits": 16,
+             "seed": s, "map": {"i2p": i2p + 0.01 * s, "p2i": p2i},
+             "map_tie_aware": {"i2p": i2p, "p2i": p2i},
+             "precision_within_radius": {"i2p": 0.0, "p2i": 0.0}} for s in range(seeds)]
+  aggs = results_lib.aggregate(rows("cmah", "ours", 1, 0.7, 0.6)
+                               + rows("a", "baseline", 3, 0.2, 0.2)    # far behind, 3 seeds
+                               + rows("b", "baseline", 1, 0.8, 0.1)    # ahead in i2p only
+                               + rows("c", "baseline", 2, 0.1, 0.1))
+  by = {r["method"]: r for r in results_lib.verdicts(aggs)}
+  # A margin of +0.5 against 3 seeds is still not a win when ours has one seed.
+  assert not by["a"]["spread"] and by["a"]["ahead"] and not by["a"]["wins"]
+  assert not by["b"]["ahead"] and not by["b"]["wins"]
+  md = results_lib.verdict_markdown(aggs)
+  assert "| 16 | A (1 seed) | +0.490 (no spread) | +0.400 (no spread) | ahead, not yet a win |" in md
+  assert "| 16 | B (1 seed) | -0.100 (no spread) | +0.500 (no spread) | **behind** |" in md
+  table = results_lib.markdown(aggs, "t", "p")
+  assert "| CMAH | 0.700 / 0.600 (1 seed) |" in table          # no "± 0.000"
+  assert "| A | 0.210 ± 0.010 / 0.200 ± 0.000 |" in table      # the table's most seeds
+  assert "| C | 0.105 ± 0.007 / 0.100 ± 0.000 (2 seeds) |" in table
+
+
 def test_runlocal_suite_runs_and_resumes(tmp_path):
   cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
          f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",

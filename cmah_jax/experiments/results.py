@@ -54,12 +54,28 @@ def _order(aggs):
   return methods
 
 
+def cell(agg: dict, metric: str, most_seeds: int) -> str:
+  """`i2p / p2i` as `mean ± std`; one seed has no std (`mean / mean (1 seed)`); a cell
+  over fewer seeds than `most_seeds` ends with its count."""
+  n = agg["n"]
+  if n == 1:
+    text = " / ".join(f"{agg[f'{metric}/{d}/mean']:.3f}" for d in DIRECTIONS) + " (1 seed)"
+  else:
+    text = " / ".join(f"{agg[f'{metric}/{d}/mean']:.3f} ± {agg[f'{metric}/{d}/std']:.3f}"
+                      for d in DIRECTIONS)
+    if n < most_seeds:
+      text += f" ({n} seeds)"
+  return text
+
+
 def markdown(aggs: list[dict], title: str, protocol: str) -> str:
   """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
   bits = sorted({a["bits"] for a in aggs})
   by = {(a["method"], a["bits"]): a for a in aggs}
-  lines = [f"# {title}", "", f"Protocol: {protocol}. Mean ± std over seeds (n per cell in "
-           "`results.json`); each cell image -> point cloud / point cloud -> image.", ""]
+  most_seeds = max(a["n"] for a in aggs)
+  lines = [f"# {title}", "", f"Protocol: {protocol}. Mean ± std over seeds (a cell over "
+           "fewer seeds than the table's most says how many; one seed has no spread); each "
+           "cell image -> point cloud / point cloud -> image.", ""]
   for m, name in list(METRICS.items()) + [("precision_within_radius",
                                            "precision within Hamming radius 2")]:
     lines += [f"## {name}", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
@@ -71,8 +87,7 @@ def markdown(aggs: list[dict], title: str, protocol: str) -> str:
         if a is None:
           cells.append("")
           continue
-        cells.append(" / ".join(f"{a[f'{m}/{d}/mean']:.3f} ± {a[f'{m}/{d}/std']:.3f}"
-                                for d in DIRECTIONS))
+        cells.append(cell(a, m, most_seeds))
       label = next(a["label"] for a in aggs if a["method"] == method)
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -84,8 +99,9 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
   than the larger of the two seed standard deviations (the issue's criterion)?
 
   Returns one dict per (other method, bits) present for both: margins and needed gaps
-  per direction, `wins` (both directions), and for the supervised bound `fraction` =
-  ours / bound per direction instead of a win.
+  per direction, `spread` (both sides have >= 2 seeds, so a std exists), `wins` (a spread
+  and a margin above it in both directions; one seed can never win), `ahead` (both
+  margins positive), and for the supervised bound `fraction` = ours / bound per direction.
   """
   by = {(a["method"], a["bits"]): a for a in aggs}
   out = []
@@ -101,7 +117,10 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
       row[f"needed/{d}"] = max(mine[f"{metric}/{d}/std"], other[f"{metric}/{d}/std"])
       if other["group"] == "bound":
         row[f"fraction/{d}"] = m_mean / o_mean if o_mean else float("nan")
-    row["wins"] = all(row[f"margin/{d}"] > row[f"needed/{d}"] for d in DIRECTIONS)
+    row["spread"] = min(row["n"]) > 1
+    row["ahead"] = all(row[f"margin/{d}"] > 0 for d in DIRECTIONS)
+    row["wins"] = row["spread"] and all(row[f"margin/{d}"] > row[f"needed/{d}"]
+                                        for d in DIRECTIONS)
     out.append(row)
   return out
 
@@ -113,16 +132,21 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
   label = next((a["label"] for a in aggs if a["method"] == ours), ours)
   lines = [f"## Does {label} win? ({METRICS[metric]})", "",
            "margin = ours - other (mean over seeds); a win needs margin > the larger seed "
-           "std, in both directions. Against the supervised bound: ours / bound.", "",
+           "std, in both directions, so at least 2 seeds on each side (with one seed a "
+           "positive margin is only \"ahead\"). Against the supervised bound: ours / "
+           "bound.", "",
            "| bits | other | margin i2p (needed) | margin p2i (needed) | verdict |",
            "|---|---|---|---|---|"]
   for r in rows:
-    cells = [f"{r[f'margin/{d}']:+.3f} ({r[f'needed/{d}']:.3f})" for d in DIRECTIONS]
+    cells = [f"{r[f'margin/{d}']:+.3f} ({r[f'needed/{d}']:.3f})" if r["spread"]
+             else f"{r[f'margin/{d}']:+.3f} (no spread)" for d in DIRECTIONS]
     if r["group"] == "bound":
       verdict = " / ".join(f"{100 * r[f'fraction/{d}']:.1f}%" for d in DIRECTIONS)
-    else:
+    elif r["spread"]:
       verdict = "wins" if r["wins"] else "**does not win**"
-    n = "" if min(r["n"]) > 1 else " (1 seed)"
+    else:
+      verdict = "ahead, not yet a win" if r["ahead"] else "**behind**"
+    n = "" if min(r["n"]) > 1 else f" ({min(r['n'])} seed)"
     lines.append(f"| {r['bits']} | {r['label']}{n} | {cells[0]} | {cells[1]} | {verdict} |")
   return "\n".join(lines) + "\n"
 
