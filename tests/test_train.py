@@ -14,6 +14,7 @@ from cmah_jax import checkpointing, evaluate, run, train
 from cmah_jax.inference import load_trained
 from cmah_jax.metrics import mean_average_precision, tie_aware_mean_average_precision
 from cmah_jax.metric_writer import read_jsonl
+from cmah_jax.experiments.methods import apply_overrides
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,7 @@ def data_dir(tmp_path_factory):
 def tiny_config(data_dir, steps=6, **changes):
   c = default.get_config(f"runlocal,steps={steps},data_dir={data_dir}")
   c.log_every_steps = 1
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  apply_overrides(c, changes.items())  # dotted keys: tiny_config(d, **{"loss.lambda_r": 0})
   return c
 
 
