@@ -8,8 +8,8 @@ program. Batch metadata (label, valid, index) never leaves the host; each proces
 own rows, and processes exchange codes and metadata once per split. Then, on the host:
 mAP@all for image->point (i2p) and point->image (p2i), both with ties broken by database
 index and tie-aware (the expectation over orders within tied distances, McSherry & Najork
-2008), precision@k, precision within Hamming radius r, PR curves, and the mAP of random
-codes (chance) for scale.
+2008), precision@k, precision within Hamming radius r, PR curves, how the codes use their
+bits (`metrics.code_usage`), and the mAP of random codes (chance) for scale.
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def retrieval_metrics(query: dict, database: dict, ks=(1, 10, 50, 100), seed: in
     res["pr_curve"][name] = {"radius": radii.tolist(),
                              "precision": [None if np.isnan(p) else float(p) for p in prec],
                              "recall": rec.tolist()}
+  res["code_usage"] = {role: {m: metrics.code_usage(codes[m]) for m in ("image", "point")}
+                       for role, codes in (("query", query), ("database", database))}
   rng = np.random.default_rng(seed)
   rand_q = np.where(rng.random(query["image"].shape) < 0.5, -1, 1)
   rand_d = np.where(rng.random(database["point"].shape) < 0.5, -1, 1)

@@ -268,3 +268,37 @@ def empty_ball_fraction(query_codes, db_codes, radius: int = 2) -> float:
   dummy_q, dummy_d = np.zeros(len(q), np.int64), np.zeros(len(d), np.int64)
   retrieved, _ = _ball_counts(q, d, dummy_q, dummy_d, radius)
   return float(np.mean(retrieved == 0)) if retrieved.size else 0.0
+
+
+def code_usage(codes) -> dict:
+  """How well `[n, K]` {-1, +1} codes use their K bits (hashing's bit balance and
+  independence criteria, e.g. Spectral Hashing, Weiss et al. NIPS 2008).
+
+  Returns:
+    {"distinct": int, number of different codes among the n (at most min(n, 2^K));
+     "majority_fraction": float, mean over bits of the share of the more common value
+       (0.5 = every bit balanced, 1.0 = every bit constant);
+     "bit_entropy": float, mean over bits of the binary entropy in bits (1.0 = balanced);
+     "mean_abs_correlation": float, mean |Pearson r| over pairs of distinct bits, a
+       constant bit counting as uncorrelated (0.0 = independent, 1.0 = copies)}.
+  """
+  c = _as_codes(codes, "codes")
+  n, k = c.shape
+  if n == 0:
+    raise ValueError("codes must hold at least one code, got shape (0, K)")
+  distinct = len(np.unique(c, axis=0))
+  p = (c > 0).mean(axis=0)                                   # [K] share of +1
+  majority = np.maximum(p, 1.0 - p)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ent = -(np.where(p > 0, p * np.log2(p), 0.0) + np.where(p < 1, (1 - p) * np.log2(1 - p),
+                                                             0.0))
+  if k > 1:
+    x = c.astype(np.float64) - c.mean(axis=0)
+    sd = np.sqrt((x * x).mean(axis=0))
+    corr = (x.T @ x / n) / np.where(sd[:, None] * sd[None, :] > 0,
+                                    sd[:, None] * sd[None, :], np.inf)
+    mean_abs_corr = float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
+  else:
+    mean_abs_corr = 0.0
+  return {"distinct": int(distinct), "majority_fraction": float(majority.mean()),
+          "bit_entropy": float(ent.mean()), "mean_abs_correlation": mean_abs_corr}

@@ -46,6 +46,16 @@ def write_markdown(path: str, results: dict, config) -> None:
     lines.append(f"| {_NAMES[d]} | {results['map'][d][bits]:.4f} | "
                  f"{results['map_tie_aware'][d][bits]:.4f} | "
                  f"{results['precision_within_radius'][d]:.4f} | {pk} |")
+  usage = results.get("code_usage")
+  if usage:
+    lines += ["", "| codes | distinct | majority-bit share | bit entropy | mean abs bit "
+              "correlation |", "|---|---|---|---|---|"]
+    for role in ("query", "database"):
+      n = results["num_queries" if role == "query" else "num_database"]
+      for m in ("image", "point"):
+        u = usage[role][m]
+        lines.append(f"| {role} {m} | {u['distinct']} of {n} | {u['majority_fraction']:.3f} "
+                     f"| {u['bit_entropy']:.3f} | {u['mean_abs_correlation']:.3f} |")
   lines += ["", f"Chance mAP (random codes): {results['chance_map']:.4f}", "",
             "![PR curves](pr_curve.png)", "", "![Retrieval examples](retrieval_examples.png)",
             ""]

@@ -120,6 +120,26 @@ def test_one_seed_has_no_spread_and_never_wins():
   assert "| C | 0.105 ± 0.007 / 0.100 ± 0.000 (2 seeds) |" in table
 
 
+def test_code_usage_table_means_over_seeds_and_skips_old_reports():
+  def row(method, seed, distinct, majority):
+    usage = {m: {"distinct": distinct, "majority_fraction": majority}
+             for m in ("image", "point")}
+    usage["image"] = {"distinct": distinct - 10, "majority_fraction": majority}
+    return {"method": method, "label": method.upper(), "group": "ours", "bits": 16,
+            "seed": seed, "map": {"i2p": 0.5, "p2i": 0.5},
+            "map_tie_aware": {"i2p": 0.5, "p2i": 0.5},
+            "precision_within_radius": {"i2p": 0.0, "p2i": 0.0},
+            "code_usage": usage if distinct else None}
+  aggs = results_lib.aggregate([row("a", 0, 100, 0.5), row("a", 1, 120, 0.7),
+                                row("b", 0, 50, 0.6), row("b", 1, 0, 0.0)])  # b1: old report
+  by = {a["method"]: a for a in aggs}
+  assert by["a"]["usage/point/distinct"] == 110 and by["a"]["usage/image/distinct"] == 100
+  assert by["a"]["usage/point/majority_fraction"] == pytest.approx(0.6)
+  assert "usage/point/distinct" not in by["b"]   # a mean over some seeds only would mislead
+  md = results_lib.markdown(aggs, "t", "p")
+  assert "| A | 100 / 110; 0.60 / 0.60 |" in md and "| B |  |" in md
+
+
 def test_runlocal_suite_runs_and_resumes(tmp_path):
   cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
          f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",
@@ -134,8 +154,13 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
     report = json.load(open(os.path.join(r["workdir"], "report.json")))
     assert r["map"]["i2p"] == report["map"]["i2p"]["16"]
     assert report["run_fingerprint"] == r["fingerprint"]
+    # Code usage of the database codes, as metrics.code_usage computes it from the codes.
+    assert r["code_usage"] == {m: {k: report["code_usage"]["database"][m][k]
+                                   for k in results_lib.USAGE} for m in ("image", "point")}
+    assert 1 <= r["code_usage"]["point"]["distinct"] <= report["num_database"]
   assert (tmp_path / "suite" / "map_vs_bits.png").stat().st_size > 0
   assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
+  assert "## code usage of the database codes" in (tmp_path / "suite" / "results.md").read_text()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "3 finished, 0 to run" in again.stdout
   # A run of a subset (here: one method) keeps every finished run of the suite in the tables.

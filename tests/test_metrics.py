@@ -221,3 +221,29 @@ def test_precision_within_radius_hand_worked():
   assert metrics.empty_ball_fraction(Q, D, radius=0) == pytest.approx(1 / 3)  # q2
   with pytest.raises(ValueError, match="radius"):
     metrics.precision_within_radius(Q, D, QL, DL, radius=-1)
+
+
+def test_code_usage_hand_worked():
+  codes = np.array([[1, 1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1]])
+  u = metrics.code_usage(codes)
+  assert u["distinct"] == 3                      # (1,1,-1) twice
+  # +1 shares 3/4, 3/4, 0: majority 3/4, 3/4, 1.
+  assert u["majority_fraction"] == pytest.approx((0.75 + 0.75 + 1.0) / 3)
+  h = -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25))
+  assert u["bit_entropy"] == pytest.approx(2 * h / 3)
+  # Bits 0 and 1: r = -1/3 (cov -1/4, var 3/4 each); bit 2 is constant: 0 with both.
+  assert u["mean_abs_correlation"] == pytest.approx((2 / 3) / 6)
+
+
+def test_code_usage_matches_numpy_corrcoef_and_set_count():
+  rng = np.random.default_rng(3)
+  codes = np.where(rng.random((200, 8)) < np.linspace(0.2, 0.8, 8), 1, -1)
+  codes[:, 5] = codes[:, 4]                      # one copied bit
+  u = metrics.code_usage(codes)
+  r = np.corrcoef(codes.T.astype(float))
+  assert u["mean_abs_correlation"] == pytest.approx(np.abs(r[~np.eye(8, dtype=bool)]).mean())
+  assert u["distinct"] == len({tuple(c) for c in codes.tolist()})
+  assert metrics.code_usage(np.ones((5, 4)))["distinct"] == 1
+  assert metrics.code_usage(np.ones((5, 4)))["majority_fraction"] == 1.0
+  with pytest.raises(ValueError, match="codes"):
+    metrics.code_usage(np.ones(4))

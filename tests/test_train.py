@@ -72,6 +72,14 @@ def test_end_to_end_report(data_dir, tmp_path):
         arrays["query"][qm], arrays["database"][dm], arrays["query"]["label"],
         arrays["database"]["label"])
   assert report["num_queries"] == len(arrays["query"]["label"]) > 0
+  # Code usage of the run's own codes (set count and majority share in NumPy here).
+  for role in ("query", "database"):
+    for m in ("image", "point"):
+      codes, u = arrays[role][m], report["code_usage"][role][m]
+      assert u["distinct"] == len({tuple(c) for c in np.asarray(codes).tolist()})
+      assert u["majority_fraction"] == pytest.approx(
+          np.maximum((codes > 0).mean(0), (codes <= 0).mean(0)).mean())
+  assert "| database point |" in (tmp_path / "report.md").read_text()
   assert report["steps"] == 6 and report["train_seconds"] > 0
   # The resolved config: the variant's input sizes (tiny: 256 points, 32 px), not None.
   assert report["config"]["variant"] == "tiny"

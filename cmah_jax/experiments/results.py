@@ -11,6 +11,8 @@ DIRECTIONS = ("i2p", "p2i")
 METRICS = {"map": "mAP@all (ties by database index)",
            "map_tie_aware": "mAP@all, tie-aware (McSherry & Najork 2008)"}
 GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation")
+MODALITIES = ("image", "point")
+USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"}
 
 
 def run_row(run, report: dict) -> dict:
@@ -24,6 +26,11 @@ def run_row(run, report: dict) -> dict:
                                      for d in DIRECTIONS}}
   for m in METRICS:
     row[m] = {d: report[m][d][b] for d in DIRECTIONS}
+  # How the database codes use their bits (`metrics.code_usage`); absent in reports
+  # written before it existed.
+  usage = report.get("code_usage", {}).get("database")
+  row["code_usage"] = ({m: {k: usage[m][k] for k in USAGE} for m in MODALITIES}
+                       if usage else None)
   return row
 
 
@@ -41,6 +48,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
         v = np.array([r[m][d] for r in rs], float)
         agg[f"{m}/{d}/mean"] = float(v.mean())
         agg[f"{m}/{d}/std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    usage = [r.get("code_usage") for r in rs]
+    if all(usage):  # means over seeds, only where every seed's report has them
+      for m in MODALITIES:
+        for k in USAGE:
+          agg[f"usage/{m}/{k}"] = float(np.mean([u[m][k] for u in usage]))
     out.append(agg)
   return out
 
@@ -91,7 +103,33 @@ def markdown(aggs: list[dict], title: str, protocol: str) -> str:
       label = next(a["label"] for a in aggs if a["method"] == method)
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
+  lines += usage_markdown(aggs, bits, by)
   return "\n".join(lines)
+
+
+def usage_markdown(aggs, bits, by) -> list[str]:
+  """Lines of the code-usage table: distinct database codes and the mean majority-bit
+  share, image / point codes, mean over seeds (blank where a report predates it)."""
+  if not any("usage/point/distinct" in a for a in aggs):
+    return []
+  lines = ["## code usage of the database codes", "",
+           "Distinct codes among the database objects, and the mean over bits of the more "
+           "common value's share (0.50 = balanced bits); image / point codes, mean over "
+           "seeds.", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+           "|---|" + "---|" * len(bits)]
+  for method in _order(aggs):
+    cells = []
+    for b in bits:
+      a = by.get((method, b))
+      if a is None or "usage/point/distinct" not in a:
+        cells.append("")
+        continue
+      cells.append(" / ".join(f"{a[f'usage/{m}/distinct']:.0f}" for m in MODALITIES) + "; "
+                   + " / ".join(f"{a[f'usage/{m}/majority_fraction']:.2f}"
+                                for m in MODALITIES))
+    label = next(a["label"] for a in aggs if a["method"] == method)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return lines + [""]
 
 
 def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[dict]:
