@@ -125,15 +125,35 @@ class ExperimentConfig:
                              "keep_checkpoints", "eval_every_steps", "init_from")},
         epochs=d.get("epochs"))
 
-  def fingerprint(self) -> str:
-    """sha256 (hex, 16 chars) of the canonical JSON of every resolved field (`epochs`, added
-    later, only when set: earlier configs keep their fingerprints)."""
+  def fingerprint_dict(self) -> dict:
+    """`to_dict()` without the fields of `ADDED_LATER` that are at their neutral value:
+    what identifies a config (here and in a suite's run fingerprints)."""
     d = self.to_dict()
-    if d.get("epochs") is None:
+    for path, neutral in ADDED_LATER.items():
+      *parents, leaf = path.split(".")
+      node = d
+      for p in parents:
+        node = node.get(p, {})
+      if leaf in node and node[leaf] == neutral:
+        del node[leaf]
+    return d
+
+  def fingerprint(self) -> str:
+    """sha256 (hex, 16 chars) of the canonical JSON of `fingerprint_dict()` (and `epochs`
+    only when set), so earlier configs keep their fingerprints."""
+    d = self.fingerprint_dict()
+    if d.get("epochs") is None:  # added before ADDED_LATER existed
       d.pop("epochs", None)
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+# Fields added after runs were fingerprinted, with the value that reproduces what those
+# runs did: `fingerprint` leaves them out at that value.
+ADDED_LATER = {
+    "loss.point_recon_weight": 1.0,
+    "loss.image_recon_weight": 1.0,
+}
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,
              "optim": OptimSpec, "eval": EvalSpec}

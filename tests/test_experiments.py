@@ -48,6 +48,20 @@ def test_changed_config_is_never_reused(tmp_path):
   (other,) = plan_lib.plan(suite, changed, str(tmp_path), seeds=[0], bits=[16],
                            methods=["cmah"])
   assert other.fingerprint != run.fingerprint and other.workdir != run.workdir
+  # A field added later (config.ADDED_LATER) is left out of the fingerprint at its neutral
+  # value, so finished runs stay finished, and counts as soon as it is set.
+  neutral = default.get_config()
+  neutral.loss.point_recon_weight = 1.0
+  (same,) = plan_lib.plan(suite, neutral, str(tmp_path), seeds=[0], bits=[16],
+                          methods=["cmah"])
+  assert same.fingerprint == run.fingerprint
+  assert "point_recon_weight" not in same.config.fingerprint_dict()["loss"]
+  weighted = default.get_config()
+  weighted.loss.point_recon_weight = 300.0
+  (heard,) = plan_lib.plan(suite, weighted, str(tmp_path), seeds=[0], bits=[16],
+                           methods=["cmah"])
+  assert heard.fingerprint != run.fingerprint
+  assert heard.config.fingerprint() != same.config.fingerprint()
   assert not other.finished()
   # A report whose fingerprint differs (a run of another config in that directory) does
   # not count as finished either.

@@ -154,6 +154,14 @@ def test_cmah_loss_combines_terms():
   np.testing.assert_allclose(terms["loss/image_recon"], ir, rtol=1e-6)
   np.testing.assert_allclose(total, ff + mm + fm + 0.5 * (pr + ir), rtol=1e-6)
   np.testing.assert_allclose(terms["loss/total"], total)
+  # Relative reconstruction weights: L_c + lambda_r (w_3D L_3D + w_2D L_2D); the logged
+  # terms stay unweighted.
+  weighted = dataclasses.replace(cfg, point_recon_weight=300.0, image_recon_weight=10.0)
+  total_w, terms_w = losses.cmah_loss(out, weighted)
+  np.testing.assert_allclose(total_w, ff + mm + fm + 0.5 * (300 * pr + 10 * ir), rtol=1e-5)
+  np.testing.assert_allclose(terms_w["loss/point_recon"], pr, rtol=1e-6)
+  with pytest.raises(ValueError, match="point_recon_weight"):
+    dataclasses.replace(cfg, point_recon_weight=-1.0).validate()
   # intra_modal: each tower's full h against its own masked h (NumPy InfoNCE reference).
   np_out = {k: np.asarray(v) for k, v in out.items()}
   want = 0.5 * (np_contrastive(np_out["point/h"], np_out["point/h_masked"], tau)

@@ -38,10 +38,11 @@ class Run:
 
 
 def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
-  """sha256 (16 hex) of the method (name, kind, overrides) and the resolved config."""
+  """sha256 (16 hex) of the method (name, kind, overrides) and the resolved config
+  (`fingerprint_dict`: fields added since at their neutral value are left out)."""
   payload = {"method": method.name, "kind": method.kind,
              "overrides": [[k, repr(v)] for k, v in method.overrides],
-             "config": cfg.to_dict()}
+             "config": cfg.fingerprint_dict()}
   text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
