@@ -229,7 +229,7 @@ class LossSpec:
   # Relative weights inside the reconstruction term, L_c + lambda_r * (w_3D L_3D + w_2D
   # L_2D) [ours]: the Chamfer L_3D on patch-local coordinates is ~1e-2 and its gradient on
   # the point encoder ~1e-3 of L_c's at the end of a run
-  # (benchmarks/grad_terms.py), so at 1:1 the encoders barely hear it.
+  # (`python -m cmah_jax.experiments.gradients`), so at 1:1 the encoders barely hear it.
   point_recon_weight: float = 1.0
   image_recon_weight: float = 1.0
   norm_pix_loss: bool = True                # [MAE]

@@ -202,3 +202,47 @@ def test_readme_block_is_generated_from_results():
   assert "| CMAH | 0.255 ± 0.007 / 0.125 ± 0.000 | 0.255 ± 0.007 / 0.125 ± 0.000 |" in out
   with pytest.raises(ValueError, match="markers"):
     readme.replace_block("no markers", "x")
+
+
+def test_term_gradients_add_up_to_the_training_gradient():
+  """Per-term gradients (`experiments.gradients`) recombined with the loss weights are the
+  gradient the train step takes; the contrastive term never reaches the decoders."""
+  import functools  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from cmah_jax import losses  # pylint: disable=import-outside-toplevel
+  from cmah_jax.experiments import gradients  # pylint: disable=import-outside-toplevel
+  from cmah_jax.models import CMAH, init_variables, resolve_config  # pylint: disable=import-outside-toplevel
+  from cmah_jax.objectives import get_objective  # pylint: disable=import-outside-toplevel
+
+  model = CMAH(resolve_config("tiny", 16, {}))
+  params = jax.jit(functools.partial(init_variables, model))(jax.random.key(0))["params"]
+  k1, k2 = jax.random.split(jax.random.key(1))
+  batch = {"images": jax.random.normal(k1, (4, model.config.image_size,
+                                            model.config.image_size, 3)),
+           "points": jax.random.normal(k2, (4, model.config.num_points, 3)),
+           "label": jnp.arange(4), "index": jnp.arange(4)}
+  spec = losses.LossSpec(lambda_r=0.5, point_recon_weight=3.0, image_recon_weight=0.25)
+  objective = get_objective(spec, 16)
+  key = jax.random.key(2)
+  grads = gradients.term_gradients(model, params, objective, batch, key, step=0)
+  assert set(grads) == {"loss/contrastive", "loss/point_recon", "loss/image_recon"}
+
+  def total(p):
+    out = model.apply({"params": p}, images=batch["images"], points=batch["points"],
+                      train=True, mask_key=key, rngs={"dropout": key})
+    return objective(out, batch, None, jnp.int32(0))[0]
+
+  want = jax.jit(jax.grad(total))(params)
+  got = jax.tree.map(lambda c, p, i: c + 0.5 * (3.0 * p + 0.25 * i), grads["loss/contrastive"],
+                     grads["loss/point_recon"], grads["loss/image_recon"])
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-4, atol=1e-6)
+  norms = gradients.group_norms(grads["loss/contrastive"])
+  leaves = jax.tree_util.tree_flatten_with_path(grads["loss/contrastive"])[0]
+  enc = np.concatenate([np.ravel(v) for p, v in leaves if p[0].key == "point_encoder"])
+  assert norms["point_encoder"] == pytest.approx(np.linalg.norm(enc), rel=1e-5)
+  assert norms["point_decoder"] == 0.0 and norms["image_decoder"] == 0.0
+  assert gradients.group_norms(grads["loss/point_recon"])["point_decoder"] > 0
