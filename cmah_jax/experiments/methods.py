@@ -105,8 +105,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        loss__decorrelation_weight=1.0),
     # Round 2, on top of the round-1 winners (t 0.2, isotropic; pinned): reconstruction the
     # encoders can hear. At 1:1 the gradient of L_3D on the point encoder is ~1e-3 of
-    # L_c's and L_2D's ~3e-2 at the end of a run (`python -m cmah_jax.experiments.gradients`), so CMAH
-    # trains nearly as contrastive-only does. Weights sized from those ratios [ours].
+    # L_c's and L_2D's ~3e-2 at the end of a run (`python -m
+    # cmah_jax.experiments.gradients`), so CMAH trains nearly as contrastive-only does.
+    # Weights sized from those ratios [ours].
     _c("cmah_t0.2_iso_rw300", "CMAH, t 0.2, isotropic, recon weights 300 (3D) / 10 (2D)",
        "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__point_recon_weight=300.0, loss__image_recon_weight=10.0),
