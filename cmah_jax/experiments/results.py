@@ -80,56 +80,51 @@ def cell(agg: dict, metric: str, most_seeds: int) -> str:
   return text
 
 
-def markdown(aggs: list[dict], title: str, protocol: str) -> str:
-  """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
+def _method_table(aggs: list[dict], fmt) -> list[str]:
+  """Markdown rows: one per method (in group order), one column per code length; a cell is
+  `fmt(agg)`, blank where the method has no run at that length or `fmt` returns None."""
   bits = sorted({a["bits"] for a in aggs})
   by = {(a["method"], a["bits"]): a for a in aggs}
+  labels = {a["method"]: a["label"] for a in aggs}
+  lines = ["| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+           "|---|" + "---|" * len(bits)]
+  for method in _order(aggs):
+    cells = [by.get((method, b)) for b in bits]
+    cells = ["" if a is None else (fmt(a) or "") for a in cells]
+    lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def markdown(aggs: list[dict], title: str, protocol: str) -> str:
+  """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
   most_seeds = max(a["n"] for a in aggs)
   lines = [f"# {title}", "", f"Protocol: {protocol}. Mean ± std over seeds (a cell over "
            "fewer seeds than the table's most says how many; one seed has no spread); each "
            "cell image -> point cloud / point cloud -> image.", ""]
   for m, name in list(METRICS.items()) + [("precision_within_radius",
                                            "precision within Hamming radius 2")]:
-    lines += [f"## {name}", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
-              "|---|" + "---|" * len(bits)]
-    for method in _order(aggs):
-      cells = []
-      for b in bits:
-        a = by.get((method, b))
-        if a is None:
-          cells.append("")
-          continue
-        cells.append(cell(a, m, most_seeds))
-      label = next(a["label"] for a in aggs if a["method"] == method)
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("")
-  lines += usage_markdown(aggs, bits, by)
+    lines += [f"## {name}", ""]
+    lines += _method_table(aggs, lambda a, m=m: cell(a, m, most_seeds)) + [""]
+  lines += usage_markdown(aggs)
   return "\n".join(lines)
 
 
-def usage_markdown(aggs, bits, by) -> list[str]:
+def _usage_cell(a: dict) -> str | None:
+  if "usage/point/distinct" not in a:
+    return None
+  return (" / ".join(f"{a[f'usage/{m}/distinct']:.0f}" for m in MODALITIES) + "; "
+          + " / ".join(f"{a[f'usage/{m}/majority_fraction']:.2f}" for m in MODALITIES))
+
+
+def usage_markdown(aggs: list[dict]) -> list[str]:
   """Lines of the code-usage table: distinct database codes and the mean majority-bit
   share, image / point codes, mean over seeds (blank where a report predates it)."""
   if not any("usage/point/distinct" in a for a in aggs):
     return []
-  lines = ["## code usage of the database codes", "",
-           "Distinct codes among the database objects, and the mean over bits of the more "
-           "common value's share (0.50 = balanced bits); image / point codes, mean over "
-           "seeds.", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
-           "|---|" + "---|" * len(bits)]
-  for method in _order(aggs):
-    cells = []
-    for b in bits:
-      a = by.get((method, b))
-      if a is None or "usage/point/distinct" not in a:
-        cells.append("")
-        continue
-      cells.append(" / ".join(f"{a[f'usage/{m}/distinct']:.0f}" for m in MODALITIES) + "; "
-                   + " / ".join(f"{a[f'usage/{m}/majority_fraction']:.2f}"
-                                for m in MODALITIES))
-    label = next(a["label"] for a in aggs if a["method"] == method)
-    lines.append(f"| {label} | " + " | ".join(cells) + " |")
-  return lines + [""]
+  return ["## code usage of the database codes", "",
+          "Distinct codes among the database objects, and the mean over bits of the more "
+          "common value's share (0.50 = balanced bits); image / point codes, mean over "
+          "seeds.", ""] + _method_table(aggs, _usage_cell) + [""]
 
 
 def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[dict]:
