@@ -1,16 +1,23 @@
 """The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
 a runlocal suite end to end (resumes by skipping finished runs)."""
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmah_jax import losses
+from cmah_jax.experiments import gradients
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import results as results_lib
 from cmah_jax.experiments.suites import get_suite
+from cmah_jax.models import CMAH, init_variables, resolve_config
+from cmah_jax.objectives import get_objective
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +133,8 @@ def test_one_seed_has_no_spread_and_never_wins():
   assert not by["a"]["spread"] and by["a"]["ahead"] and not by["a"]["wins"]
   assert not by["b"]["ahead"] and not by["b"]["wins"]
   md = results_lib.verdict_markdown(aggs)
-  assert "| 16 | A (1 seed) | +0.490 (no spread) | +0.400 (no spread) | ahead, not yet a win |" in md
+  assert ("| 16 | A (1 seed) | +0.490 (no spread) | +0.400 (no spread) | ahead, not yet a "
+          "win |") in md
   assert "| 16 | B (1 seed) | -0.100 (no spread) | +0.500 (no spread) | **behind** |" in md
   table = results_lib.markdown(aggs, "t", "p")
   assert "| CMAH | 0.700 / 0.600 (1 seed) |" in table          # no "± 0.000"
@@ -207,16 +215,6 @@ def test_readme_block_is_generated_from_results():
 def test_term_gradients_add_up_to_the_training_gradient():
   """Per-term gradients (`experiments.gradients`) recombined with the loss weights are the
   gradient the train step takes; the contrastive term never reaches the decoders."""
-  import functools  # pylint: disable=import-outside-toplevel
-
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  from cmah_jax import losses  # pylint: disable=import-outside-toplevel
-  from cmah_jax.experiments import gradients  # pylint: disable=import-outside-toplevel
-  from cmah_jax.models import CMAH, init_variables, resolve_config  # pylint: disable=import-outside-toplevel
-  from cmah_jax.objectives import get_objective  # pylint: disable=import-outside-toplevel
-
   model = CMAH(resolve_config("tiny", 16, {}))
   params = jax.jit(functools.partial(init_variables, model))(jax.random.key(0))["params"]
   k1, k2 = jax.random.split(jax.random.key(1))
@@ -227,7 +225,7 @@ def test_term_gradients_add_up_to_the_training_gradient():
   spec = losses.LossSpec(lambda_r=0.5, point_recon_weight=3.0, image_recon_weight=0.25)
   objective = get_objective(spec, 16)
   key = jax.random.key(2)
-  grads = gradients.term_gradients(model, params, objective, batch, key, step=0)
+  grads = gradients.make_term_gradients(model, objective)(params, batch, key, jnp.int32(0))
   assert set(grads) == {"loss/contrastive", "loss/point_recon", "loss/image_recon"}
 
   def total(p):

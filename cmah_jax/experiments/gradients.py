@@ -34,24 +34,22 @@ def group_norms(grads) -> dict[str, float]:
   return {g: float(np.sqrt(v)) for g, v in sq.items()}
 
 
-def term_gradients(model, params, objective, batch, key, step: int):
-  """{term name: gradient tree} of every scalar the objective logs, except the total.
+def make_term_gradients(model, objective):
+  """A jitted `(params, batch, key, step) -> {term name: gradient tree}` over every scalar
+  the objective logs except the total; compiled once, reused for every batch.
 
   Args:
-    model: the `CMAH` module; params: its parameters; objective: `get_objective(...)`;
-    batch: a training batch (`TrainPipeline`); key: masking and dropout key; step: the
-      step the objective sees (schedules inside an objective depend on it).
+    model: the `CMAH` module; objective: `get_objective(...)`. The returned function takes
+      the model's params, a training batch (`TrainPipeline`), the masking and dropout key,
+      and the step the objective sees (int32 [], schedules inside an objective use it).
   """
-  def terms_of(p):
-    out = model.apply({"params": p}, images=batch["images"], points=batch["points"],
+  def terms_of(params, batch, key, step):
+    out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
                       train=True, mask_key=key, rngs={"dropout": key})
-    _, terms, _ = objective(out, batch, None, jnp.int32(step))
-    return terms
+    _, terms, _ = objective(out, batch, None, step)
+    return {n: v for n, v in terms.items() if n != "loss/total"}
 
-  names = [n for n in jax.eval_shape(terms_of, params) if n != "loss/total"]
-  # One compiled reverse pass per term, stacked on a leading axis of every leaf.
-  jac = jax.jit(jax.jacrev(lambda p: jnp.stack([terms_of(p)[n] for n in names])))(params)
-  return {n: jax.tree.map(lambda leaf, i=i: leaf[i], jac) for i, n in enumerate(names)}
+  return jax.jit(jax.jacrev(terms_of))  # one reverse pass per term, in one program
 
 
 def main(argv):
@@ -68,14 +66,14 @@ def main(argv):
   trained = load_trained(workdir)
   sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
   objective = get_objective(cfg.loss, cfg.model.bits)
+  term_gradients = make_term_gradients(trained.model, objective)
   sums: dict = {}
   with TrainPipeline(sources.train, "train", cfg.input, shd.make_mesh(None), seed=cfg.seed,
                      start_step=trained.step) as pipe:
     it = iter(pipe)
     for b in range(_BATCHES.value):
       key = jax.random.fold_in(jax.random.key(cfg.seed), trained.step + b)
-      grads = term_gradients(trained.model, trained.params, objective, next(it), key,
-                             trained.step)
+      grads = term_gradients(trained.params, next(it), key, jnp.int32(trained.step))
       for term, g in grads.items():
         for group, norm in group_norms(g).items():
           sums[term, group] = sums.get((term, group), 0.0) + norm / _BATCHES.value
