@@ -228,7 +228,7 @@ class LossSpec:
   lambda_r: float = 1.0                     # [paper shows no weight; ConMH 1:1]
   # Relative weights inside the reconstruction term, L_c + lambda_r * (w_3D L_3D + w_2D
   # L_2D) [ours]: the Chamfer L_3D on patch-local coordinates is ~1e-2 and its gradient on
-  # the point encoder ~1e-3 of L_c's at the end of a run
+  # the point encoder ~5e-4 of L_c's at the end of a run
   # (`python -m cmah_jax.experiments.gradients`), so at 1:1 the encoders barely hear it.
   point_recon_weight: float = 1.0
   image_recon_weight: float = 1.0
@@ -264,8 +264,9 @@ class LossSpec:
   def validate(self) -> "LossSpec":
     if not float(self.temperature) > 0:
       raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
-    for name in ("lambda_r", "point_recon_weight", "image_recon_weight", "balance_weight", "decorrelation_weight",
-                 "quantization_weight", "embed_weight", "code_contrast_weight"):
+    for name in ("lambda_r", "point_recon_weight", "image_recon_weight", "balance_weight",
+                 "decorrelation_weight", "quantization_weight", "embed_weight",
+                 "code_contrast_weight"):
       if float(getattr(self, name)) < 0:
         raise ValueError(f"config.loss.{name} must be >= 0, got {getattr(self, name)!r}")
     if not 0.0 <= float(self.soft_target_weight) < 1.0:

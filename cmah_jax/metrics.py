@@ -295,8 +295,8 @@ def code_usage(codes) -> dict:
   if k > 1:
     x = c.astype(np.float64) - c.mean(axis=0)
     sd = np.sqrt((x * x).mean(axis=0))
-    corr = (x.T @ x / n) / np.where(sd[:, None] * sd[None, :] > 0,
-                                    sd[:, None] * sd[None, :], np.inf)
+    scale = np.outer(sd, sd)
+    corr = (x.T @ x / n) / np.where(scale > 0, scale, np.inf)  # constant bit: r = 0
     mean_abs_corr = float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
   else:
     mean_abs_corr = 0.0

@@ -104,7 +104,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        input__point_scale_isotropic=True, loss__balance_weight=1.0,
        loss__decorrelation_weight=1.0),
     # Round 2, on top of the round-1 winners (t 0.2, isotropic; pinned): reconstruction the
-    # encoders can hear. At 1:1 the gradient of L_3D on the point encoder is ~1e-3 of
+    # encoders can hear. At 1:1 the gradient of L_3D on the point encoder is ~5e-4 of
     # L_c's and L_2D's ~3e-2 at the end of a run (`python -m
     # cmah_jax.experiments.gradients`), so CMAH trains nearly as contrastive-only does.
     # Weights sized from those ratios [ours].
