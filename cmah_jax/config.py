@@ -153,6 +153,7 @@ class ExperimentConfig:
 ADDED_LATER = {
     "loss.point_recon_weight": 1.0,
     "loss.image_recon_weight": 1.0,
+    "loss.queue_size": 0,
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,82 @@ def contrastive_loss(h_points: jax.Array, h_images: jax.Array, temperature: floa
   l_pi = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
   l_ip = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
   return 0.5 * (l_pi + l_ip)
+
+
+def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "NegativeQueue",
+                            index: jax.Array, temperature: float) -> jax.Array:
+  """Symmetric InfoNCE whose negatives are the batch plus a queue of earlier batches' codes
+  [ours, after MoCo's queue (He et al., CVPR 2020) and XBM's cross-batch memory without a
+  momentum encoder (Wang et al., CVPR 2020)].
+
+  A point anchor i is scored against the batch's images and the queued images, an image
+  anchor against the batch's and the queued points; the positive is still pair i. Queue
+  rows that are empty, or hold the anchor's own object (same dataset index, from an earlier
+  visit), are left out. Equals `contrastive_loss` when the queue is empty.
+
+  Args:
+    h_points, h_images: `[B, K]` float (row i of each is the same object).
+    queue: `NegativeQueue` with `points`, `images` `[Q, K]` float32 (no gradient flows into
+      them), `index` `[Q]` int32, `filled` int32 [] (rows `< filled` are valid).
+    index: `[B]` int, the batch's dataset record indices.
+    temperature: tau > 0.
+  Returns:
+    scalar float32.
+  """
+  logits = _logits(h_points, h_images, temperature)                      # [B, B]
+  b, q = logits.shape[0], queue.points.shape[0]
+  if queue.points.shape != (q, h_points.shape[1]) or queue.images.shape != queue.points.shape:
+    raise ValueError(f"queued contrastive loss: queue points {tuple(queue.points.shape)} / "
+                     f"images {tuple(queue.images.shape)} must be [Q, {h_points.shape[1]}]")
+  if index.shape != (b,):
+    raise ValueError(f"queued contrastive loss: index {tuple(index.shape)} must be [B] = [{b}]")
+  keep = ((jnp.arange(q) < queue.filled)[None, :]
+          & (queue.index[None, :] != index.astype(jnp.int32)[:, None]))   # [B, Q]
+  scale = 1.0 / temperature
+  to_images = _l2_normalize(h_points) @ _l2_normalize(queue.images).T * scale  # [B, Q]
+  to_points = _l2_normalize(h_images) @ _l2_normalize(queue.points).T * scale  # [B, Q]
+  neg_inf = jnp.full_like(to_images, -jnp.inf)
+  to_images, to_points = jnp.where(keep, to_images, neg_inf), jnp.where(keep, to_points, neg_inf)
+  diag = square_diagonal(logits)
+  l_pi = jnp.mean(jax.nn.logsumexp(jnp.concatenate([logits, to_images], axis=1), axis=1)
+                  - diag)
+  l_ip = jnp.mean(jax.nn.logsumexp(jnp.concatenate([logits.T, to_points], axis=1), axis=1)
+                  - diag)
+  return 0.5 * (l_pi + l_ip)
+
+
+class NegativeQueue(NamedTuple):
+  """The codes of the last Q training objects, newest first (`loss.queue_size = Q`).
+
+  points, images: `[Q, K]` float32 continuous codes h (stored without gradient);
+  index: `[Q]` int32 dataset record indices; filled: int32 [], how many rows are valid.
+  """
+  points: jax.Array
+  images: jax.Array
+  index: jax.Array
+  filled: jax.Array
+
+  @classmethod
+  def empty(cls, size: int, bits: int) -> "NegativeQueue":
+    if size <= 0 or bits <= 0:
+      raise ValueError(f"NegativeQueue: size and bits must be > 0, got {size}, {bits}")
+    zeros = jnp.zeros((size, bits), jnp.float32)
+    return cls(zeros, zeros, jnp.full((size,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+  def push(self, h_points: jax.Array, h_images: jax.Array, index: jax.Array
+           ) -> "NegativeQueue":
+    """The queue with the batch's `[B, K]` codes in front (first in, first out);
+    `B <= Q`."""
+    q, b = self.points.shape[0], h_points.shape[0]
+    if b > q:
+      raise ValueError(f"NegativeQueue.push: batch {b} is larger than the queue {q}; set "
+                       f"config.loss.queue_size >= the global batch size")
+    def put(old, new):
+      new = jax.lax.stop_gradient(new).astype(old.dtype)
+      return jnp.concatenate([new, old[:q - b]], axis=0)
+    return NegativeQueue(put(self.points, h_points), put(self.images, h_images),
+                         put(self.index, index.astype(jnp.int32)),
+                         jnp.minimum(self.filled + b, q).astype(jnp.int32))
 
 
 def supervised_contrastive_loss(h_points: jax.Array, h_images: jax.Array, labels: jax.Array,
@@ -257,6 +333,10 @@ class LossSpec:
   # al., IJCAI 2021) and UCCH, which contrast codes]: on +-1 codes the cosine is
   # 1 - 2 d_H / K, so this term ranks by the Hamming distance retrieval uses.
   code_contrast_weight: float = 0.0
+  # Negatives of the full-full pair from a queue of the last `queue_size` objects' codes
+  # (`queued_contrastive_loss`, carried across steps by `objectives.CmahObjective`), 0 = off:
+  # the batch's only (the paper's) [ours, after MoCo / XBM]. >= the global batch size.
+  queue_size: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -275,6 +355,12 @@ class LossSpec:
     if not float(self.soft_target_temperature) > 0:
       raise ValueError("config.loss.soft_target_temperature must be > 0, got "
                        f"{self.soft_target_temperature!r}")
+    if int(self.queue_size) < 0 or int(self.queue_size) != self.queue_size:
+      raise ValueError(f"config.loss.queue_size must be an int >= 0, got {self.queue_size!r}")
+    if self.queue_size and (self.supervised or float(self.soft_target_weight) > 0):
+      raise ValueError("config.loss.queue_size > 0 works with the one-hot unsupervised "
+                       "contrastive loss only; set loss.supervised=False and "
+                       "loss.soft_target_weight=0, or queue_size=0")
     return self
 
 
@@ -285,7 +371,8 @@ def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
   return outputs[key]
 
 
-def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
+def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, queue=None,
+              index=None):
   """Total CMAH loss `L_c + lambda_r * (w_3D L_3D + w_2D L_2D)` [paper; w = 1 there].
 
   `L_c` sums `contrastive_loss` over the selected `spec.pairs`:
@@ -302,7 +389,8 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
   With `spec.embed_weight > 0` the same pairs over the wide embeddings ("point/z", ...)
   are added with that weight and logged as "loss/embed_contrastive"; with
   `spec.code_contrast_weight > 0` the same pairs over `sign_ste(h)`, logged as
-  "loss/code_contrastive".
+  "loss/code_contrastive". With a `queue` (`NegativeQueue`, and the batch's dataset
+  `index`) the full-full pair of `L_c` uses `queued_contrastive_loss`.
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -312,6 +400,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
     outputs: the dict of a `CMAH.apply(..., train=True)` call with both modalities.
     spec: the resolved `config.loss`.
     labels: `[B]` int, required iff `supervised`.
+    queue, index: a `NegativeQueue` and `[B]` int dataset indices, or None (no queue).
   Returns:
     (total scalar float32, {"loss/contrastive", "loss/point_recon", "loss/image_recon",
     "loss/total"} scalars).
@@ -322,6 +411,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
   lambda_r, supervised = float(spec.lambda_r), bool(spec.supervised)
   if supervised and labels is None:
     raise ValueError("cmah_loss: config.loss.supervised=True needs labels (batch['label'])")
+  if queue is not None and (index is None or supervised):
+    raise ValueError("cmah_loss: a negative queue needs the batch's dataset `index` and an "
+                     "unsupervised loss")
 
   soft = float(spec.soft_target_weight) > 0 and not supervised
   if soft:
@@ -337,7 +429,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
       return soft_contrastive_loss(a, b, targets, temperature)
     return contrastive_loss(a, b, temperature)
 
-  def pair_sum(name: str, why: str, transform=lambda x: x) -> jax.Array:
+  def pair_sum(name: str, why: str, transform=lambda x: x, use_queue=False) -> jax.Array:
     """Sum of `con` over `pairs` for outputs `{tower}/{name}` (full) and `_masked`."""
     h = {}
     for tower in ("point", "image"):
@@ -347,7 +439,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
                                              f"pairs={pairs}"))
     total = jnp.zeros((), jnp.float32)
     for pair in pairs:
-      if pair == "full_full":
+      if pair == "full_full" and use_queue and queue is not None:
+        total += queued_contrastive_loss(h["point", "full"], h["image", "full"], queue,
+                                         index, temperature)
+      elif pair == "full_full":
         total += con(h["point", "full"], h["image", "full"])
       elif pair == "masked_masked":
         total += con(h["point", "masked"], h["image", "masked"])
@@ -359,7 +454,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None):
                         + con(h["image", "full"], h["image", "masked"], cross_modal=False))
     return total
 
-  l_c = pair_sum("h", "the contrastive loss")
+  l_c = pair_sum("h", "the contrastive loss", use_queue=True)
   embed_weight = float(spec.embed_weight)
   if embed_weight > 0:
     l_embed = pair_sum("z", "loss.embed_weight > 0 (set model.overrides.embed_dim > 0)")

@@ -17,8 +17,9 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
-from cmah_jax.losses import LossSpec, cmah_loss
+from cmah_jax.losses import LossSpec, NegativeQueue, cmah_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +29,28 @@ class CmahObjective:
   bits: int
 
   def init_state(self, num_examples: int) -> dict:
-    del num_examples
-    return {}
+    """{} or, with `loss.queue_size = Q > 0`, `{"queue": NegativeQueue.empty(Q, bits)}`."""
+    q = int(self.spec.queue_size)
+    if not q:
+      return {}
+    if q >= num_examples:
+      raise ValueError(f"config.loss.queue_size={q} must be smaller than the training set "
+                       f"({num_examples} objects)")
+    return {"queue": NegativeQueue.empty(q, self.bits)}
 
   def __call__(self, outputs, batch, loss_state, step):
     del step
     labels = batch["label"] if self.spec.supervised else None
-    total, terms = cmah_loss(outputs, self.spec, labels=labels)
+    queue = (loss_state or {}).get("queue")
+    if queue is None and self.spec.queue_size:
+      raise ValueError("CmahObjective: config.loss.queue_size > 0 needs the loss_state of "
+                       "init_state (train.py carries it)")
+    index = batch["index"] if queue is not None else None
+    total, terms = cmah_loss(outputs, self.spec, labels=labels, queue=queue, index=index)
+    if queue is not None:
+      loss_state = {"queue": queue.push(outputs["point/h"], outputs["image/h"],
+                                        batch["index"])}
+      terms["queue/filled"] = loss_state["queue"].filled.astype(jnp.float32)
     return total, terms, loss_state
 
 

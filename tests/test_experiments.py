@@ -225,7 +225,8 @@ def test_term_gradients_add_up_to_the_training_gradient():
   spec = losses.LossSpec(lambda_r=0.5, point_recon_weight=3.0, image_recon_weight=0.25)
   objective = get_objective(spec, 16)
   key = jax.random.key(2)
-  grads = gradients.make_term_gradients(model, objective)(params, batch, key, jnp.int32(0))
+  term_gradients = gradients.make_term_gradients(model, objective)
+  grads = term_gradients(params, batch, key, jnp.int32(0), None)
   assert set(grads) == {"loss/contrastive", "loss/point_recon", "loss/image_recon"}
 
   def total(p):

@@ -9,7 +9,9 @@ gradient at the run's latest checkpoint, averaged over `--batches` training batc
 run's own masking and augmentation, at its last step), with the ratio to the contrastive
 term's on the same group. A term whose gradient on the shared encoders is orders of
 magnitude below another's is one the encoders barely hear (Adam normalises the summed
-gradient, not each term). Written to `<workdir>/gradient_terms.json` and printed.
+gradient, not each term). An objective that carries state across steps (a negative queue,
+UCCH's memory bank) sees its initial state (an empty queue: in-batch negatives only).
+Written to `<workdir>/gradient_terms.json` and printed.
 """
 from __future__ import annotations
 
@@ -35,19 +37,21 @@ def group_norms(grads) -> dict[str, float]:
 
 
 def make_term_gradients(model, objective):
-  """A jitted `(params, batch, key, step) -> {term name: gradient tree}` over every scalar
-  the objective logs except the total; compiled once, reused for every batch.
+  """A jitted `(params, batch, key, step, loss_state) -> {term name: gradient tree}` over
+  every loss term the objective logs (`loss/...`) except the total; compiled once, reused
+  for every batch.
 
   Args:
     model: the `CMAH` module; objective: `get_objective(...)`. The returned function takes
       the model's params, a training batch (`TrainPipeline`), the masking and dropout key,
-      and the step the objective sees (int32 [], schedules inside an objective use it).
+      the step the objective sees (int32 [], schedules inside an objective use it) and the
+      objective's carried state (`objective.init_state(n)`; None when it carries none).
   """
-  def terms_of(params, batch, key, step):
+  def terms_of(params, batch, key, step, loss_state):
     out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
                       train=True, mask_key=key, rngs={"dropout": key})
-    _, terms, _ = objective(out, batch, None, step)
-    return {n: v for n, v in terms.items() if n != "loss/total"}
+    _, terms, _ = objective(out, batch, loss_state, step)
+    return {n: v for n, v in terms.items() if n.startswith("loss/") and n != "loss/total"}
 
   return jax.jit(jax.jacrev(terms_of))  # one reverse pass per term, in one program
 
@@ -67,13 +71,15 @@ def main(argv):
   sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
   objective = get_objective(cfg.loss, cfg.model.bits)
   term_gradients = make_term_gradients(trained.model, objective)
+  loss_state = objective.init_state(len(sources.train)) or None
   sums: dict = {}
   with TrainPipeline(sources.train, "train", cfg.input, shd.make_mesh(None), seed=cfg.seed,
                      start_step=trained.step) as pipe:
     it = iter(pipe)
     for b in range(_BATCHES.value):
       key = jax.random.fold_in(jax.random.key(cfg.seed), trained.step + b)
-      grads = term_gradients(trained.params, next(it), key, jnp.int32(trained.step))
+      grads = term_gradients(trained.params, next(it), key, jnp.int32(trained.step),
+                             loss_state)
       for term, g in grads.items():
         for group, norm in group_norms(g).items():
           sums[term, group] = sums.get((term, group), 0.0) + norm / _BATCHES.value

@@ -114,6 +114,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_rw30", "CMAH, t 0.2, isotropic, recon weights 30 (3D) / 3 (2D)",
        "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__point_recon_weight=30.0, loss__image_recon_weight=3.0),
+    # Round 3: more negatives for the full-full pair from a queue of the last 512 objects'
+    # codes (8 batches of 64; `loss.queue_size`, `losses.queued_contrastive_loss`).
+    _c("cmah_t0.2_iso_q512", "CMAH, t 0.2, isotropic, + 512-object negative queue",
+       "candidate", "[ours, after MoCo (He et al., CVPR 2020) / XBM (Wang et al., CVPR 2020)]",
+       loss__temperature=0.2, input__point_scale_isotropic=True, loss__queue_size=512),
 ]}
 
 
