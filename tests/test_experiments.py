@@ -245,3 +245,26 @@ def test_term_gradients_add_up_to_the_training_gradient():
   assert norms["point_encoder"] == pytest.approx(np.linalg.norm(enc), rel=1e-5)
   assert norms["point_decoder"] == 0.0 and norms["image_decoder"] == 0.0
   assert gradients.group_norms(grads["loss/point_recon"])["point_decoder"] > 0
+
+
+def test_dry_run_shows_progress_and_the_training_left(tmp_path):
+  runs = plan_lib.plan(get_suite("smoke"), default.get_config("steps=100"), str(tmp_path),
+                       seeds=[0, 1], bits=[16], methods=["cmah", "random"])
+  by = {(r.method.name, r.seed): r for r in runs}
+  done, partial = by["cmah", 0], by["cmah", 1]
+  os.makedirs(done.workdir)
+  with open(done.report_path, "w") as f:
+    json.dump({"run_fingerprint": done.fingerprint, "steps": 100, "train_seconds": 50.0}, f)
+  os.makedirs(partial.workdir)
+  with open(os.path.join(partial.workdir, "metrics.jsonl"), "w") as f:
+    f.write('{"step": 25, "loss/total": 3.0}\n{"step": 50, "loss/total": 2.0}\n{"step": 7')
+  assert partial.steps_logged() == 50 and by["random", 0].steps_logged() == 0
+  assert (done.total_steps, by["random", 0].total_steps) == (100, 0)
+  lines = plan_lib.describe(runs)
+  text = {line.split("  ")[0].strip(): line for line in lines[:-1]}
+  assert " finished " in text["cmah 16 bits seed 0"]
+  assert " at 50/100 " in text["cmah 16 bits seed 1"]
+  assert " to run " in text["random 16 bits seed 0"]
+  # 50 steps left at the finished run's 0.5 s/step: 25 s.
+  assert lines[-1].startswith("1 finished, 3 to run: 50 training steps left, about 0m25s")
+  assert plan_lib.format_duration(3700) == "1h01m"

@@ -41,10 +41,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
 flags.mark_flags_as_required(["suite", "workdir"])
 
 
-def _fmt(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
-  h, m = divmod(m, 60)
-  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+_fmt = plan_lib.format_duration
 
 
 def _start(run) -> subprocess.Popen:
@@ -155,9 +152,7 @@ def main(argv):
   if not runs:
     raise SystemExit("the suite, --bits and --methods select no run")
   if _DRY_RUN.value:
-    for r in runs:
-      state = "finished" if r.finished() else "to run"
-      print(f"{_name(r):40s} {r.method.kind:8s} {state:9s} {r.workdir}")
+    print("\n".join(plan_lib.describe(runs)))
     return
   os.makedirs(root, exist_ok=True)
   from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel

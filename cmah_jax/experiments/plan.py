@@ -36,6 +36,29 @@ class Run:
       return False
     return report.get("run_fingerprint") == self.fingerprint
 
+  @property
+  def total_steps(self) -> int:
+    """Training steps of the run (0 for a classic method; an `epochs` config resolves its
+    steps only at training time, counted as 0 here)."""
+    return int(self.config.total_steps or 0) if self.method.kind == "train" else 0
+
+  def steps_logged(self) -> int:
+    """The last step in the run's `metrics.jsonl` (0 if none): how far an unfinished run
+    got (it resumes from its last checkpoint, at most `checkpoint_every_steps` earlier)."""
+    path = os.path.join(self.workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+      return 0
+    with open(path, "rb") as f:
+      f.seek(0, os.SEEK_END)
+      f.seek(max(0, f.tell() - 4096))
+      lines = f.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
+      try:
+        return int(json.loads(line)["step"])
+      except (ValueError, KeyError, TypeError):
+        continue  # a line cut by the tail window or by an interrupted write
+    return 0
+
 
 def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   """sha256 (16 hex) of the method (name, kind, overrides) and the resolved config
@@ -74,3 +97,38 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
           workdir = os.path.join(root, "runs", name, f"b{b}-s{seed}-{fp[:8]}")
           runs.append(Run(method, int(b), int(seed), cfg, fp, workdir))
   return runs
+
+
+def format_duration(seconds: float) -> str:
+  """`75` -> `"1m15s"`, `3700` -> `"1h01m"`."""
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def describe(runs: list[Run]) -> list[str]:
+  """The plan as text (`--dry_run`): one line per run (finished, at step s/T, or to run),
+  then the training steps left and, at the median pace of the finished trained runs, the
+  machine time they need."""
+  lines, left, paces = [], 0, []
+  for r in runs:
+    done = r.finished()
+    step = 0 if done else r.steps_logged()
+    state = "finished" if done else f"at {step}/{r.total_steps}" if step else "to run"
+    lines.append(f"{r.method.name} {r.bits} bits seed {r.seed}".ljust(40)
+                 + f" {r.method.kind:8s} {state:13s} {r.workdir}")
+    if done and r.total_steps:
+      with open(r.report_path) as f:
+        report = json.load(f)
+      if report.get("train_seconds") and report.get("steps"):
+        paces.append(report["train_seconds"] / report["steps"])
+    elif not done:
+      left += max(r.total_steps - step, 0)
+  todo = sum(not r.finished() for r in runs)
+  line = f"{len(runs) - todo} finished, {todo} to run: {left} training steps left"
+  if paces and left:
+    pace = sorted(paces)[len(paces) // 2]
+    line += (f", about {format_duration(left * pace)} of training at the finished runs' "
+             f"median {pace:.2f} s/step (their wall-clock pace, slower where jobs shared "
+             "the machine; evaluation not counted)")
+  return lines + [line]
