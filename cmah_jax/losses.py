@@ -85,7 +85,7 @@ def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "Ne
   Args:
     h_points, h_images: `[B, K]` float (row i of each is the same object).
     queue: `NegativeQueue` with `points`, `images` `[Q, K]` float32 (no gradient flows into
-      them), `index` `[Q]` int32, `filled` int32 [] (rows `< filled` are valid).
+      them) and `index` `[Q]` int32 (-1 on empty rows).
     index: `[B]` int, the batch's dataset record indices.
     temperature: tau > 0.
   Returns:
@@ -98,13 +98,12 @@ def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "Ne
                      f"images {tuple(queue.images.shape)} must be [Q, {h_points.shape[1]}]")
   if index.shape != (b,):
     raise ValueError(f"queued contrastive loss: index {tuple(index.shape)} must be [B] = [{b}]")
-  keep = ((jnp.arange(q) < queue.filled)[None, :]
+  keep = ((queue.index >= 0)[None, :]
           & (queue.index[None, :] != index.astype(jnp.int32)[:, None]))   # [B, Q]
   scale = 1.0 / temperature
   to_images = _l2_normalize(h_points) @ _l2_normalize(queue.images).T * scale  # [B, Q]
   to_points = _l2_normalize(h_images) @ _l2_normalize(queue.points).T * scale  # [B, Q]
-  neg_inf = jnp.full_like(to_images, -jnp.inf)
-  to_images, to_points = jnp.where(keep, to_images, neg_inf), jnp.where(keep, to_points, neg_inf)
+  to_images, to_points = jnp.where(keep, to_images, -jnp.inf), jnp.where(keep, to_points, -jnp.inf)
   diag = square_diagonal(logits)
   l_pi = jnp.mean(jax.nn.logsumexp(jnp.concatenate([logits, to_images], axis=1), axis=1)
                   - diag)
@@ -117,24 +116,28 @@ class NegativeQueue(NamedTuple):
   """The codes of the last Q training objects, newest first (`loss.queue_size = Q`).
 
   points, images: `[Q, K]` float32 continuous codes h (stored without gradient);
-  index: `[Q]` int32 dataset record indices; filled: int32 [], how many rows are valid.
+  index: `[Q]` int32 dataset record indices (>= 0), -1 on rows not yet filled.
   """
   points: jax.Array
   images: jax.Array
   index: jax.Array
-  filled: jax.Array
+
+  @property
+  def filled(self) -> jax.Array:
+    """int32 []: how many rows hold an object."""
+    return jnp.sum(self.index >= 0).astype(jnp.int32)
 
   @classmethod
   def empty(cls, size: int, bits: int) -> "NegativeQueue":
     if size <= 0 or bits <= 0:
       raise ValueError(f"NegativeQueue: size and bits must be > 0, got {size}, {bits}")
     zeros = jnp.zeros((size, bits), jnp.float32)
-    return cls(zeros, zeros, jnp.full((size,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    return cls(zeros, zeros, jnp.full((size,), -1, jnp.int32))
 
   def push(self, h_points: jax.Array, h_images: jax.Array, index: jax.Array
            ) -> "NegativeQueue":
-    """The queue with the batch's `[B, K]` codes in front (first in, first out);
-    `B <= Q`."""
+    """The queue with the batch's `[B, K]` codes and `[B]` indices (>= 0) in front
+    (first in, first out); `B <= Q`."""
     q, b = self.points.shape[0], h_points.shape[0]
     if b > q:
       raise ValueError(f"NegativeQueue.push: batch {b} is larger than the queue {q}; set "
@@ -143,8 +146,7 @@ class NegativeQueue(NamedTuple):
       new = jax.lax.stop_gradient(new).astype(old.dtype)
       return jnp.concatenate([new, old[:q - b]], axis=0)
     return NegativeQueue(put(self.points, h_points), put(self.images, h_images),
-                         put(self.index, index.astype(jnp.int32)),
-                         jnp.minimum(self.filled + b, q).astype(jnp.int32))
+                         put(self.index, index.astype(jnp.int32)))
 
 
 def supervised_contrastive_loss(h_points: jax.Array, h_images: jax.Array, labels: jax.Array,
@@ -429,8 +431,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       return soft_contrastive_loss(a, b, targets, temperature)
     return contrastive_loss(a, b, temperature)
 
-  def pair_sum(name: str, why: str, transform=lambda x: x, use_queue=False) -> jax.Array:
-    """Sum of `con` over `pairs` for outputs `{tower}/{name}` (full) and `_masked`."""
+  def pair_sum(name: str, why: str, transform=lambda x: x, queue=None) -> jax.Array:
+    """Sum of `con` over `pairs` for outputs `{tower}/{name}` (full) and `_masked`; with a
+    `queue`, the full-full pair scores its negatives too."""
     h = {}
     for tower in ("point", "image"):
       h[tower, "full"] = transform(_need(outputs, f"{tower}/{name}", why))
@@ -439,7 +442,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                              f"pairs={pairs}"))
     total = jnp.zeros((), jnp.float32)
     for pair in pairs:
-      if pair == "full_full" and use_queue and queue is not None:
+      if pair == "full_full" and queue is not None:
         total += queued_contrastive_loss(h["point", "full"], h["image", "full"], queue,
                                          index, temperature)
       elif pair == "full_full":
@@ -454,7 +457,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                         + con(h["image", "full"], h["image", "masked"], cross_modal=False))
     return total
 
-  l_c = pair_sum("h", "the contrastive loss", use_queue=True)
+  l_c = pair_sum("h", "the contrastive loss", queue=queue)
   embed_weight = float(spec.embed_weight)
   if embed_weight > 0:
     l_embed = pair_sum("z", "loss.embed_weight > 0 (set model.overrides.embed_dim > 0)")

@@ -29,9 +29,10 @@ def _codes(seed, n, k=8):
   return np.tanh(rng.normal(size=(n, k))).astype(np.float32)
 
 
-def _queue(seed, q=5, k=8, filled=3, index=(10, 11, 3, -1, -1)):
+def _queue(seed, q=5, k=8, index=(10, 11, 3, -1, -1)):
+  """3 rows filled (objects 10, 11, 3), 2 empty."""
   return NegativeQueue(jnp.asarray(_codes(seed, q, k)), jnp.asarray(_codes(seed + 1, q, k)),
-                       jnp.asarray(index, jnp.int32), jnp.asarray(filled, jnp.int32))
+                       jnp.asarray(index, jnp.int32))
 
 
 def test_queued_loss_matches_numpy_leaving_out_empty_rows_and_the_anchor_itself():

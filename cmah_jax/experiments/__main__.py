@@ -57,16 +57,12 @@ def _start(run) -> subprocess.Popen:
                           stdout=log, stderr=subprocess.STDOUT)
 
 
-def _name(run) -> str:
-  return f"{run.method.name} {run.bits} bits seed {run.seed}"
-
-
 def collect(suite, runs, root) -> dict:
   rows = []
   for r in runs:
-    if r.finished():
-      with open(r.report_path) as f:
-        rows.append(results_lib.run_row(r, json.load(f)))
+    report = r.finished_report()
+    if report is not None:
+      rows.append(results_lib.run_row(r, report))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
   return results_lib.write(root, suite, rows, protocol)
 
@@ -97,11 +93,11 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
         del running[pid]
         durations.append(time.time() - t0)
         if proc_done == 0 and run.finished():
-          print(f"[experiments] done {_name(run)} in {_fmt(durations[-1])}", flush=True)
+          print(f"[experiments] done {run.name} in {_fmt(durations[-1])}", flush=True)
           collect(suite, collected, root)
         else:
           failed.append(run)
-          print(f"[experiments] FAILED {_name(run)} (exit {proc_done}); see "
+          print(f"[experiments] FAILED {run.name} (exit {proc_done}); see "
                 f"{os.path.join(run.workdir, 'log.txt')}", flush=True)
         left = len(todo) + len(running)
         eta = sum(durations) / len(durations) * left / max(jobs, 1)
@@ -119,7 +115,7 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
     raise
   data = collect(suite, collected, root)
   if failed:
-    raise SystemExit(f"{len(failed)} run(s) failed: " + ", ".join(_name(r) for r in failed))
+    raise SystemExit(f"{len(failed)} run(s) failed: " + ", ".join(r.name for r in failed))
   return data
 
 

@@ -22,19 +22,28 @@ class Run:
   workdir: str
 
   @property
+  def name(self) -> str:
+    """`"cmah 16 bits seed 0"`, for logs and plans."""
+    return f"{self.method.name} {self.bits} bits seed {self.seed}"
+
+  @property
   def report_path(self) -> str:
     return os.path.join(self.workdir, "report.json")
 
-  def finished(self) -> bool:
-    """Whether the run's report exists and was made by exactly this run's config."""
+  def finished_report(self) -> dict | None:
+    """The run's report if it exists and was made by exactly this run's config, else None."""
     if not os.path.exists(self.report_path):
-      return False
+      return None
     try:
       with open(self.report_path) as f:
         report = json.load(f)
     except (OSError, ValueError):
-      return False
-    return report.get("run_fingerprint") == self.fingerprint
+      return None
+    return report if report.get("run_fingerprint") == self.fingerprint else None
+
+  def finished(self) -> bool:
+    """Whether the run's report exists and was made by exactly this run's config."""
+    return self.finished_report() is not None
 
   @property
   def total_steps(self) -> int:
@@ -110,21 +119,17 @@ def describe(runs: list[Run]) -> list[str]:
   """The plan as text (`--dry_run`): one line per run (finished, at step s/T, or to run),
   then the training steps left and, at the median pace of the finished trained runs, the
   machine time they need."""
-  lines, left, paces = [], 0, []
+  lines, left, paces, todo = [], 0, [], 0
   for r in runs:
-    done = r.finished()
-    step = 0 if done else r.steps_logged()
-    state = "finished" if done else f"at {step}/{r.total_steps}" if step else "to run"
-    lines.append(f"{r.method.name} {r.bits} bits seed {r.seed}".ljust(40)
-                 + f" {r.method.kind:8s} {state:13s} {r.workdir}")
-    if done and r.total_steps:
-      with open(r.report_path) as f:
-        report = json.load(f)
-      if report.get("train_seconds") and report.get("steps"):
-        paces.append(report["train_seconds"] / report["steps"])
-    elif not done:
+    report = r.finished_report()
+    step = 0 if report else r.steps_logged()
+    state = "finished" if report else f"at {step}/{r.total_steps}" if step else "to run"
+    lines.append(f"{r.name:40s} {r.method.kind:8s} {state:13s} {r.workdir}")
+    if report is None:
+      todo += 1
       left += max(r.total_steps - step, 0)
-  todo = sum(not r.finished() for r in runs)
+    elif r.total_steps and report.get("train_seconds") and report.get("steps"):
+      paces.append(report["train_seconds"] / report["steps"])
   line = f"{len(runs) - todo} finished, {todo} to run: {left} training steps left"
   if paces and left:
     pace = sorted(paces)[len(paces) // 2]
