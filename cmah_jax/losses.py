@@ -75,7 +75,8 @@ def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "Ne
                             index: jax.Array, temperature: float) -> jax.Array:
   """Symmetric InfoNCE whose negatives are the batch plus a queue of earlier batches' codes
   [ours, after MoCo's queue (He et al., CVPR 2020) and XBM's cross-batch memory without a
-  momentum encoder (Wang et al., CVPR 2020)].
+  momentum encoder (Wang et al., CVPR 2020)]. Trained from step 0 with Q=512 it collapsed
+  every code on our validation carve (README, round 3); it is correct, not useful, here.
 
   A point anchor i is scored against the batch's images and the queued images, an image
   anchor against the batch's and the queued points; the positive is still pair i. Queue
@@ -338,6 +339,8 @@ class LossSpec:
   # Negatives of the full-full pair from a queue of the last `queue_size` objects' codes
   # (`queued_contrastive_loss`, carried across steps by `objectives.CmahObjective`), 0 = off:
   # the batch's only (the paper's) [ours, after MoCo / XBM]. >= the global batch size.
+  # Not kept: Q=512 from step 0 collapsed every code on the validation carve (README, round
+  # 3), as MoCo reports for a queue filled by the trained encoder itself (no momentum).
   queue_size: int = 0
 
   def __post_init__(self):

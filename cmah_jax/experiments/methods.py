@@ -119,6 +119,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_q512", "CMAH, t 0.2, isotropic, + 512-object negative queue",
        "candidate", "[ours, after MoCo (He et al., CVPR 2020) / XBM (Wang et al., CVPR 2020)]",
        loss__temperature=0.2, input__point_scale_isotropic=True, loss__queue_size=512),
+    # Round 4: the paper's batch of 128 (twice the in-batch negatives, all fresh) at the same
+    # number of examples: half the steps, the learning rate scaled with the batch
+    # (`optim.learning_rate_base_batch`) [paper: batch 128]. Pins the 4,800-step budget's
+    # half, so it is the same run whatever `steps` the suite is given.
+    _c("cmah_t0.2_iso_b128", "CMAH, t 0.2, isotropic, batch 128, half the steps",
+       "candidate", "[paper: batch 128]", loss__temperature=0.2,
+       input__point_scale_isotropic=True, input__batch_size=128, total_steps=2400),
 ]}
 
 
