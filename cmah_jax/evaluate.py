@@ -93,30 +93,32 @@ class RetrievalEvaluator:
       out = model.apply({"params": params}, images=images, points=points, train=False)
       return {"image": out["image/code"], "point": out["point/code"]}
 
-    self._encode = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
+    # `(params, images, points) -> {name: [B, ...]}`; `encode` gathers every output.
+    self.encode_fn = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
 
   def encode(self, params, source) -> dict:
     """Codes of both modalities for every object of `source` ("query", "database", or a
     random-access source), in source order.
 
     Returns:
-      {"image": [n, K] float32 {-1, +1}, "point": [n, K] float32, "label": [n] int32}.
+      {"image": [n, K] float32 {-1, +1}, "point": [n, K] float32, "label": [n] int32}
+      (with another `encode_fn`, its outputs in place of "image" and "point").
     """
     params = jax.device_put(params, self._replicated)
-    chunks = {"image": [], "point": [], "label": [], "index": [], "valid": []}
+    chunks: dict = {"label": [], "index": [], "valid": []}
     name = source if isinstance(source, str) else "source"
     if isinstance(source, str):
       source = {"query": self.sources.query, "database": self.sources.database}[source]
     for batch in eval_batches(source, None, self.spec, self.mesh):
-      codes = self._encode(params, batch["images"], batch["points"])
-      for k in ("image", "point"):
-        chunks[k].append(local_rows(codes[k]))
+      outputs = self.encode_fn(params, batch["images"], batch["points"])
+      for k, v in outputs.items():
+        chunks.setdefault(k, []).append(local_rows(v))
       for k in ("label", "index", "valid"):
         chunks[k].append(batch[k])
     cat = {k: _gather_hosts(np.concatenate(v)) for k, v in chunks.items()}
     valid = cat["valid"].astype(bool)
     order = np.argsort(cat["index"][valid], kind="stable")
-    out = {k: cat[k][valid][order] for k in ("image", "point", "label")}
+    out = {k: cat[k][valid][order] for k in cat if k not in ("index", "valid")}
     if not np.array_equal(cat["index"][valid][order], np.arange(len(out["label"]))):
       raise RuntimeError(f"eval pipeline of {name!r} did not cover each object once")
     return out
