@@ -126,6 +126,13 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_b128", "CMAH, t 0.2, isotropic, batch 128, half the steps",
        "candidate", "[paper: batch 128]", loss__temperature=0.2,
        input__point_scale_isotropic=True, input__batch_size=128, total_steps=2400),
+    # Round 5: at 16 bits the sign costs 0.06-0.08 mAP that the continuous codes h have
+    # (`python -m cmah_jax.experiments.representation`); L_c scores cosines of h, blind to
+    # how far h is from +-1. A quantisation penalty mean (|h| - 1)^2 on both towers' h.
+    _c("cmah_t0.2_iso_quant", "CMAH, t 0.2, isotropic, + quantisation penalty",
+       "candidate", "[ours, after DSH (Liu et al., CVPR 2016) / DPSH (Li et al., IJCAI 2016)]",
+       loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__quantization_weight=1.0),
 ]}
 
 
