@@ -75,12 +75,15 @@ class RetrievalEvaluator:
     mesh: the device mesh; batches are sharded on its `"data"` axis.
     eval_spec: precision@k's k, the Hamming radius, the protocol.
     seed: seeds the chance (random codes) baseline.
+    outputs: `(name, model output key)` pairs that `encode` gathers (default: the codes, as
+      "image" and "point"; `evaluate` needs those two).
 
   `trace_count` counts traces of the encoder (1 after any number of evaluations).
   """
 
   def __init__(self, model, data, spec: InputSpec, mesh, *,
-               eval_spec: EvalSpec = EvalSpec(), seed: int = 0):
+               eval_spec: EvalSpec = EvalSpec(), seed: int = 0,
+               outputs=(("image", "image/code"), ("point", "point/code"))):
     self.model, self.spec, self.mesh, self.eval_spec = model, spec, mesh, eval_spec
     self.sources = (data if isinstance(data, RetrievalSources)
                     else retrieval_sources(data, eval_spec))
@@ -88,13 +91,14 @@ class RetrievalEvaluator:
     self.trace_count = 0
     self._replicated = shd.replicated(mesh)
 
+    outputs = dict(outputs)
+
     def encode(params, images, points):
       self.trace_count += 1  # Python side effect: runs once per trace
       out = model.apply({"params": params}, images=images, points=points, train=False)
-      return {"image": out["image/code"], "point": out["point/code"]}
+      return {name: out[key] for name, key in outputs.items()}
 
-    # `(params, images, points) -> {name: [B, ...]}`; `encode` gathers every output.
-    self.encode_fn = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
+    self._encode = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
 
   def encode(self, params, source) -> dict:
     """Codes of both modalities for every object of `source` ("query", "database", or a
@@ -102,7 +106,7 @@ class RetrievalEvaluator:
 
     Returns:
       {"image": [n, K] float32 {-1, +1}, "point": [n, K] float32, "label": [n] int32}
-      (with another `encode_fn`, its outputs in place of "image" and "point").
+      (with other `outputs`, their names in place of "image" and "point").
     """
     params = jax.device_put(params, self._replicated)
     chunks: dict = {"label": [], "index": [], "valid": []}
@@ -110,7 +114,7 @@ class RetrievalEvaluator:
     if isinstance(source, str):
       source = {"query": self.sources.query, "database": self.sources.database}[source]
     for batch in eval_batches(source, None, self.spec, self.mesh):
-      outputs = self.encode_fn(params, batch["images"], batch["points"])
+      outputs = self._encode(params, batch["images"], batch["points"])
       for k, v in outputs.items():
         chunks.setdefault(k, []).append(local_rows(v))
       for k in ("label", "index", "valid"):

@@ -25,6 +25,7 @@ class TrainedModel:
   num_points: int
   image_size: int
   config_hash: str
+  config: Any = None  # the run's resolved `ExperimentConfig`
 
   @property
   def fingerprint(self) -> dict:
@@ -58,4 +59,4 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedModel:
   params = jax.tree.map(lambda x, a: jax.numpy.asarray(x, a.dtype), params, abstract)
   return TrainedModel(model=model, params=params, step=int(step), bits=cfg.model.bits,
                       num_points=cfg.model.num_points, image_size=cfg.model.image_size,
-                      config_hash=cfg.fingerprint())
+                      config_hash=cfg.fingerprint(), config=cfg)

@@ -93,15 +93,43 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
   """
   q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   k = d.shape[0] if top_k is None else min(int(top_k), d.shape[0])
+  aps = np.concatenate([_average_precisions(rel[:, :k])
+                        for _, rel in _ranked_relevance(q, d, ql, dl)])
+  return float(aps.mean()) if aps.size else 0.0
+
+
+def _average_precisions(rel) -> np.ndarray:
+  """`[c, k]` bool relevance in rank order -> AP `[c']` of the rows with a relevant item."""
+  rel = rel.astype(np.float64)
+  hits = np.cumsum(rel, axis=1)
+  num_rel = hits[:, -1]
+  ap = np.sum(rel * hits / np.arange(1, rel.shape[1] + 1), axis=1)
+  keep = num_rel > 0
+  return ap[keep] / num_rel[keep]
+
+
+def similarity_mean_average_precision(similarity, query_labels, db_labels) -> float:
+  """mAP@all of rankings by decreasing real-valued similarity (e.g. the cosine of
+  continuous codes), ties broken by database index; queries with no relevant item are left
+  out, as in `mean_average_precision`, which this equals on `similarity = q @ d.T` of +-1
+  codes.
+
+  Args:
+    similarity: `[q, n]` float, larger = closer.
+    query_labels: `[q]` int or `[q, C]` multi-hot; db_labels: `[n]` or `[n, C]`.
+  Returns:
+    float in [0, 1]; 0.0 if every query is left out.
+  """
+  s = np.asarray(similarity, np.float64)
+  ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+  if s.ndim != 2 or s.shape != (len(ql), len(dl)):
+    raise ValueError(f"similarity {s.shape} must be [q, n] = [{len(ql)}, {len(dl)}]")
   aps = []
-  for _, rel in _ranked_relevance(q, d, ql, dl):
-    rel = rel[:, :k].astype(np.float64)
-    hits = np.cumsum(rel, axis=1)
-    ranks = np.arange(1, k + 1)
-    num_rel = hits[:, -1]
-    ap = np.sum(rel * hits / ranks, axis=1)
-    keep = num_rel > 0
-    aps.append(ap[keep] / num_rel[keep])
+  for start in range(0, len(ql), _QUERY_CHUNK):
+    block = s[start:start + _QUERY_CHUNK]
+    order = np.argsort(-block, axis=1, kind="stable")
+    rel = np.take_along_axis(_relevance(ql[start:start + _QUERY_CHUNK], dl), order, 1)
+    aps.append(_average_precisions(rel))
   aps = np.concatenate(aps)
   return float(aps.mean()) if aps.size else 0.0
 

@@ -206,31 +206,14 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   assert all(0 < m[k] <= 1 for m in maps.values() for k in ("code", "continuous"))
 
 
-def test_similarity_map_by_hand_with_a_tie():
-  # One query of label 0; similarities 0.9 (label 1), 0.5 (0), 0.9 (0), 0.1 (1). By
-  # decreasing similarity, ties by index: items 0, 2, 1, 3 -> relevance 0, 1, 1, 0, so
-  # AP = (1/2 + 2/3) / 2.
-  ap = representation.similarity_map([[0.9, 0.5, 0.9, 0.1]], [0], [1, 0, 0, 1])
-  assert ap == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-12)
-  # A query with no relevant item is left out of the mean.
-  assert representation.similarity_map([[0.9, 0.5, 0.9, 0.1], [1, 2, 3, 4]], [0, 7],
-                                       [1, 0, 0, 1]) == pytest.approx(ap, abs=1e-12)
-  with pytest.raises(ValueError, match=r"\[q, n\] = \[1, 3\]"):
-    representation.similarity_map([[0.1, 0.2]], [0], [0, 1, 1])
-
-
-def test_similarity_map_of_codes_is_the_hamming_map():
-  """On +-1 codes the inner product is K - 2 * Hamming distance: the same ranking, with the
-  same index tie-break, as `metrics.mean_average_precision`'s (an independent path)."""
-  from cmah_jax import metrics  # pylint: disable=import-outside-toplevel
+def test_cosine_similarity_of_codes_is_the_scaled_inner_product():
   rng = np.random.default_rng(0)
   q = np.where(rng.random((30, 8)) < 0.5, -1.0, 1.0)
   d = np.where(rng.random((90, 8)) < 0.5, -1.0, 1.0)
-  ql, dl = rng.integers(0, 4, 30), rng.integers(0, 4, 90)
-  assert representation.similarity_map(q @ d.T, ql, dl) == pytest.approx(
-      metrics.mean_average_precision(q, d, ql, dl), abs=1e-12)
-  cos = representation.cosine_similarity(q, d)
-  np.testing.assert_allclose(cos, q @ d.T / 8, atol=1e-12)
+  np.testing.assert_allclose(representation.cosine_similarity(q, d), q @ d.T / 8, atol=1e-12)
+  a, b = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+  naive = [[x @ y / np.sqrt(x @ x) / np.sqrt(y @ y) for y in b] for x in a]
+  np.testing.assert_allclose(representation.cosine_similarity(a, b), naive, atol=1e-12)
 
 
 def test_readme_block_is_generated_from_results():

@@ -247,3 +247,32 @@ def test_code_usage_matches_numpy_corrcoef_and_set_count():
   assert metrics.code_usage(np.ones((5, 4)))["majority_fraction"] == 1.0
   with pytest.raises(ValueError, match="codes"):
     metrics.code_usage(np.ones(4))
+
+
+def test_similarity_map_by_hand_with_a_tie():
+  # One query of label 0; similarities 0.9 (label 1), 0.5 (0), 0.9 (0), 0.1 (1). By
+  # decreasing similarity, ties by index: items 0, 2, 1, 3 -> relevance 0, 1, 1, 0, so
+  # AP = (1/2 + 2/3) / 2.
+  ap = metrics.similarity_mean_average_precision([[0.9, 0.5, 0.9, 0.1]], [0], [1, 0, 0, 1])
+  assert ap == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-12)
+  # A query with no relevant item is left out of the mean.
+  assert metrics.similarity_mean_average_precision(
+      [[0.9, 0.5, 0.9, 0.1], [1, 2, 3, 4]], [0, 7], [1, 0, 0, 1]) == pytest.approx(ap, abs=1e-12)
+  with pytest.raises(ValueError, match=r"\[q, n\] = \[1, 3\]"):
+    metrics.similarity_mean_average_precision([[0.1, 0.2]], [0], [0, 1, 1])
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_similarity_map_of_codes_is_the_hamming_map(multi_hot):
+  """On +-1 codes the inner product is K - 2 * Hamming distance: the same ranking, with the
+  same index tie-break, as `mean_average_precision`'s `hamming_topk` path. 300 queries span
+  two query blocks."""
+  rng = np.random.default_rng(0)
+  q = np.where(rng.random((300, 8)) < 0.5, -1.0, 1.0)
+  d = np.where(rng.random((90, 8)) < 0.5, -1.0, 1.0)
+  if multi_hot:
+    ql, dl = rng.random((300, 5)) < 0.3, rng.random((90, 5)) < 0.3
+  else:
+    ql, dl = rng.integers(0, 4, 300), rng.integers(0, 4, 90)
+  assert metrics.similarity_mean_average_precision(q @ d.T, ql, dl) == pytest.approx(
+      metrics.mean_average_precision(q, d, ql, dl), abs=1e-12)

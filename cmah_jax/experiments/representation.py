@@ -27,30 +27,6 @@ DIRECTIONS = {"i2p": ("image", "point"), "p2i": ("point", "image"),
               "i2i": ("image", "image"), "p2p": ("point", "point")}
 
 
-def similarity_map(similarity, query_labels, db_labels) -> float:
-  """mAP@all of rankings by decreasing similarity, ties broken by database index.
-
-  Queries with no relevant database item are left out (as `metrics.mean_average_precision`).
-
-  Args:
-    similarity: `[q, n]` float, larger = closer.
-    query_labels: `[q]` int; db_labels: `[n]` int (relevant = same label).
-  Returns:
-    float in [0, 1]; 0.0 if every query is left out.
-  """
-  s = np.asarray(similarity, np.float64)
-  ql, dl = np.asarray(query_labels), np.asarray(db_labels)
-  if s.ndim != 2 or s.shape != (ql.shape[0], dl.shape[0]):
-    raise ValueError(f"similarity {s.shape} must be [q, n] = [{ql.shape[0]}, {dl.shape[0]}]")
-  order = np.argsort(-s, axis=1, kind="stable")
-  rel = (dl[order] == ql[:, None]).astype(np.float64)
-  hits = np.cumsum(rel, axis=1)
-  num_rel = hits[:, -1]
-  ap = np.sum(rel * hits / np.arange(1, s.shape[1] + 1), axis=1)
-  keep = num_rel > 0
-  return float(np.mean(ap[keep] / num_rel[keep])) if keep.any() else 0.0
-
-
 def cosine_similarity(a, b) -> np.ndarray:
   """`[q, K]`, `[n, K]` float -> `[q, n]` float64 cosine (a zero row scores 0)."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -71,9 +47,9 @@ def representation_maps(query: dict, database: dict) -> dict:
     out[name] = {
         "code": metrics.mean_average_precision(query[f"{src}/code"], database[f"{dst}/code"],
                                                query["label"], database["label"]),
-        "continuous": similarity_map(cosine_similarity(query[f"{src}/h"],
-                                                       database[f"{dst}/h"]),
-                                     query["label"], database["label"])}
+        "continuous": metrics.similarity_mean_average_precision(
+            cosine_similarity(query[f"{src}/h"], database[f"{dst}/h"]),
+            query["label"], database["label"])}
   return out
 
 
@@ -83,28 +59,20 @@ def encode_run(workdir: str) -> tuple[dict, dict, str]:
   Returns:
     (query, database, protocol description); query/database as `representation_maps` takes.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from cmah_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from cmah_jax import train  # pylint: disable=import-outside-toplevel
   from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
   from cmah_jax.protocol import retrieval_sources  # pylint: disable=import-outside-toplevel
 
-  cfg = config_lib.resolve(train.read_config(workdir))
   trained = load_trained(workdir)
-  mesh = shd.make_mesh(None)
+  cfg = trained.config
   sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
-  evaluator = RetrievalEvaluator(trained.model, sources, cfg.input, mesh, eval_spec=cfg.eval,
-                                 seed=cfg.seed)
-  model = trained.model
-
-  def encode(params, images, points):
-    out = model.apply({"params": params}, images=images, points=points, train=False)
-    return {k: out[k] for k in ("image/code", "point/code", "image/h", "point/h")}
-
   # The evaluator's batching, sharding and ordering, with both outputs of the hash heads.
-  evaluator.encode_fn = jax.jit(encode, out_shardings=shd.data_sharding(mesh))
+  evaluator = RetrievalEvaluator(
+      trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
+      seed=cfg.seed, outputs=[(k, k) for k in ("image/code", "point/code", "image/h",
+                                               "point/h")])
   return (evaluator.encode(trained.params, "query"),
           evaluator.encode(trained.params, "database"), sources.description)
 
