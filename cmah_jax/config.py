@@ -154,6 +154,9 @@ ADDED_LATER = {
     "loss.point_recon_weight": 1.0,
     "loss.image_recon_weight": 1.0,
     "loss.queue_size": 0,
+    "loss.nn_positive_weight": 0.0,
+    "loss.nn_support_size": 0,
+    "input.random_crop_min_scale": 1.0,
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -113,6 +113,61 @@ def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "Ne
   return 0.5 * (l_pi + l_ip)
 
 
+def nearest_neighbour_rows(h: jax.Array, memory: "NegativeQueue", which: str,
+                           index: jax.Array) -> jax.Array:
+  """For each row of `h`, the most cosine-similar code of another object in the memory.
+
+  Rows of the memory that are empty (index -1) or hold the row's own object (same dataset
+  index) are skipped; a row with no candidate left gets its own code. No gradient flows
+  through the result.
+
+  Args:
+    h: `[B, K]` float, one modality's codes.
+    memory: `NegativeQueue`; `which` ("points" | "images") names its rows of h's modality.
+    index: `[B]` int, the batch's dataset record indices.
+  Returns:
+    `[B, K]` float32.
+  """
+  rows = getattr(memory, which)                                          # [Q, K]
+  if rows.shape[1] != h.shape[1] or index.shape != (h.shape[0],):
+    raise ValueError(f"nearest_neighbour_rows: h {tuple(h.shape)}, memory {which} "
+                     f"{tuple(rows.shape)} and index {tuple(index.shape)} must be [B, K], "
+                     "[Q, K] and [B]")
+  keep = ((memory.index >= 0)[None, :]
+          & (memory.index[None, :] != index.astype(jnp.int32)[:, None]))  # [B, Q]
+  sim = jnp.where(keep, _l2_normalize(h) @ _l2_normalize(rows).T, -jnp.inf)
+  nearest = jnp.take(rows, jnp.argmax(sim, axis=1), axis=0)             # [B, K]
+  found = jnp.any(keep, axis=1, keepdims=True)
+  return jax.lax.stop_gradient(jnp.where(found, nearest, h.astype(jnp.float32)))
+
+
+def nearest_neighbour_contrastive_loss(h_points: jax.Array, h_images: jax.Array,
+                                       memory: "NegativeQueue", index: jax.Array,
+                                       temperature: float) -> jax.Array:
+  """Cross-modal InfoNCE with nearest-neighbour positives [ours, after NNCLR (Dwibedi et
+  al., ICCV 2021), across modalities]: object i's point code is replaced by its nearest
+  neighbour among the memory's point codes of other objects, which must still pick image i
+  out of the batch, and likewise image i's code by its nearest neighbour among the
+  memory's image codes, against the batch's points. A similar-looking object stands in
+  for the instance, so objects of one kind are pulled together instead of apart.
+
+  `(contrastive_loss(NN(P), I) + contrastive_loss(P, NN(I))) / 2`; the gradient reaches
+  the batch's own codes only (the neighbours are constants).
+
+  Args:
+    h_points, h_images: `[B, K]` float (row i of each is the same object).
+    memory: `NegativeQueue` of earlier batches' codes (the support set).
+    index: `[B]` int, the batch's dataset record indices.
+    temperature: tau > 0.
+  Returns:
+    scalar float32.
+  """
+  nn_points = nearest_neighbour_rows(h_points, memory, "points", index)
+  nn_images = nearest_neighbour_rows(h_images, memory, "images", index)
+  return 0.5 * (contrastive_loss(nn_points, h_images, temperature)
+                + contrastive_loss(h_points, nn_images, temperature))
+
+
 class NegativeQueue(NamedTuple):
   """The codes of the last Q training objects, newest first (`loss.queue_size = Q`).
 
@@ -342,6 +397,12 @@ class LossSpec:
   # Not kept: Q=512 from step 0 collapsed every code on the validation carve (README, round
   # 3), as MoCo reports for a queue filled by the trained encoder itself (no momentum).
   queue_size: int = 0
+  # Nearest-neighbour positives (`nearest_neighbour_contrastive_loss`) on the full-full
+  # codes, added with this weight, 0 = off [ours, after NNCLR]; the support set is a
+  # memory of the last `nn_support_size` objects' codes (>= the global batch size),
+  # carried across steps by `objectives.CmahObjective`.
+  nn_positive_weight: float = 0.0
+  nn_support_size: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -362,6 +423,16 @@ class LossSpec:
                        f"{self.soft_target_temperature!r}")
     if int(self.queue_size) < 0 or int(self.queue_size) != self.queue_size:
       raise ValueError(f"config.loss.queue_size must be an int >= 0, got {self.queue_size!r}")
+    if float(self.nn_positive_weight) < 0 or int(self.nn_support_size) != self.nn_support_size:
+      raise ValueError("config.loss.nn_positive_weight must be >= 0 and nn_support_size an "
+                       f"int, got {self.nn_positive_weight!r}, {self.nn_support_size!r}")
+    if (float(self.nn_positive_weight) > 0) != (int(self.nn_support_size) > 0):
+      raise ValueError("config.loss.nn_positive_weight > 0 needs nn_support_size > 0 (the "
+                       "memory its neighbours come from) and vice versa; got "
+                       f"{self.nn_positive_weight!r}, {self.nn_support_size!r}")
+    if self.nn_support_size and self.supervised:
+      raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
+                       "loss.supervised=False or nn_support_size=0")
     if self.queue_size and (self.supervised or float(self.soft_target_weight) > 0):
       raise ValueError("config.loss.queue_size > 0 works with the one-hot unsupervised "
                        "contrastive loss only; set loss.supervised=False and "
@@ -377,7 +448,7 @@ def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
 
 
 def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, queue=None,
-              index=None):
+              index=None, support=None):
   """Total CMAH loss `L_c + lambda_r * (w_3D L_3D + w_2D L_2D)` [paper; w = 1 there].
 
   `L_c` sums `contrastive_loss` over the selected `spec.pairs`:
@@ -395,7 +466,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   are added with that weight and logged as "loss/embed_contrastive"; with
   `spec.code_contrast_weight > 0` the same pairs over `sign_ste(h)`, logged as
   "loss/code_contrastive". With a `queue` (`NegativeQueue`, and the batch's dataset
-  `index`) the full-full pair of `L_c` uses `queued_contrastive_loss`.
+  `index`) the full-full pair of `L_c` uses `queued_contrastive_loss`. With
+  `spec.nn_positive_weight > 0` and a `support` memory (a `NegativeQueue`, and `index`),
+  `nearest_neighbour_contrastive_loss` of the full-pass codes is added with that weight,
+  logged as "loss/nn_contrastive".
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -406,6 +480,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     spec: the resolved `config.loss`.
     labels: `[B]` int, required iff `supervised`.
     queue, index: a `NegativeQueue` and `[B]` int dataset indices, or None (no queue).
+    support: a `NegativeQueue` of codes for nearest-neighbour positives, or None.
   Returns:
     (total scalar float32, {"loss/contrastive", "loss/point_recon", "loss/image_recon",
     "loss/total"} scalars).
@@ -480,6 +555,16 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   if embed_weight > 0:
     terms["loss/embed_contrastive"] = l_embed
     total = total + embed_weight * l_embed
+  nn_weight = float(spec.nn_positive_weight)
+  if nn_weight > 0:
+    if support is None or index is None:
+      raise ValueError("cmah_loss: config.loss.nn_positive_weight > 0 needs the `support` "
+                       "memory and the batch's dataset `index` (objectives.CmahObjective "
+                       "carries them)")
+    l_nn = nearest_neighbour_contrastive_loss(outputs["point/h"], outputs["image/h"],
+                                              support, index, temperature)
+    terms["loss/nn_contrastive"] = l_nn
+    total = total + nn_weight * l_nn
   code_weight = float(spec.code_contrast_weight)
   if code_weight > 0:
     l_code = pair_sum("h", "the code contrastive loss", sign_ste)

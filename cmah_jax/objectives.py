@@ -29,14 +29,18 @@ class CmahObjective:
   bits: int
 
   def init_state(self, num_examples: int) -> dict:
-    """{} or, with `loss.queue_size = Q > 0`, `{"queue": NegativeQueue.empty(Q, bits)}`."""
-    q = int(self.spec.queue_size)
-    if not q:
-      return {}
-    if q >= num_examples:
-      raise ValueError(f"config.loss.queue_size={q} must be smaller than the training set "
-                       f"({num_examples} objects)")
-    return {"queue": NegativeQueue.empty(q, self.bits)}
+    """{}, plus `{"queue": NegativeQueue.empty(Q, bits)}` with `loss.queue_size = Q > 0`
+    and `{"support": NegativeQueue.empty(S, bits)}` with `loss.nn_support_size = S > 0`."""
+    state = {}
+    for key, field in (("queue", "queue_size"), ("support", "nn_support_size")):
+      q = int(getattr(self.spec, field))
+      if not q:
+        continue
+      if q >= num_examples:
+        raise ValueError(f"config.loss.{field}={q} must be smaller than the training set "
+                         f"({num_examples} objects)")
+      state[key] = NegativeQueue.empty(q, self.bits)
+    return state
 
   def __call__(self, outputs, batch, loss_state, step):
     del step
@@ -45,13 +49,19 @@ class CmahObjective:
     if queue is None and self.spec.queue_size:
       raise ValueError("CmahObjective: config.loss.queue_size > 0 needs the loss_state of "
                        "init_state (train.py carries it)")
-    index = batch["index"] if queue is not None else None
-    total, terms = cmah_loss(outputs, self.spec, labels=labels, queue=queue, index=index)
-    if queue is not None:
-      loss_state = {"queue": queue.push(outputs["point/h"], outputs["image/h"],
-                                        batch["index"])}
-      terms["queue/filled"] = loss_state["queue"].filled.astype(jnp.float32)
-    return total, terms, loss_state
+    support = (loss_state or {}).get("support")
+    if support is None and self.spec.nn_support_size:
+      raise ValueError("CmahObjective: config.loss.nn_support_size > 0 needs the "
+                       "loss_state of init_state (train.py carries it)")
+    index = batch["index"] if (queue is not None or support is not None) else None
+    total, terms = cmah_loss(outputs, self.spec, labels=labels, queue=queue, index=index,
+                             support=support)
+    new_state = {}
+    for key, memory in (("queue", queue), ("support", support)):
+      if memory is not None:
+        new_state[key] = memory.push(outputs["point/h"], outputs["image/h"], batch["index"])
+        terms[f"{key}/filled"] = new_state[key].filled.astype(jnp.float32)
+    return total, terms, (new_state if new_state else loss_state)
 
 
 _REGISTRY: dict[str, Callable[[LossSpec, int], Any]] = {"cmah": CmahObjective}

@@ -133,6 +133,20 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        "candidate", "[ours, after DSH (Liu et al., CVPR 2016) / DPSH (Li et al., IJCAI 2016)]",
        loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__quantization_weight=1.0),
+    # Round 6: at 64 bits the distance to the supervised bound is in the representation,
+    # mostly the image tower (README, binarisation / representation table): instance
+    # discrimination pushes same-kind objects apart. Nearest-neighbour positives from a
+    # memory of the last 1,024 objects' codes (16 batches of 64; a third of the train split).
+    _c("cmah_t0.2_iso_nn", "CMAH, t 0.2, isotropic, + nearest-neighbour positives",
+       "candidate", "[ours, after NNCLR (Dwibedi et al., ICCV 2021)]",
+       loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__nn_positive_weight=1.0, loss__nn_support_size=1024),
+    # Round 7: the image tower is the weaker one (i2i 0.62 in h against p2p 0.82); a random
+    # resized crop of half to all of the image (`input.random_crop_min_scale`).
+    _c("cmah_t0.2_iso_crop", "CMAH, t 0.2, isotropic, + random resized crop", "candidate",
+       "[ours, after SimCLR (Chen et al., ICML 2020) / CLIP's RandomResizedCrop]",
+       loss__temperature=0.2, input__point_scale_isotropic=True,
+       input__random_crop_min_scale=0.5),
 ]}
 
 

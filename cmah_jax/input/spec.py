@@ -25,6 +25,10 @@ class InputSpec:
   point_translate: float = 0.2         # translate U[-0.2, 0.2] [Point-MAE]
   hflip: bool = True                   # [ours]
   color_jitter: float = 0.4            # [ours]
+  random_crop_min_scale: float = 1.0   # < 1: a random crop of [this, 1] of the image's area,
+                                       # aspect ratio in [3/4, 4/3], bilinearly resized
+                                       # back; 1.0: off [ours, after SimCLR / CLIP's
+                                       # RandomResizedCrop]
   prefetch: int = 2                    # batches prepared ahead in a thread [ours]
 
   def __post_init__(self):
@@ -42,6 +46,9 @@ class InputSpec:
     lo, hi = self.point_scale
     if not 0 < lo <= hi:
       raise ValueError(f"config.input.point_scale={self.point_scale} needs 0 < low <= high.")
+    if not 0.0 < float(self.random_crop_min_scale) <= 1.0:
+      raise ValueError(f"config.input.random_crop_min_scale={self.random_crop_min_scale} "
+                       "must be in (0, 1] (1: no crop).")
     if self.point_translate < 0 or self.color_jitter < 0 or self.prefetch < 0:
       raise ValueError("config.input.point_translate, color_jitter and prefetch must be >= 0.")
     return self

@@ -9,6 +9,10 @@ Train augmentation, in this order of random draws per example:
   horizontal flip with probability 1/2 (input.hflip)                            [ours]
   colour jitter of strength s = input.color_jitter: brightness, contrast and saturation
     factors ~ U[max(0, 1-s), 1+s], applied in that fixed order                  [ours]
+  only when input.random_crop_min_scale = m < 1 (drawn last, so the draws above are the
+  same with the crop on or off): area fraction ~ U[m, 1], log aspect ratio ~
+  U[log 3/4, log 4/3], top-left corner uniform where the box fits; the box is resized
+  bilinearly to input.image_size, before flip and jitter [ours, after SimCLR/CLIP]
 Images are resized to input.image_size when the stored size differs: block-mean (area)
 down-sampling or nearest up-sampling by an integer factor; other ratios are an error.
 
@@ -63,6 +67,45 @@ def color_jitter(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
   return np.clip(out, 0, 255)
 
 
+CROP_ASPECT_RATIO = (3 / 4, 4 / 3)  # [SimCLR; torchvision RandomResizedCrop]
+
+
+def crop_box(rng: np.random.Generator, height: int, width: int, min_scale: float
+             ) -> tuple[float, float, float, float]:
+  """A random box (top, left, box_height, box_width) in pixels, floats, inside an
+  `height x width` image: area fraction ~ U[min_scale, 1], log aspect ~ U[log 3/4, log 4/3];
+  a side that would not fit is clipped to the image (so the area may be a little less)."""
+  area = rng.uniform(min_scale, 1.0) * height * width
+  log_ratio = rng.uniform(np.log(CROP_ASPECT_RATIO[0]), np.log(CROP_ASPECT_RATIO[1]))
+  ratio = float(np.exp(log_ratio))                           # width / height
+  box_h = min(float(np.sqrt(area / ratio)), float(height))
+  box_w = min(float(np.sqrt(area * ratio)), float(width))
+  top = rng.uniform(0.0, height - box_h)
+  left = rng.uniform(0.0, width - box_w)
+  return float(top), float(left), box_h, box_w
+
+
+def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int
+                    ) -> np.ndarray:
+  """Bilinear resampling of the box (top, left, height, width; pixels, pixel edges at
+  integers) of `image` [H, W, C] to `[size, size, C]` float32, sampling at pixel centres
+  (half-pixel convention, as PIL's resize with a box when enlarging); samples beyond the
+  outermost pixel centres take the edge value."""
+  top, left, box_h, box_w = box
+  h, w = image.shape[:2]
+  def axis(start, length, n):
+    coords = start + (np.arange(size, dtype=np.float64) + 0.5) * (length / size) - 0.5
+    coords = np.clip(coords, 0.0, n - 1.0)
+    lo = np.floor(coords).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, (coords - lo).astype(np.float32)
+  y0, y1, wy = axis(top, box_h, h)
+  x0, x1, wx = axis(left, box_w, w)
+  img = image.astype(np.float32)
+  rows = img[y0] * (1 - wy)[:, None, None] + img[y1] * wy[:, None, None]   # [size, W, C]
+  return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+
+
 def augment_example(example: Mapping, rng: np.random.Generator,
                     spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
   """One training example -> (points float32 [N, 3], image uint8 [S, S, 3]).
@@ -88,7 +131,13 @@ def augment_example(example: Mapping, rng: np.random.Generator,
   factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
 
   pts = (points if subset is None else points[subset]) * scale + shift
-  image = resize_images(images[view], spec.image_size)
+  if spec.random_crop_min_scale < 1.0:
+    stored = images[view]
+    box = crop_box(rng, stored.shape[0], stored.shape[1], float(spec.random_crop_min_scale))
+    image = np.clip(np.round(crop_and_resize(stored, box, spec.image_size)), 0, 255
+                    ).astype(np.uint8)
+  else:
+    image = resize_images(images[view], spec.image_size)
   if spec.hflip and flip:
     image = image[:, ::-1]
   if s > 0:
