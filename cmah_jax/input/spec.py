@@ -28,7 +28,8 @@ class InputSpec:
   random_crop_min_scale: float = 1.0   # < 1: a random crop of [this, 1] of the image's area,
                                        # aspect ratio in [3/4, 4/3], bilinearly resized
                                        # back; 1.0: off [ours, after SimCLR / CLIP's
-                                       # RandomResizedCrop]
+                                       # RandomResizedCrop]; not kept: 0.5
+                                       # weakened the image tower (README, round 7)
   prefetch: int = 2                    # batches prepared ahead in a thread [ours]
 
   def __post_init__(self):
