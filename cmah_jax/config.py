@@ -157,6 +157,7 @@ ADDED_LATER = {
     "loss.nn_positive_weight": 0.0,
     "loss.nn_support_size": 0,
     "input.random_crop_min_scale": 1.0,
+    "loss.debias_positive_prior": 0.0,
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -71,6 +71,45 @@ def contrastive_loss(h_points: jax.Array, h_images: jax.Array, temperature: floa
   return 0.5 * (l_pi + l_ip)
 
 
+def debiased_contrastive_loss(h_points: jax.Array, h_images: jax.Array, temperature: float,
+                              positive_prior: float) -> jax.Array:
+  """Symmetric debiased InfoNCE [Chuang et al., "Debiased Contrastive Learning", NeurIPS
+  2020]: a fraction `positive_prior` (tau+, the chance that a random other object is of the
+  anchor's kind) of each anchor's negatives are really positives, so their expected share
+  is taken out of the denominator. For anchor i with `pos = exp(s_ii / tau)` and the
+  `N = B - 1` negatives' `neg = sum_{j != i} exp(s_ij / tau)`:
+
+    Ng = max((neg - tau+ N pos) / (1 - tau+), N exp(-1 / tau)),
+    l_i = -log(pos / (pos + Ng)),
+
+  averaged over anchors, for point anchors (rows) and image anchors (columns), and the two
+  directions averaged. Equals `contrastive_loss` at `positive_prior = 0` (where the clamp
+  never binds: every term is at least exp(-1 / tau)).
+
+  Args:
+    h_points, h_images: `[B, K]` float (row i of each is the same object), B >= 2.
+    temperature: tau > 0.
+    positive_prior: tau+ in [0, 1).
+  Returns:
+    scalar float32.
+  """
+  if not 0.0 <= positive_prior < 1.0:
+    raise ValueError(f"debiased contrastive loss: positive_prior must be in [0, 1), got "
+                     f"{positive_prior!r}")
+  logits = _logits(h_points, h_images, temperature)                      # [B, B]
+  n = logits.shape[0] - 1
+  if n < 1:
+    raise ValueError("debiased contrastive loss: needs a batch of at least 2")
+  diag = square_diagonal(logits)
+  floor = n * jnp.exp(-1.0 / temperature)
+  def one_way(axis):
+    pos = jnp.exp(diag)
+    neg = jnp.sum(jnp.exp(logits), axis=axis) - pos
+    ng = jnp.maximum((neg - positive_prior * n * pos) / (1.0 - positive_prior), floor)
+    return jnp.mean(jnp.log(pos + ng) - diag)
+  return 0.5 * (one_way(1) + one_way(0))
+
+
 def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "NegativeQueue",
                             index: jax.Array, temperature: float) -> jax.Array:
   """Symmetric InfoNCE whose negatives are the batch plus a queue of earlier batches' codes
@@ -405,6 +444,10 @@ class LossSpec:
   # carried across steps by `objectives.CmahObjective`.
   nn_positive_weight: float = 0.0
   nn_support_size: int = 0
+  # Debiased negatives (`debiased_contrastive_loss`) in every unsupervised pair of L_c,
+  # tau+ = this prior, 0 = off (the paper's InfoNCE) [Chuang et al., NeurIPS 2020]: about
+  # 1 / number of kinds of object.
+  debias_positive_prior: float = 0.0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -432,6 +475,14 @@ class LossSpec:
       raise ValueError("config.loss.nn_positive_weight > 0 needs nn_support_size > 0 (the "
                        "memory its neighbours come from) and vice versa; got "
                        f"{self.nn_positive_weight!r}, {self.nn_support_size!r}")
+    if not 0.0 <= float(self.debias_positive_prior) < 1.0:
+      raise ValueError("config.loss.debias_positive_prior must be in [0, 1), got "
+                       f"{self.debias_positive_prior!r}")
+    if float(self.debias_positive_prior) > 0 and (
+        self.supervised or float(self.soft_target_weight) > 0 or self.queue_size):
+      raise ValueError("config.loss.debias_positive_prior > 0 replaces the one-hot "
+                       "unsupervised in-batch InfoNCE; set loss.supervised=False, "
+                       "soft_target_weight=0 and queue_size=0, or the prior to 0")
     if self.nn_support_size and self.supervised:
       raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
                        "loss.supervised=False or nn_support_size=0")
@@ -461,6 +512,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     intra_modal:   the mean of (point/h, point/h_masked) and (image/h, image/h_masked):
                    each tower's full view against its own masked view, as CrossPoint's
                    intra-modal instance discrimination [Afham et al., CVPR 2022].
+  With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
   `joint_affinity_targets` of the pooled features ("point/pooled", "image/pooled").
@@ -498,6 +550,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                      "unsupervised loss")
 
   soft = float(spec.soft_target_weight) > 0 and not supervised
+  debias = float(spec.debias_positive_prior)
   if soft:
     targets = joint_affinity_targets(
         _need(outputs, "point/pooled", "soft targets"),
@@ -509,6 +562,8 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       return supervised_contrastive_loss(a, b, labels, temperature)
     if soft and cross_modal:
       return soft_contrastive_loss(a, b, targets, temperature)
+    if debias > 0:
+      return debiased_contrastive_loss(a, b, temperature, debias)
     return contrastive_loss(a, b, temperature)
 
   def pair_sum(name: str, why: str, transform=lambda x: x, queue=None) -> jax.Array:
