@@ -8,6 +8,7 @@ import pytest
 
 from cmah_jax import losses, objectives
 from cmah_jax.losses import LossSpec, NegativeQueue
+from numeric import central_difference_gradient
 from test_queue import _codes, np_queued_one_way
 
 
@@ -81,12 +82,7 @@ def test_gradient_matches_finite_differences_and_skips_the_neighbours():
   g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(p)))
   # The neighbour choice is piecewise constant in p: finite differences see only the paths
   # through p's own codes, which is what the stop-gradient keeps.
-  eps, num = 1e-3, np.zeros_like(p)
-  for a in range(p.shape[0]):
-    for b in range(p.shape[1]):
-      d = np.zeros_like(p)
-      d[a, b] = eps
-      num[a, b] = (float(f(jnp.asarray(p + d))) - float(f(jnp.asarray(p - d)))) / (2 * eps)
+  num = central_difference_gradient(lambda x: f(jnp.asarray(x)), p)
   np.testing.assert_allclose(g, num, atol=2e-3, rtol=1e-2)
   assert np.abs(g).max() > 1e-3
   batched = jax.vmap(lambda p_, i_: losses.nearest_neighbour_contrastive_loss(

@@ -8,6 +8,7 @@ import pytest
 from cmah_jax import checkpointing, losses, objectives, run, train
 from cmah_jax.losses import NegativeQueue, LossSpec
 from cmah_jax.sharding import data_sharding, make_mesh, replicated
+from numeric import central_difference_gradient
 from test_train import (assert_trees_close, losses_of, params_of,
                               signal_after_checkpoint, tiny_config)
 
@@ -61,12 +62,7 @@ def test_queued_loss_gradient_matches_finite_differences_and_jits_under_vmap():
   queue = _queue(5)
   f = lambda p_: losses.queued_contrastive_loss(p_, jnp.asarray(i), queue, index, 0.2)
   g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(p)))
-  eps, num = 1e-3, np.zeros_like(p)
-  for a in range(p.shape[0]):
-    for b in range(p.shape[1]):
-      d = np.zeros_like(p)
-      d[a, b] = eps
-      num[a, b] = (float(f(jnp.asarray(p + d))) - float(f(jnp.asarray(p - d)))) / (2 * eps)
+  num = central_difference_gradient(lambda x: f(jnp.asarray(x)), p)
   np.testing.assert_allclose(g, num, atol=2e-3, rtol=1e-2)
   batched = jax.vmap(lambda p_, i_: losses.queued_contrastive_loss(p_, i_, queue, index, 0.2))
   two = batched(jnp.stack([p, i]), jnp.stack([i, p]))
