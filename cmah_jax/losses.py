@@ -140,8 +140,7 @@ def queued_contrastive_loss(h_points: jax.Array, h_images: jax.Array, queue: "Ne
                      f"images {tuple(queue.images.shape)} must be [Q, {h_points.shape[1]}]")
   if index.shape != (b,):
     raise ValueError(f"queued contrastive loss: index {tuple(index.shape)} must be [B] = [{b}]")
-  keep = ((queue.index >= 0)[None, :]
-          & (queue.index[None, :] != index.astype(jnp.int32)[:, None]))   # [B, Q]
+  keep = queue.usable(index)                                             # [B, Q]
   scale = 1.0 / temperature
   to_images = _l2_normalize(h_points) @ _l2_normalize(queue.images).T * scale  # [B, Q]
   to_points = _l2_normalize(h_images) @ _l2_normalize(queue.points).T * scale  # [B, Q]
@@ -174,8 +173,7 @@ def nearest_neighbour_rows(h: jax.Array, memory: "NegativeQueue", which: str,
     raise ValueError(f"nearest_neighbour_rows: h {tuple(h.shape)}, memory {which} "
                      f"{tuple(rows.shape)} and index {tuple(index.shape)} must be [B, K], "
                      "[Q, K] and [B]")
-  keep = ((memory.index >= 0)[None, :]
-          & (memory.index[None, :] != index.astype(jnp.int32)[:, None]))  # [B, Q]
+  keep = memory.usable(index)                                            # [B, Q]
   sim = jnp.where(keep, _l2_normalize(h) @ _l2_normalize(rows).T, -jnp.inf)
   nearest = jnp.take(rows, jnp.argmax(sim, axis=1), axis=0)             # [B, K]
   found = jnp.any(keep, axis=1, keepdims=True)
@@ -225,6 +223,12 @@ class NegativeQueue(NamedTuple):
   def filled(self) -> jax.Array:
     """int32 []: how many rows hold an object."""
     return jnp.sum(self.index >= 0).astype(jnp.int32)
+
+  def usable(self, index: jax.Array) -> jax.Array:
+    """bool `[B, Q]`: row q is filled and holds another object than the batch's `index[b]`
+    (`[B]` int dataset record indices)."""
+    return ((self.index >= 0)[None, :]
+            & (self.index[None, :] != index.astype(jnp.int32)[:, None]))
 
   @classmethod
   def empty(cls, size: int, bits: int) -> "NegativeQueue":
