@@ -39,7 +39,7 @@ def _c(name, label, group, source, **overrides):
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     # -- CMAH: the paper's method with our validated defaults (temperature 0.2, isotropic
-    #    point scaling; cmah_jax/config.py, losses.py, input/spec.py) [paper; ours].
+    #    point scaling; cmah_jax/config.py, losses/spec.py, input/spec.py) [paper; ours].
     _m("cmah", "CMAH (ours)", "ours", "[paper] arXiv 2408.05711, [ours] defaults"),
     # -- baselines
     _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic"),

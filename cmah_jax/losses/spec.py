@@ -1,0 +1,122 @@
+"""`LossSpec`: the validated settings of `cmah_loss` (`config.loss`)."""
+from __future__ import annotations
+
+import dataclasses
+
+PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal")
+
+
+def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+  """`"full_full,masked_masked"` -> `("full_full", "masked_masked")`, validated."""
+  names = pairs.split(",") if isinstance(pairs, str) else list(pairs)
+  names = tuple(n.strip() for n in names if n.strip())
+  bad = [n for n in names if n not in PAIRS]
+  if bad or not names or len(set(names)) != len(names):
+    raise ValueError(f"config.loss.pairs={pairs!r}: need a comma-separated, non-empty, "
+                     f"duplicate-free subset of {list(PAIRS)}; bad: {bad}")
+  return names
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """Settings of `cmah_loss` (`config.loss`), validated on construction.
+
+  `pairs` may be given as `"full_full,masked_masked"`; it is stored as a tuple.
+  """
+  temperature: float = 0.2                  # [ours: chosen on the validation carve of the
+                                            # train split (0.07, 0.2, 0.5 at 16 bits);
+                                            # the paper's value is unknown, ConMH uses 0.5;
+                                            # 0.07 (CLIP) is `configs/default.py:paper`]
+  pairs: tuple[str, ...] = ("full_full", "masked_masked")  # [paper: full-full and masked
+                                            # pairs; which ones ours]
+  lambda_r: float = 1.0                     # [paper shows no weight; ConMH 1:1]
+  # Relative weights inside the reconstruction term, L_c + lambda_r * (w_3D L_3D + w_2D
+  # L_2D) [ours]: the Chamfer L_3D on patch-local coordinates is ~1e-2 and its gradient on
+  # the point encoder ~5e-4 of L_c's at the end of a run
+  # (`python -m cmah_jax.experiments.gradients`), so at 1:1 the encoders barely hear it.
+  point_recon_weight: float = 1.0
+  image_recon_weight: float = 1.0
+  norm_pix_loss: bool = True                # [MAE]
+  supervised: bool = False                  # SupCon-style upper bound using labels [ours]
+  objective: str = "cmah"                   # "cmah" or a baseline's (cmah_jax.objectives)
+  # Ablation switches: drop one reconstruction term [ours].
+  use_point_recon: bool = True              # L_3D
+  use_image_recon: bool = True              # L_2D
+  # Code-quality terms on the full-pass continuous codes h of both towers, 0 = off (the
+  # paper's objective) [ours, after the hashing literature: bit balance and decorrelation
+  # as in SpH/DSH-style unsupervised hashing, quantisation as in DSH/ConMH]:
+  balance_weight: float = 0.0               # sum_k mean_b(h)_k^2 / K
+  decorrelation_weight: float = 0.0         # ||H^T H / B - I||_F^2 / K^2
+  quantization_weight: float = 0.0          # mean (|h| - 1)^2
+  # Soft cross-modal targets from the joint affinity of both towers' pooled features
+  # (`joint_affinity_targets`), 0 = off: the paper's one-hot InfoNCE [ours, after DJSRH /
+  # soft-target contrastive learning]. Applies to every cross-modal pair.
+  soft_target_weight: float = 0.0           # mass on the other objects of the batch
+  soft_target_temperature: float = 0.1      # sharpness of the neighbour distribution
+  # Weight of the same contrastive pairs on the wide embeddings z (model.embed_dim > 0),
+  # 0 = off [ours]: the encoders learn from an embedding wider than the K-bit code.
+  embed_weight: float = 0.0
+  # Weight of the same contrastive pairs on the binary codes sign(h) (straight-through:
+  # forward the codes, backward the gradient of h), 0 = off [ours, after CIBHash (Qiu et
+  # al., IJCAI 2021) and UCCH, which contrast codes]: on +-1 codes the cosine is
+  # 1 - 2 d_H / K, so this term ranks by the Hamming distance retrieval uses.
+  code_contrast_weight: float = 0.0
+  # Negatives of the full-full pair from a queue of the last `queue_size` objects' codes
+  # (`queued_contrastive_loss`, carried across steps by `objectives.CmahObjective`), 0 = off:
+  # the batch's only (the paper's) [ours, after MoCo / XBM]. >= the global batch size.
+  # Not kept: Q=512 from step 0 collapsed every code on the validation carve (README, round
+  # 3), as MoCo reports for a queue filled by the trained encoder itself (no momentum).
+  queue_size: int = 0
+  # Nearest-neighbour positives (`nearest_neighbour_contrastive_loss`) on the full-full
+  # codes, added with this weight, 0 = off [ours, after NNCLR]; the support set is a
+  # memory of the last `nn_support_size` objects' codes (>= the global batch size),
+  # carried across steps by `objectives.CmahObjective`.
+  nn_positive_weight: float = 0.0
+  nn_support_size: int = 0
+  # Debiased negatives (`debiased_contrastive_loss`) in every unsupervised pair of L_c,
+  # tau+ = this prior, 0 = off (the paper's InfoNCE) [Chuang et al., NeurIPS 2020]: about
+  # 1 / number of kinds of object.
+  debias_positive_prior: float = 0.0
+
+  def __post_init__(self):
+    object.__setattr__(self, "pairs", parse_pairs(self.pairs))
+
+  def validate(self) -> "LossSpec":
+    if not float(self.temperature) > 0:
+      raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
+    for name in ("lambda_r", "point_recon_weight", "image_recon_weight", "balance_weight",
+                 "decorrelation_weight", "quantization_weight", "embed_weight",
+                 "code_contrast_weight"):
+      if float(getattr(self, name)) < 0:
+        raise ValueError(f"config.loss.{name} must be >= 0, got {getattr(self, name)!r}")
+    if not 0.0 <= float(self.soft_target_weight) < 1.0:
+      raise ValueError("config.loss.soft_target_weight must be in [0, 1), got "
+                       f"{self.soft_target_weight!r}")
+    if not float(self.soft_target_temperature) > 0:
+      raise ValueError("config.loss.soft_target_temperature must be > 0, got "
+                       f"{self.soft_target_temperature!r}")
+    if int(self.queue_size) < 0 or int(self.queue_size) != self.queue_size:
+      raise ValueError(f"config.loss.queue_size must be an int >= 0, got {self.queue_size!r}")
+    if float(self.nn_positive_weight) < 0 or int(self.nn_support_size) != self.nn_support_size:
+      raise ValueError("config.loss.nn_positive_weight must be >= 0 and nn_support_size an "
+                       f"int, got {self.nn_positive_weight!r}, {self.nn_support_size!r}")
+    if (float(self.nn_positive_weight) > 0) != (int(self.nn_support_size) > 0):
+      raise ValueError("config.loss.nn_positive_weight > 0 needs nn_support_size > 0 (the "
+                       "memory its neighbours come from) and vice versa; got "
+                       f"{self.nn_positive_weight!r}, {self.nn_support_size!r}")
+    if not 0.0 <= float(self.debias_positive_prior) < 1.0:
+      raise ValueError("config.loss.debias_positive_prior must be in [0, 1), got "
+                       f"{self.debias_positive_prior!r}")
+    if float(self.debias_positive_prior) > 0 and (
+        self.supervised or float(self.soft_target_weight) > 0 or self.queue_size):
+      raise ValueError("config.loss.debias_positive_prior > 0 replaces the one-hot "
+                       "unsupervised in-batch InfoNCE; set loss.supervised=False, "
+                       "soft_target_weight=0 and queue_size=0, or the prior to 0")
+    if self.nn_support_size and self.supervised:
+      raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
+                       "loss.supervised=False or nn_support_size=0")
+    if self.queue_size and (self.supervised or float(self.soft_target_weight) > 0):
+      raise ValueError("config.loss.queue_size > 0 works with the one-hot unsupervised "
+                       "contrastive loss only; set loss.supervised=False and "
+                       "loss.soft_target_weight=0, or queue_size=0")
+    return self
