@@ -158,6 +158,12 @@ ADDED_LATER = {
     "loss.nn_support_size": 0,
     "input.random_crop_min_scale": 1.0,
     "loss.debias_positive_prior": 0.0,
+    "model.num_prototypes": 0,
+    "loss.prototype_weight": 0.0,
+    "loss.prototype_temperature": 0.1,
+    "loss.sinkhorn_epsilon": 0.05,
+    "loss.sinkhorn_iterations": 3,
+    "loss.prototype_queue_size": 0,
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,
@@ -267,6 +273,9 @@ def resolve(config: Any) -> ExperimentConfig:
                         else int(top["eval_every_steps"])),
       init_from=top["init_from"],
       epochs=None if top["epochs"] is None else float(top["epochs"]))
+  if float(spec.loss.prototype_weight) > 0 and not spec.model.num_prototypes:
+    raise ValueError(f"config.loss.prototype_weight={spec.loss.prototype_weight} needs "
+                     "prototypes to predict: set config.model.overrides.num_prototypes > 0")
   return spec
 
 

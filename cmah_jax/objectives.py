@@ -22,6 +22,11 @@ import jax.numpy as jnp
 from cmah_jax.losses import LossSpec, NegativeQueue, cmah_loss
 
 
+# The memories of earlier codes an objective may carry: loss_state key -> `config.loss` size.
+MEMORIES = (("queue", "queue_size"), ("support", "nn_support_size"),
+            ("assignment", "prototype_queue_size"))
+
+
 @dataclasses.dataclass(frozen=True)
 class CmahObjective:
   """`L_c + lambda_r (L_3D + L_2D)` (+ optional code-quality terms): `losses.cmah_loss`."""
@@ -29,10 +34,10 @@ class CmahObjective:
   bits: int
 
   def init_state(self, num_examples: int) -> dict:
-    """{}, plus `{"queue": NegativeQueue.empty(Q, bits)}` with `loss.queue_size = Q > 0`
-    and `{"support": NegativeQueue.empty(S, bits)}` with `loss.nn_support_size = S > 0`."""
+    """{}, plus `{key: NegativeQueue.empty(size, bits)}` for each memory of `MEMORIES`
+    whose `config.loss` size is > 0."""
     state = {}
-    for key, field in (("queue", "queue_size"), ("support", "nn_support_size")):
+    for key, field in MEMORIES:
       q = int(getattr(self.spec, field))
       if not q:
         continue
@@ -45,22 +50,19 @@ class CmahObjective:
   def __call__(self, outputs, batch, loss_state, step):
     del step
     labels = batch["label"] if self.spec.supervised else None
-    queue = (loss_state or {}).get("queue")
-    if queue is None and self.spec.queue_size:
-      raise ValueError("CmahObjective: config.loss.queue_size > 0 needs the loss_state of "
-                       "init_state (train.py carries it)")
-    support = (loss_state or {}).get("support")
-    if support is None and self.spec.nn_support_size:
-      raise ValueError("CmahObjective: config.loss.nn_support_size > 0 needs the "
-                       "loss_state of init_state (train.py carries it)")
-    index = batch["index"] if (queue is not None or support is not None) else None
-    total, terms = cmah_loss(outputs, self.spec, labels=labels, queue=queue, index=index,
-                             support=support)
+    memories = {}
+    for key, field in MEMORIES:
+      memories[key] = (loss_state or {}).get(key)
+      if memories[key] is None and getattr(self.spec, field):
+        raise ValueError(f"CmahObjective: config.loss.{field} > 0 needs the loss_state of "
+                         "init_state (train.py carries it)")
+    used = {k: m for k, m in memories.items() if m is not None}
+    index = batch["index"] if used else None
+    total, terms = cmah_loss(outputs, self.spec, labels=labels, index=index, **memories)
     new_state = {}
-    for key, memory in (("queue", queue), ("support", support)):
-      if memory is not None:
-        new_state[key] = memory.push(outputs["point/h"], outputs["image/h"], batch["index"])
-        terms[f"{key}/filled"] = new_state[key].filled.astype(jnp.float32)
+    for key, memory in used.items():
+      new_state[key] = memory.push(outputs["point/h"], outputs["image/h"], batch["index"])
+      terms[f"{key}/filled"] = new_state[key].filled.astype(jnp.float32)
     return total, terms, (new_state if new_state else loss_state)
 
 

@@ -153,6 +153,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_dcl", "CMAH, t 0.2, isotropic, debiased negatives (tau+ 1/20)",
        "candidate", "[Chuang et al., NeurIPS 2020]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__debias_positive_prior=0.05),
+    # Round 9: class structure without labels by clustering across modalities: each
+    # tower's codes must predict the other's Sinkhorn-equipartitioned assignment to 64
+    # learned prototypes, with the last 512 objects' codes in the equipartition (a batch
+    # of 64 alone is too small to spread over 64 prototypes). SwAV's temperature, epsilon
+    # and iterations; 64 prototypes and the 512-object queue are not tuned [ours].
+    _c("cmah_t0.2_iso_proto", "CMAH, t 0.2, isotropic, + swapped prototypes (64)",
+       "candidate", "[ours, after SwAV (Caron et al., NeurIPS 2020) / XDC (Alwassel et al., "
+       "NeurIPS 2020)]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__prototype_weight=1.0, loss__prototype_queue_size=512,
+       model__overrides__num_prototypes=64),
 ]}
 
 

@@ -12,6 +12,7 @@ from cmah_jax.losses.contrastive import (
     contrastive_loss, debiased_contrastive_loss, joint_affinity_targets,
     soft_contrastive_loss, supervised_contrastive_loss)
 from cmah_jax.losses.memory import nearest_neighbour_contrastive_loss, queued_contrastive_loss
+from cmah_jax.losses.prototypes import swapped_prototype_loss
 from cmah_jax.losses.reconstruction import image_reconstruction_loss, point_reconstruction_loss
 from cmah_jax.losses.spec import LossSpec
 from cmah_jax.ops.hashing import sign_ste
@@ -25,7 +26,7 @@ def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
 
 
 def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, queue=None,
-              index=None, support=None):
+              index=None, support=None, assignment=None):
   """Total CMAH loss `L_c + lambda_r * (w_3D L_3D + w_2D L_2D)` [paper; w = 1 there].
 
   `L_c` sums `contrastive_loss` over the selected `spec.pairs`:
@@ -47,7 +48,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   `index`) the full-full pair of `L_c` uses `queued_contrastive_loss`. With
   `spec.nn_positive_weight > 0` and a `support` memory (a `NegativeQueue`, and `index`),
   `nearest_neighbour_contrastive_loss` of the full-pass codes is added with that weight,
-  logged as "loss/nn_contrastive".
+  logged as "loss/nn_contrastive". With `spec.prototype_weight > 0`
+  `swapped_prototype_loss` of the full-pass codes against `outputs["prototypes"]` (and the
+  `assignment` memory, a `NegativeQueue`, when `spec.prototype_queue_size > 0`) is added
+  with that weight, logged as "loss/prototype".
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -59,6 +63,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     labels: `[B]` int, required iff `supervised`.
     queue, index: a `NegativeQueue` and `[B]` int dataset indices, or None (no queue).
     support: a `NegativeQueue` of codes for nearest-neighbour positives, or None.
+    assignment: a `NegativeQueue` of codes joining the prototype equipartition, or None.
   Returns:
     (total scalar float32, {"loss/contrastive", "loss/point_recon", "loss/image_recon",
     "loss/total"} scalars).
@@ -146,6 +151,19 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                               support, index, temperature)
     terms["loss/nn_contrastive"] = l_nn
     total = total + nn_weight * l_nn
+  prototype_weight = float(spec.prototype_weight)
+  if prototype_weight > 0:
+    if spec.prototype_queue_size and assignment is None:
+      raise ValueError("cmah_loss: config.loss.prototype_queue_size > 0 needs the "
+                       "`assignment` memory (objectives.CmahObjective carries it)")
+    l_proto = swapped_prototype_loss(
+        outputs["point/h"], outputs["image/h"],
+        _need(outputs, "prototypes", "loss.prototype_weight > 0 (set "
+              "model.overrides.num_prototypes > 0)"),
+        float(spec.prototype_temperature), float(spec.sinkhorn_epsilon),
+        int(spec.sinkhorn_iterations), assignment)
+    terms["loss/prototype"] = l_proto
+    total = total + prototype_weight * l_proto
   code_weight = float(spec.code_contrast_weight)
   if code_weight > 0:
     l_code = pair_sum("h", "the code contrastive loss", sign_ste)

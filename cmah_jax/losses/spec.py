@@ -77,6 +77,17 @@ class LossSpec:
   # tau+ = this prior, 0 = off (the paper's InfoNCE) [Chuang et al., NeurIPS 2020]: about
   # 1 / number of kinds of object.
   debias_positive_prior: float = 0.0
+  # Cross-modal swapped prototype prediction (`swapped_prototype_loss`) on the full-pass
+  # codes, added with this weight, 0 = off [ours, after SwAV / XDC]; needs
+  # `model.num_prototypes > 0`. Predictions at `prototype_temperature`; targets by
+  # Sinkhorn-Knopp with `sinkhorn_epsilon` and `sinkhorn_iterations` [SwAV: 0.1, 0.05, 3];
+  # `prototype_queue_size > 0` lets the last that many objects' codes (>= the global batch
+  # size) join the equipartition, as SwAV's queue does for small batches.
+  prototype_weight: float = 0.0
+  prototype_temperature: float = 0.1
+  sinkhorn_epsilon: float = 0.05
+  sinkhorn_iterations: int = 3
+  prototype_queue_size: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -112,6 +123,24 @@ class LossSpec:
       raise ValueError("config.loss.debias_positive_prior > 0 replaces the one-hot "
                        "unsupervised in-batch InfoNCE; set loss.supervised=False, "
                        "soft_target_weight=0 and queue_size=0, or the prior to 0")
+    if float(self.prototype_weight) < 0:
+      raise ValueError(f"config.loss.prototype_weight must be >= 0, got "
+                       f"{self.prototype_weight!r}")
+    if not (float(self.prototype_temperature) > 0 and float(self.sinkhorn_epsilon) > 0):
+      raise ValueError("config.loss.prototype_temperature and sinkhorn_epsilon must be > 0, "
+                       f"got {self.prototype_temperature!r}, {self.sinkhorn_epsilon!r}")
+    if int(self.sinkhorn_iterations) != self.sinkhorn_iterations or self.sinkhorn_iterations < 1:
+      raise ValueError("config.loss.sinkhorn_iterations must be an int >= 1, got "
+                       f"{self.sinkhorn_iterations!r}")
+    if int(self.prototype_queue_size) != self.prototype_queue_size or (
+        self.prototype_queue_size < 0) or (
+        self.prototype_queue_size > 0 and not float(self.prototype_weight) > 0):
+      raise ValueError("config.loss.prototype_queue_size must be an int >= 0, and > 0 only "
+                       f"with prototype_weight > 0; got {self.prototype_queue_size!r}, "
+                       f"{self.prototype_weight!r}")
+    if float(self.prototype_weight) > 0 and self.supervised:
+      raise ValueError("config.loss.prototype_weight > 0 is for the unsupervised loss; set "
+                       "loss.supervised=False or prototype_weight=0")
     if self.nn_support_size and self.supervised:
       raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
                        "loss.supervised=False or nn_support_size=0")

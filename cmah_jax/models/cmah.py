@@ -27,6 +27,9 @@ and in training with both modalities also
   with `config.embed_dim = E > 0` also
   "point/z", "image/z", "point/z_masked", "image/z_masked"  [B, E] float32: linear
                                       embeddings of the full / masked pooled features.
+  with `config.num_prototypes = P > 0` also
+  "prototypes"                        [P, K] float32: the learned prototypes (a parameter,
+                                      for `losses.swapped_prototype_loss`).
 """
 from __future__ import annotations
 
@@ -68,6 +71,9 @@ class CMAH(nn.Module):
     if cfg.embed_dim:  # [ours] auxiliary wide embedding (training only)
       self.point_embed = dense(cfg.embed_dim, dt, "point_embed")
       self.image_embed = dense(cfg.embed_dim, dt, "image_embed")
+    if cfg.num_prototypes:  # [ours, after SwAV] shared by both towers (training only)
+      self.prototypes = self.param("prototypes", nn.initializers.normal(1.0),
+                                   (cfg.num_prototypes, cfg.bits), jnp.float32)
     self.point_decoder_pos = PositionMLP(cfg.point_pos_hidden, cfg.width, dt)
     self.point_decoder = FusionDecoder(
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
@@ -151,6 +157,8 @@ class CMAH(nn.Module):
       out["point/z_masked"] = self.point_embed(p_vis_pooled).astype(jnp.float32)
       out["image/z_masked"] = self.image_embed(i_vis_pooled).astype(jnp.float32)
 
+    if cfg.num_prototypes:
+      out["prototypes"] = self.prototypes
     dec_pos = self.point_decoder_pos(centers)
     p_pred = self.point_decoder(p_vis, take_tokens(dec_pos, keep_p),
                                 take_tokens(dec_pos, masked_p), i_vis, det)

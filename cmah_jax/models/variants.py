@@ -52,6 +52,9 @@ class ModelConfig:
                                        # contrastive loss (loss.embed_weight), so the
                                        # encoders learn from a wider space than K bits;
                                        # 0: none (the paper's network) [ours]
+  num_prototypes: int = 0              # > 0: P learned prototypes [P, K] for the swapped
+                                       # prototype loss (loss.prototype_weight); 0: none
+                                       # (the paper's network) [ours, after SwAV]
   dtype: str = "float32"               # compute dtype; params stay float32 [ours]
 
   @property
@@ -102,6 +105,9 @@ class ModelConfig:
       need(0.0 <= r < 1.0, f"{name} must be in [0, 1), got {r!r}")
     need(isinstance(self.embed_dim, int) and not isinstance(self.embed_dim, bool)
          and self.embed_dim >= 0, f"embed_dim must be an int >= 0, got {self.embed_dim!r}")
+    need(isinstance(self.num_prototypes, int) and not isinstance(self.num_prototypes, bool)
+         and self.num_prototypes >= 0,
+         f"num_prototypes must be an int >= 0, got {self.num_prototypes!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(self.dtype in ("float32", "bfloat16", "float16"),
          f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
