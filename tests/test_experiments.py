@@ -291,3 +291,20 @@ def test_dry_run_shows_progress_and_the_training_left(tmp_path):
   # 50 steps left at the finished run's 0.5 s/step: 25 s.
   assert lines[-1].startswith("1 finished, 3 to run: 50 training steps left, about 0m25s")
   assert plan_lib.format_duration(3700) == "1h01m"
+
+
+@pytest.mark.parametrize("results_file", ["results.json", "tuning_validation.json"])
+def test_every_published_run_keeps_its_fingerprint(results_file):
+  """Each run in docs/results was trained and recorded under a fingerprint; planning it
+  again with today's code must give the same one, or the suite would retrain it (a new
+  config field missing from config.ADDED_LATER, say)."""
+  with open(os.path.join(REPO, "docs", "results", results_file)) as f:
+    recorded = json.load(f)
+  base = default.get_config("steps=4800,data_dir=work/data")
+  suite = get_suite(recorded["suite"])
+  assert recorded["runs"]
+  for run in recorded["runs"]:
+    (planned,) = plan_lib.plan(suite, base, "/unused", seeds=[run["seed"]],
+                               bits=[run["bits"]], methods=[run["method"]])
+    assert planned.fingerprint[:16] == run["fingerprint"], (run["method"], run["bits"],
+                                                            run["seed"])
