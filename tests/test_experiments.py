@@ -291,6 +291,14 @@ def test_dry_run_shows_progress_and_the_training_left(tmp_path):
   # 50 steps left at the finished run's 0.5 s/step: 25 s.
   assert lines[-1].startswith("1 finished, 3 to run: 50 training steps left, about 0m25s")
   assert plan_lib.format_duration(3700) == "1h01m"
+  # A config sized in epochs (the real datasets') has no step count until its data is read.
+  sized = default.get_config()
+  sized.total_steps, sized.epochs = None, 3.0
+  by_epochs = plan_lib.plan(get_suite("smoke"), sized, str(tmp_path), seeds=[0], bits=[16],
+                            methods=["cmah"])
+  assert plan_lib.describe(by_epochs)[-1] == (
+      "0 finished, 1 to run: 0 training steps left (not counting 1 run(s) sized in epochs, "
+      "3 each: their steps are fixed from the prepared train split when they start)")
 
 
 @pytest.mark.parametrize("results_file", ["results.json", "tuning_validation.json"])

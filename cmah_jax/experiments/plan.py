@@ -131,6 +131,13 @@ def describe(runs: list[Run]) -> list[str]:
     elif r.total_steps and report.get("train_seconds") and report.get("steps"):
       paces.append(report["train_seconds"] / report["steps"])
   line = f"{len(runs) - todo} finished, {todo} to run: {left} training steps left"
+  by_epochs = [r for r in runs if r.method.kind == "train" and r.config.total_steps is None
+               and r.finished_report() is None]
+  if by_epochs:
+    epochs = sorted({float(r.config.epochs) for r in by_epochs})
+    line += (f" (not counting {len(by_epochs)} run(s) sized in epochs, "
+             f"{'/'.join(f'{e:g}' for e in epochs)} each: their steps are fixed from the "
+             "prepared train split when they start)")
   if paces and left:
     pace = sorted(paces)[len(paces) // 2]
     line += (f", about {format_duration(left * pace)} of training at the finished runs' "
