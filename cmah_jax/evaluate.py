@@ -9,7 +9,10 @@ own rows, and processes exchange codes and metadata once per split. Then, on the
 mAP@all for image->point (i2p) and point->image (p2i), both with ties broken by database
 index and tie-aware (the expectation over orders within tied distances, McSherry & Najork
 2008), precision@k, precision within Hamming radius r, PR curves, how the codes use their
-bits (`metrics.code_usage`), and the mAP of random codes (chance) for scale.
+bits (`metrics.code_usage`), and the mAP of random codes (chance) for scale. With a
+`quantizer.Quantizer` (fitted on the training split's continuous codes by
+`fit_quantizer`) the same metrics of the requantised codes `sign((h - mean) R)` are added
+under "itq".
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from cmah_jax import metrics
+from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
 from cmah_jax.config import EvalSpec
 from cmah_jax.input import InputSpec, eval_batches, local_rows
@@ -76,14 +80,16 @@ class RetrievalEvaluator:
     eval_spec: precision@k's k, the Hamming radius, the protocol.
     seed: seeds the chance (random codes) baseline.
     outputs: `(name, model output key)` pairs that `encode` gathers (default: the codes, as
-      "image" and "point"; `evaluate` needs those two).
+      "image" and "point", and the continuous codes, as "image/h" and "point/h";
+      `evaluate` needs all four).
 
   `trace_count` counts traces of the encoder (1 after any number of evaluations).
   """
 
   def __init__(self, model, data, spec: InputSpec, mesh, *,
                eval_spec: EvalSpec = EvalSpec(), seed: int = 0,
-               outputs=(("image", "image/code"), ("point", "point/code"))):
+               outputs=(("image", "image/code"), ("point", "point/code"),
+                        ("image/h", "image/h"), ("point/h", "point/h"))):
     self.model, self.spec, self.mesh, self.eval_spec = model, spec, mesh, eval_spec
     self.sources = (data if isinstance(data, RetrievalSources)
                     else retrieval_sources(data, eval_spec))
@@ -112,7 +118,8 @@ class RetrievalEvaluator:
     chunks: dict = {"label": [], "index": [], "valid": []}
     name = source if isinstance(source, str) else "source"
     if isinstance(source, str):
-      source = {"query": self.sources.query, "database": self.sources.database}[source]
+      source = {"query": self.sources.query, "database": self.sources.database,
+              "train": self.sources.train}[source]
     for batch in eval_batches(source, None, self.spec, self.mesh):
       outputs = self._encode(params, batch["images"], batch["points"])
       for k, v in outputs.items():
@@ -127,19 +134,36 @@ class RetrievalEvaluator:
       raise RuntimeError(f"eval pipeline of {name!r} did not cover each object once")
     return out
 
-  def evaluate(self, params) -> dict:
+  def fit_quantizer(self, params, seed: int | None = None) -> quantizer_lib.Quantizer:
+    """ITQ quantiser of the continuous codes of the protocol's training objects (the
+    train split, or the validation carve's fitting part); never of queries or database."""
+    train = self.encode(params, "train")
+    return quantizer_lib.fit_quantizer(train["point/h"], train["image/h"],
+                                       seed=self.seed if seed is None else seed)
+
+  def evaluate(self, params, quantizer: quantizer_lib.Quantizer | None = None) -> dict:
     """Encode both splits and compute every retrieval metric.
 
     Returns:
       a JSON-friendly dict (see `retrieval_metrics`) plus "arrays" (host codes and labels
-      of both splits, for figures; not meant for JSON).
+      of both splits, for figures; not meant for JSON); with a `quantizer`, also "itq":
+      the metrics of `quantizer.quantize(h)` in place of the network's codes.
     """
     query = self.encode(params, "query")
     database = self.encode(params, "database")
+    res = self._score(query, database)
+    if quantizer is not None:
+      requantized = [{"label": split["label"],
+                      **{m: np.asarray(quantizer_lib.quantize(split[f"{m}/h"], quantizer))
+                         for m in ("image", "point")}} for split in (query, database)]
+      res["itq"] = self._score(*requantized)
+    res["arrays"] = {"query": query, "database": database}
+    return res
+
+  def _score(self, query: dict, database: dict) -> dict:
     res = retrieval_metrics(query, database, ks=self.eval_spec.precision_ks, seed=self.seed,
                             radius=self.eval_spec.hamming_radius)
     res["protocol"] = self.sources.description
-    res["arrays"] = {"query": query, "database": database}
     return res
 
   def run(self, params) -> Iterator[tuple[str, float]]:
@@ -163,10 +187,18 @@ def flat_metrics(results: dict) -> dict:
     for k, v in by_k.items():
       out[f"precision_at_{k}/{d}"] = v
   out["chance_map"] = results["chance_map"]
+  if "itq" in results:
+    out.update({f"itq/{k}": v for k, v in flat_metrics(results["itq"]).items()
+                if k != "chance_map"})
   return out
 
 
 def summary(results: dict) -> str:
   parts = [f"mAP {d} {b} bits = {v:.4f}" for d, by_bits in results["map"].items()
            for b, v in by_bits.items()]
-  return ", ".join(parts) + f" (chance {results['chance_map']:.4f})"
+  text = ", ".join(parts) + f" (chance {results['chance_map']:.4f})"
+  if "itq" in results:
+    text += "; ITQ codes: " + ", ".join(
+        f"mAP {d} = {v:.4f}" for d, by_bits in results["itq"]["map"].items()
+        for v in by_bits.values())
+  return text

@@ -2,7 +2,7 @@
 
   python -m cmah_jax.index build  --workdir=RUN (--points=DIR | --images=DIR |
                                    --dataset=NAME[/CONFIG]:SPLIT --data_dir=DIR
-                                   --modality=points|images) --out=INDEX
+                                   --modality=points|images) --out=INDEX [--codes=sign]
   python -m cmah_jax.index add    --index=INDEX (--points=DIR | --images=DIR) [--prefix=P]
   python -m cmah_jax.index search --index=INDEX --query=FILE [--query=FILE ...] [--k=10]
                                   [--json=OUT.json] [--picture=OUT.png]
@@ -12,7 +12,9 @@
 `--workdir` is a training run: its latest checkpoint and config define the model
 (`cmah_jax.inference.load_trained`). The index records it, so `add` and `search` load the
 same run unless `--workdir` says otherwise; either way a model whose fingerprint (config
-hash, bits, checkpoint step) differs from the index's is refused.
+hash, bits, checkpoint step, codes) differs from the index's is refused. The codes are the
+run's learned quantiser's, sign((h - mean) R) from `quantizer.npz`, when it has one
+(`build --codes=sign` for the network's own sign(h)); an index of sign codes stays one.
 
 Exit status: 0 on success (files that could not be indexed are reported, not fatal), 2 on
 an error (printed as one `error: ...` line).
@@ -20,6 +22,7 @@ an error (printed as one `error: ...` line).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -49,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--data_dir", help="with --dataset: where it was prepared")
   b.add_argument("--modality", choices=("points", "images"), help="with --dataset")
   b.add_argument("--out", required=True, help="index directory to write")
+  b.add_argument("--codes", choices=("auto", "sign"), default="auto",
+                 help="auto: the run's learned quantiser's codes (quantizer.npz) when it has "
+                      "one, else sign(h); sign: always the network's own sign(h)")
 
   a = sub.add_parser("add", help="append a folder to an index")
   a.add_argument("--index", required=True)
@@ -81,11 +87,22 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def with_codes(bound, codes: str):
+  """`bound` giving sign(h) codes when `codes == "sign"` (its learned quantiser dropped);
+  unchanged for "auto"."""
+  if codes == "sign" and getattr(bound, "quantizer", None) is not None:
+    return dataclasses.replace(bound, quantizer=None)
+  return bound
+
+
 def _model_for(index, args, loader):
   workdir = args.workdir or index.workdir
   if not workdir:
     raise ValueError(f"index {index.path} records no training run; pass --workdir")
-  bound = loader(workdir)
+  # The codes the index was built with: an index of sign(h) codes (or one written before
+  # fingerprints named their codes) is extended and searched with sign(h) codes.
+  codes = "sign" if index.fingerprint.get("codes", "sign") == "sign" else "auto"
+  bound = with_codes(loader(workdir), codes)
   index.check_model(bound, model_name=f"the model of --workdir {workdir}")
   return bound
 
@@ -97,7 +114,8 @@ def info_text(index, list_skipped: bool = False) -> str:
       f"index      {index.path}",
       f"codes      {index.count:,} {index.modality}, {index.bits} bits "
       f"({index.code_bytes} bytes each, faiss bit order)",
-      f"model      config_hash={fp['config_hash']} bits={fp['bits']} step={fp['step']}",
+      f"model      config_hash={fp['config_hash']} bits={fp['bits']} step={fp['step']} "
+      f"codes={fp.get('codes', 'sign')}",
       f"workdir    {index.workdir}",
       f"inputs     {m['model'].get('num_points')} points / {m['model'].get('image_size')} px",
       f"disk       {index.nbytes_on_disk() / 2 ** 20:,.1f} MiB",
@@ -131,7 +149,7 @@ def main(argv=None, loader=None) -> int:
         raise ValueError("--dataset needs --data_dir and --modality")
       if not args.dataset and (args.modality or args.data_dir):
         raise ValueError("--modality and --data_dir go with --dataset only")
-      bound = loader(args.workdir)
+      bound = with_codes(loader(args.workdir), args.codes)
       summary = retrieval.build_index(
           args.out, bound, points=args.points, images=args.images, dataset=args.dataset,
           data_dir=args.data_dir, modality=args.modality, workdir=args.workdir,

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.models import CMAH, abstract_variables
 
 
@@ -26,15 +27,27 @@ class TrainedModel:
   image_size: int
   config_hash: str
   config: Any = None  # the run's resolved `ExperimentConfig`
+  quantizer: Any = None  # a `quantizer.Quantizer` (codes sign((h - mean) R)), or None: sign(h)
+
+  @property
+  def codes(self) -> str:
+    """Which codes the model gives: "sign" (the network's sign(h)) or "itq:<digest>"."""
+    return "sign" if self.quantizer is None else f"itq:{quantizer_lib.digest(self.quantizer)}"
 
   @property
   def fingerprint(self) -> dict:
-    """What identifies the hash functions: the resolved config's hash, bits and step."""
-    return {"config_hash": self.config_hash, "bits": self.bits, "step": self.step}
+    """What identifies the hash functions: the resolved config's hash, bits, step and
+    which codes (`codes`)."""
+    return {"config_hash": self.config_hash, "bits": self.bits, "step": self.step,
+            "codes": self.codes}
 
 
-def load_trained(workdir: str, step: int | None = None) -> TrainedModel:
+def load_trained(workdir: str, step: int | None = None, codes: str = "auto") -> TrainedModel:
   """The model of the run in `workdir` at checkpoint `step` (default: the latest).
+
+  `codes`: "auto" gives the run's learned quantiser's codes (`quantizer.npz`, fitted at
+  the end of training) when it has one for this checkpoint and sign(h) otherwise; "sign"
+  always the network's own sign(h); "itq" requires the quantiser.
 
   Raises:
     FileNotFoundError: no config.json or no checkpoint (the path is named).
@@ -57,6 +70,14 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedModel:
     raise ValueError(f"checkpoint {step} in {ckpt_dir} does not fit the model of "
                      f"{os.path.join(workdir, train.CONFIG_FILE)}")
   params = jax.tree.map(lambda x, a: jax.numpy.asarray(x, a.dtype), params, abstract)
+  if codes not in ("auto", "sign", "itq"):
+    raise ValueError(f"load_trained: codes must be 'auto', 'sign' or 'itq', got {codes!r}")
+  quantizer = None if codes == "sign" else quantizer_lib.load(workdir, step=int(step))
+  if codes == "itq" and quantizer is None:
+    raise FileNotFoundError(
+        f"{os.path.join(workdir, quantizer_lib.FILE)}: no learned quantiser for checkpoint "
+        f"{step} (runs fit it when they finish; `cmah_jax.run.add_quantizer` fits it for "
+        "older runs); pass codes='sign' for the network's own codes")
   return TrainedModel(model=model, params=params, step=int(step), bits=cfg.model.bits,
                       num_points=cfg.model.num_points, image_size=cfg.model.image_size,
-                      config_hash=cfg.fingerprint(), config=cfg)
+                      config_hash=cfg.fingerprint(), config=cfg, quantizer=quantizer)

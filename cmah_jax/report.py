@@ -41,11 +41,19 @@ def write_markdown(path: str, results: dict, config) -> None:
           f"P@{k}" for k in results["precision_at_k"]["i2p"]) + " |",
       "|---|---|---|---|" + "---|" * len(results["precision_at_k"]["i2p"]),
   ]
-  for d in DIRECTIONS:
-    pk = " | ".join(f"{v:.4f}" for v in results["precision_at_k"][d].values())
-    lines.append(f"| {_NAMES[d]} | {results['map'][d][bits]:.4f} | "
-                 f"{results['map_tie_aware'][d][bits]:.4f} | "
-                 f"{results['precision_within_radius'][d]:.4f} | {pk} |")
+  codes = [("", results)]
+  if "itq" in results:  # the learned quantiser's codes (`cmah_jax.quantizer`)
+    codes = [(", sign(h)", results), (", ITQ codes", results["itq"])]
+  for suffix, res in codes:
+    for d in DIRECTIONS:
+      pk = " | ".join(f"{v:.4f}" for v in res["precision_at_k"][d].values())
+      lines.append(f"| {_NAMES[d]}{suffix} | {res['map'][d][bits]:.4f} | "
+                   f"{res['map_tie_aware'][d][bits]:.4f} | "
+                   f"{res['precision_within_radius'][d]:.4f} | {pk} |")
+  if "itq" in results:
+    lines += ["", "sign(h): the network's own codes [paper]. ITQ codes: sign((h - mean) R), "
+              "mean and rotation R fitted on the training objects' continuous codes after "
+              "training (`quantizer.npz`) [ours, after ITQ]."]
   usage = results.get("code_usage")
   if usage:
     lines += ["", "| codes | distinct | majority-bit share | bit entropy | mean abs bit "

@@ -26,3 +26,51 @@ def run_experiment(config, workdir: str, devices=None, *,
     # leader's exit would abort the others).
     multihost_utils.sync_global_devices("cmah_run_done")
   return result
+
+
+def add_quantizer(workdir: str) -> dict:
+  """For a finished run whose report predates the learned quantiser: fit it on the final
+  checkpoint's training codes (`quantizer.npz`), score its codes, and add them to
+  `report.json` (as "itq") and `report.md`. Training is not repeated.
+
+  Returns:
+    the updated report.
+  Raises:
+    FileNotFoundError: no report.json in `workdir`; ValueError: the latest checkpoint is
+    not the step the report was written at.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax import report as report_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax import sharding as shd  # pylint: disable=import-outside-toplevel
+  from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
+  from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
+  from cmah_jax.protocol import retrieval_sources  # pylint: disable=import-outside-toplevel
+
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  path = os.path.join(workdir, "report.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no report; train the run first")
+  with open(path) as f:
+    report = json.load(f)
+  trained = load_trained(workdir, codes="sign")
+  if report.get("steps") is not None and trained.step != int(report["steps"]):
+    raise ValueError(f"{workdir}: latest checkpoint is step {trained.step}, the report was "
+                     f"written at step {report['steps']}")
+  cfg = trained.config
+  sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
+  evaluator = RetrievalEvaluator(trained.model, sources, cfg.input, shd.make_mesh(None),
+                                 eval_spec=cfg.eval, seed=cfg.seed)
+  quantizer = evaluator.fit_quantizer(trained.params)
+  results = evaluator.evaluate(trained.params, quantizer)
+  if jax.process_index() == 0:
+    quantizer_lib.save(workdir, quantizer, step=trained.step)
+    report["itq"] = json.loads(json.dumps(
+        results["itq"], default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+    report_lib.write_markdown(os.path.join(workdir, "report.md"), report, cfg)
+  return report

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 from cmah_jax import checkpointing, resume
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
+from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.datasets import prepare as prepare_lib
 from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
 from cmah_jax.input import TrainPipeline
@@ -469,7 +470,12 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
     checkpointing.close(manager)
 
   t_eval = time.perf_counter()
-  results = evaluator.evaluate(state["params"])
+  # The learned quantiser [ours, after ITQ]: fitted on the training objects' continuous
+  # codes, saved beside the checkpoints, scored beside the network's own sign codes.
+  quantizer = evaluator.fit_quantizer(state["params"])
+  if jax.process_index() == 0:
+    quantizer_lib.save(workdir, quantizer, step=int(jax.device_get(state["step"])))
+  results = evaluator.evaluate(state["params"], quantizer)
   results["eval_seconds"] = time.perf_counter() - t_eval
   results["steps"] = int(jax.device_get(state["step"]))
   results["train_seconds"] = window.seconds  # of this invocation (0 if it only evaluated)

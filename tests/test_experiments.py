@@ -172,29 +172,43 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   data = json.load(open(tmp_path / "suite" / "results.json"))
-  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "random"]
+  # The trained run gives two rows: its learned quantiser's codes, and its sign(h) codes.
+  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "cmah_sign",
+                                                       "random"]
   for r in data["runs"]:
     report = json.load(open(os.path.join(r["workdir"], "report.json")))
-    assert r["map"]["i2p"] == report["map"]["i2p"]["16"]
+    scored = report["itq"] if r["method"] == "cmah" else report
+    assert r["map"]["i2p"] == scored["map"]["i2p"]["16"]
+    assert r["codes"] == {"cmah": "itq", "cmah_sign": "sign"}.get(r["method"], "own")
     assert report["run_fingerprint"] == r["fingerprint"]
     # Code usage of the database codes, as metrics.code_usage computes it from the codes.
-    assert r["code_usage"] == {m: {k: report["code_usage"]["database"][m][k]
+    assert r["code_usage"] == {m: {k: scored["code_usage"]["database"][m][k]
                                    for k in results_lib.USAGE} for m in ("image", "point")}
     assert 1 <= r["code_usage"]["point"]["distinct"] <= report["num_database"]
   assert (tmp_path / "suite" / "map_vs_bits.png").stat().st_size > 0
   assert "random codes" in (tmp_path / "suite" / "results.md").read_text()
   assert "## code usage of the database codes" in (tmp_path / "suite" / "results.md").read_text()
+  # A trained run whose report predates the quantiser is requantised, not retrained.
+  cmah_dir = next(r["workdir"] for r in data["runs"] if r["method"] == "cmah")
+  report = json.load(open(os.path.join(cmah_dir, "report.json")))
+  with open(os.path.join(cmah_dir, "report.json"), "w") as f:
+    json.dump({k: v for k, v in report.items() if k != "itq"}, f)
+  metrics_before = open(os.path.join(cmah_dir, "metrics.jsonl")).read()
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "3 finished, 0 to run" in again.stdout
+  assert "ITQ 1/1 cmah 16 bits seed 0: done" in again.stdout, again.stdout[-2000:]
+  assert json.load(open(os.path.join(cmah_dir, "report.json")))["itq"] == report["itq"]
+  assert open(os.path.join(cmah_dir, "metrics.jsonl")).read() == metrics_before
   # A run of a subset (here: one method) keeps every finished run of the suite in the tables.
   subset = [a for a in cmd if not a.startswith("--methods")] + ["--methods=random"]
   part = subprocess.run(subset, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert part.returncode == 0 and "1 finished, 0 to run" in part.stdout, part.stdout[-2000:]
   data = json.load(open(tmp_path / "suite" / "results.json"))
-  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "random"]
+  assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "cmah_sign",
+                                                       "random"]
   # The binarisation diagnostic on the trained run: its code-ranked cross-modal mAP is the
   # report's (scored there by the evaluator's own path).
-  run = next(r for r in data["runs"] if r["method"] == "cmah")
+  run = next(r for r in data["runs"] if r["method"] == "cmah_sign")
   rep = subprocess.run([sys.executable, "-m", "cmah_jax.experiments.representation",
                         f"--workdir={run['workdir']}"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -285,7 +299,14 @@ def test_dry_run_shows_progress_and_the_training_left(tmp_path):
   assert (done.total_steps, by["random", 0].total_steps) == (100, 0)
   lines = plan_lib.describe(runs)
   text = {line.split("  ")[0].strip(): line for line in lines[:-1]}
-  assert " finished " in text["cmah 16 bits seed 0"]
+  # Its report predates the learned quantiser: the suite will add it before training.
+  assert " finished, no ITQ " in text["cmah 16 bits seed 0"]
+  assert done.needs_quantizer() and not partial.needs_quantizer()
+  with open(done.report_path, "w") as f:
+    json.dump({"run_fingerprint": done.fingerprint, "steps": 100, "train_seconds": 50.0,
+               "itq": {}}, f)
+  assert not done.needs_quantizer()
+  assert " finished " in plan_lib.describe(runs)[0]
   assert " at 50/100 " in text["cmah 16 bits seed 1"]
   assert " to run " in text["random 16 bits seed 0"]
   # 50 steps left at the finished run's 0.5 s/step: 25 s.

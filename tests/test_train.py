@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cmah_jax import checkpointing, evaluate, run, train
+from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.inference import load_trained
 from cmah_jax.metrics import mean_average_precision, tie_aware_mean_average_precision
 from cmah_jax.metric_writer import read_jsonl
@@ -95,6 +96,32 @@ def test_end_to_end_report(data_dir, tmp_path):
   assert len(losses_of(str(tmp_path))) == 6
   assert int(result.state["step"]) == 6
   assert result.metrics[f"map/i2p/{bits}"] == report["map"]["i2p"][bits]
+  # The learned quantiser: saved beside the checkpoints; the report's "itq" block scores
+  # its codes of the run's own continuous codes (recomputed here in NumPy).
+  q = quantizer_lib.load(str(tmp_path))
+  assert q is not None and q.bits == int(bits)
+  np.testing.assert_allclose(np.asarray(q.rotation) @ np.asarray(q.rotation).T,
+                             np.eye(int(bits)), atol=1e-5)
+  def requantized(role, m):
+    h = np.asarray(arrays[role][f"{m}/h"], np.float64)
+    return np.where((h - q.mean) @ q.rotation >= 0, 1.0, -1.0)
+  for d, (qm, dm) in {"i2p": ("image", "point"), "p2i": ("point", "image")}.items():
+    assert report["itq"]["map_tie_aware"][d][bits] == pytest.approx(
+        tie_aware_mean_average_precision(requantized("query", qm), requantized("database", dm),
+                                         arrays["query"]["label"],
+                                         arrays["database"]["label"]), abs=1e-12)
+  assert result.metrics[f"itq/map/i2p/{bits}"] == report["itq"]["map"]["i2p"][bits]
+  assert "ITQ codes" in (tmp_path / "report.md").read_text()
+  # A report written before the quantiser existed gets it from the final checkpoint,
+  # without training again: the same numbers.
+  old = {k: v for k, v in report.items() if k != "itq"}
+  with open(tmp_path / "report.json", "w") as f:
+    json.dump(old, f)
+  os.remove(tmp_path / "quantizer.npz")
+  added = run.add_quantizer(str(tmp_path))
+  assert added["itq"]["map_tie_aware"] == report["itq"]["map_tie_aware"]
+  assert json.load(open(tmp_path / "report.json"))["itq"]["map"] == report["itq"]["map"]
+  assert len(losses_of(str(tmp_path))) == 6
 
 
 def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypatch):

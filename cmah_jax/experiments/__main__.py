@@ -44,11 +44,13 @@ flags.mark_flags_as_required(["suite", "workdir"])
 _fmt = plan_lib.format_duration
 
 
-def _start(run) -> subprocess.Popen:
+def _start(run, action: str | None = None) -> subprocess.Popen:
   os.makedirs(run.workdir, exist_ok=True)
   spec = {"method": run.method.name, "kind": run.method.kind,
           "fingerprint": run.fingerprint, "workdir": run.workdir,
           "config": run.config.to_dict()}
+  if action:
+    spec["action"] = action
   spec_path = os.path.join(run.workdir, "run.json")
   with open(spec_path, "w") as f:
     json.dump(spec, f, indent=2)
@@ -62,7 +64,7 @@ def collect(suite, runs, root) -> dict:
   for r in runs:
     report = r.finished_report()
     if report is not None:
-      rows.append(results_lib.run_row(r, report))
+      rows.extend(results_lib.run_rows(r, report))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
   return results_lib.write(root, suite, rows, protocol)
 
@@ -76,6 +78,18 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   todo = [r for r in runs if not r.finished()]
   print(f"[experiments] suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} "
         f"finished, {len(todo)} to run, {jobs} at a time; results in {root}", flush=True)
+  # Every finished run the tables show, not only the selected ones: one table, one kind
+  # of codes per method.
+  add_quantizer = [r for r in collected if r.needs_quantizer()]
+  if add_quantizer:
+    print(f"[experiments] {len(add_quantizer)} finished run(s) predate the learned quantiser: "
+          "fitting it from their final checkpoints first (about a minute each)", flush=True)
+  for i, run in enumerate(add_quantizer):
+    proc = _start(run, "add_quantizer")
+    _PROCS[proc.pid] = proc
+    code = proc.wait()
+    print(f"[experiments] ITQ {i + 1}/{len(add_quantizer)} {run.name}: "
+          f"{'done' if code == 0 else f'FAILED (exit {code}), see log.txt'}", flush=True)
   running: dict = {}
   failed, durations = [], []
   t_start = time.time()

@@ -45,6 +45,12 @@ class Run:
     """Whether the run's report exists and was made by exactly this run's config."""
     return self.finished_report() is not None
 
+  def needs_quantizer(self) -> bool:
+    """A finished trained run whose report predates the learned quantiser ("itq" codes,
+    `cmah_jax.quantizer`): the suite adds it from the final checkpoint."""
+    report = self.finished_report()
+    return self.method.kind == "train" and report is not None and "itq" not in report
+
   @property
   def total_steps(self) -> int:
     """Training steps of the run (0 for a classic method; an `epochs` config resolves its
@@ -123,7 +129,8 @@ def describe(runs: list[Run]) -> list[str]:
   for r in runs:
     report = r.finished_report()
     step = 0 if report else r.steps_logged()
-    state = "finished" if report else f"at {step}/{r.total_steps}" if step else "to run"
+    state = ("finished, no ITQ" if r.needs_quantizer() else "finished" if report
+             else f"at {step}/{r.total_steps}" if step else "to run")
     lines.append(f"{r.name:40s} {r.method.kind:8s} {state:13s} {r.workdir}")
     if report is None:
       todo += 1

@@ -26,8 +26,15 @@ def table(data: dict, command: str = "") -> str:
   """The generated block (without markers)."""
   aggs = data["aggregate"]
   hours = sum(r.get("train_seconds") or 0.0 for r in data["runs"]) / 3600
-  lines = [f"Suite `{data['suite']}` ({len(data['runs'])} runs; training time summed over "
+  # A CMAH run also gives a sign(h) row (`results.SIGN_ROWS`): one run, counted once.
+  trained = sum(1 for r in data["runs"] if r.get("codes") != "sign")
+  lines = [f"Suite `{data['suite']}` ({trained} runs; training time summed over "
            f"runs {hours:.1f} h). {data['protocol']}."]
+  if any(r.get("codes") == "itq" for r in data["runs"]):
+    lines += ["", "Trained methods are scored with the learned quantiser's codes, sign((h - "
+              "mean) R), ITQ fitted on the training objects' continuous codes after training "
+              "(`cmah_jax/quantizer.py`); the row *CMAH, sign(h) codes* scores the same CMAH "
+              "runs with the network's own sign codes."]
   if command:
     lines += ["", f"`{command}`"]
   body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")

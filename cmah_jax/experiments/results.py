@@ -15,12 +15,34 @@ MODALITIES = ("image", "point")
 USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"}
 
 
-def run_row(run, report: dict) -> dict:
-  """The numbers of one finished run."""
+# The network's own sign(h) codes of these methods, tabled beside the learned quantiser's
+# as an ablation row: method -> (row name, label).
+SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)")}
+
+
+def run_rows(run, report: dict) -> list[dict]:
+  """The rows of one finished run: one, with the learned quantiser's ("itq") codes where
+  the report has them (trained methods) and the report's own codes otherwise; plus, for
+  the methods of `SIGN_ROWS`, the sign(h) codes as an ablation row."""
+  if "itq" not in report:
+    return [run_row(run, report)]
+  rows = [run_row(run, dict(report, **report["itq"]), codes="itq")]
+  if run.method.name in SIGN_ROWS:
+    name, label = SIGN_ROWS[run.method.name]
+    # The same training as the row above: its time is counted there.
+    rows.append(dict(run_row(run, report, codes="sign"), method=name, label=label,
+                     group="ablation", train_seconds=None))
+  return rows
+
+
+def run_row(run, report: dict, codes: str = "own") -> dict:
+  """The numbers of one finished run, from `report`'s top-level metrics; `codes` names
+  which codes they score ("own": the method's, "sign": sign(h), "itq": the learned
+  quantiser's)."""
   b = str(run.bits)
   row = {"method": run.method.name, "label": run.method.label, "group": run.method.group,
          "bits": run.bits, "seed": run.seed, "fingerprint": run.fingerprint,
-         "workdir": run.workdir, "steps": report.get("steps"),
+         "workdir": run.workdir, "steps": report.get("steps"), "codes": codes,
          "train_seconds": report.get("train_seconds"), "protocol": report.get("protocol"),
          "precision_within_radius": {d: report["precision_within_radius"][d]
                                      for d in DIRECTIONS}}

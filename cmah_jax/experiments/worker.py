@@ -3,7 +3,9 @@
 RUN.json (written by the suite): {"method", "kind", "fingerprint", "workdir", "config": the
 resolved config}. A trained method goes through `cmah_jax.run.run_experiment` (resumable
 from its checkpoints); a classic one through `cmah_jax.experiments.classic`. The report gets
-`method` and `run_fingerprint`, which the suite reads to know the run is finished.
+`method` and `run_fingerprint`, which the suite reads to know the run is finished. With
+`"action": "add_quantizer"` a finished trained run whose report predates the learned
+quantiser gets it (`cmah_jax.run.add_quantizer`), without training again.
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def main(argv) -> int:
     _stamp_report(workdir, extra, results)
     return 0
   from cmah_jax import run  # pylint: disable=import-outside-toplevel
+  if spec.get("action") == "add_quantizer":  # a finished run that predates the quantiser
+    run.add_quantizer(workdir)
+    return 0
   result = run.run_experiment(cfg, workdir)
   if result.results is None:  # stopped by a signal: resumable, not finished
     return 3

@@ -3,7 +3,8 @@ model fingerprints, and progress lines with an ETA.
 
 A *bound model* is anything with the fields of `cmah_jax.inference.TrainedModel`:
 `model` (a `CMAH` module), `params`, `bits`, `num_points`, `image_size` and a
-`fingerprint` dict `{config_hash, bits, step}`. `load_trained(workdir)` gives one for a
+`fingerprint` dict `{config_hash, bits, step, codes}` (and optionally a learned
+`quantizer`, whose codes `sign((h - mean) R)` it then gives). `load_trained(workdir)` gives one for a
 training run; `bind(model, params)` gives one for a model built in code (tests, notebooks).
 
 Bit order ("faiss order"): bit j of a K-bit code is bit `j % 8`, least significant first,
@@ -25,10 +26,13 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
+from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import TrainedModel
 
-TOWERS = {"points": ("points", "point/code"), "images": ("images", "image/code")}
+# modality -> (CMAH argument, its code output, its continuous-code output)
+TOWERS = {"points": ("points", "point/code", "point/h"),
+          "images": ("images", "image/code", "image/h")}
 
 
 # ----------------------------------------------------------------------------------------
@@ -83,9 +87,11 @@ def bind(model, params, step: int = 0, config_hash: str | None = None) -> BoundM
 
 
 def fingerprint_of(bound) -> dict:
-  """`{config_hash: str, bits: int, step: int}` of a bound model, JSON-normalised."""
+  """`{config_hash: str, bits: int, step: int, codes: str}` of a bound model,
+  JSON-normalised ("codes": "sign", or "itq:<digest>" with a learned quantiser)."""
   fp = dict(bound.fingerprint)
-  return dict(config_hash=str(fp["config_hash"]), bits=int(fp["bits"]), step=int(fp["step"]))
+  return dict(config_hash=str(fp["config_hash"]), bits=int(fp["bits"]), step=int(fp["step"]),
+              codes=str(fp.get("codes", "sign")))
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,11 +161,13 @@ class Encoder:
     if modality not in TOWERS:
       raise ValueError(f"modality must be one of {sorted(TOWERS)}, got {modality!r}")
     if modality not in self._fns:
-      arg, out_key = TOWERS[modality]
+      arg, code_key, h_key = TOWERS[modality]
       model = self.bound.model
+      q = getattr(self.bound, "quantizer", None)  # the run's learned quantiser, if any
 
       def fn(params, x):
-        return model.apply({"params": params}, **{arg: x}, train=False)[out_key]
+        out = model.apply({"params": params}, **{arg: x}, train=False)
+        return out[code_key] if q is None else quantizer_lib.quantize(out[h_key], q)
 
       self._fns[modality] = jax.jit(fn, in_shardings=(shd.replicated(self.mesh), self._in),
                                     out_shardings=self._in)

@@ -18,7 +18,7 @@ Layout of an index directory (format version 1)::
   {"format": "cmah_jax.hash_index", "version": 1,
    "modality": "points" | "images",
    "bits": K, "code_bytes": ceil(K / 8), "bit_order": "faiss",
-   "fingerprint": {"config_hash": str, "bits": K, "step": int},
+   "fingerprint": {"config_hash": str, "bits": K, "step": int, "codes": str},
    "model": {"workdir": str | null, "num_points": int, "image_size": int},
    "count": total codes,
    "segments": [{"name", "count", "skipped", "ignored", "source", "created"}, ...],
@@ -102,14 +102,16 @@ def atomic_write_bytes(path: str, data: bytes):
 
 
 def format_fingerprint(fp: dict) -> str:
-  return f"config_hash={fp.get('config_hash')}, bits={fp.get('bits')}, step={fp.get('step')}"
+  return (f"config_hash={fp.get('config_hash')}, bits={fp.get('bits')}, step={fp.get('step')}, "
+          f"codes={fp.get('codes', 'sign')}")
 
 
 def check_fingerprint(index_fp: dict, model_fp: dict, index_path: str, model_name: str):
-  """Raise `FingerprintMismatch` naming both fingerprints unless they are equal."""
-  keys = ("config_hash", "bits", "step")
-  a = {k: index_fp.get(k) for k in keys}
-  b = {k: model_fp.get(k) for k in keys}
+  """Raise `FingerprintMismatch` naming both fingerprints unless they are equal (an index
+  written before fingerprints named their codes holds sign(h) codes)."""
+  keys = ("config_hash", "bits", "step", "codes")
+  a = {k: index_fp.get(k, "sign" if k == "codes" else None) for k in keys}
+  b = {k: model_fp.get(k, "sign" if k == "codes" else None) for k in keys}
   if a != b:
     diff = ", ".join(k for k in keys if a[k] != b[k])
     raise FingerprintMismatch(
