@@ -134,6 +134,16 @@ class RetrievalEvaluator:
       raise RuntimeError(f"eval pipeline of {name!r} did not cover each object once")
     return out
 
+  @classmethod
+  def for_run(cls, trained, **kwargs) -> "RetrievalEvaluator":
+    """The evaluator of a loaded run (`inference.load_trained`): its dataset, protocol,
+    input spec and seed, on a mesh of every device; `kwargs` as the constructor's."""
+    from cmah_jax.train import prepare_dataset  # pylint: disable=import-outside-toplevel
+    cfg = trained.config
+    sources = retrieval_sources(prepare_dataset(cfg.dataset), cfg.eval)
+    return cls(trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
+               seed=cfg.seed, **kwargs)
+
   def fit_quantizer(self, params, seed: int | None = None) -> quantizer_lib.Quantizer:
     """ITQ quantiser of the continuous codes of the protocol's training objects (the
     train split, or the validation carve's fitting part); never of queries or database."""

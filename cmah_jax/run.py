@@ -2,6 +2,9 @@
 (`cmah_jax.report`) on process 0. `main.py` and the sweep call `run_experiment`."""
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 from jax.experimental import multihost_utils
 
@@ -39,14 +42,10 @@ def add_quantizer(workdir: str) -> dict:
     FileNotFoundError: no report.json in `workdir`; ValueError: the latest checkpoint is
     not the step the report was written at.
   """
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
   from cmah_jax import report as report_lib  # pylint: disable=import-outside-toplevel
-  from cmah_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
-  from cmah_jax.protocol import retrieval_sources  # pylint: disable=import-outside-toplevel
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   path = os.path.join(workdir, "report.json")
@@ -58,10 +57,7 @@ def add_quantizer(workdir: str) -> dict:
   if report.get("steps") is not None and trained.step != int(report["steps"]):
     raise ValueError(f"{workdir}: latest checkpoint is step {trained.step}, the report was "
                      f"written at step {report['steps']}")
-  cfg = trained.config
-  sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
-  evaluator = RetrievalEvaluator(trained.model, sources, cfg.input, shd.make_mesh(None),
-                                 eval_spec=cfg.eval, seed=cfg.seed)
+  evaluator = RetrievalEvaluator.for_run(trained)
   quantizer = evaluator.fit_quantizer(trained.params)
   results = evaluator.evaluate(trained.params, quantizer)
   if jax.process_index() == 0:
@@ -72,5 +68,5 @@ def add_quantizer(workdir: str) -> dict:
     with open(tmp, "w") as f:
       json.dump(report, f, indent=2)
     os.replace(tmp, path)
-    report_lib.write_markdown(os.path.join(workdir, "report.md"), report, cfg)
+    report_lib.write_markdown(os.path.join(workdir, "report.md"), report, trained.config)
   return report

@@ -59,22 +59,15 @@ def encode_run(workdir: str) -> tuple[dict, dict, str]:
   Returns:
     (query, database, protocol description); query/database as `representation_maps` takes.
   """
-  from cmah_jax import sharding as shd  # pylint: disable=import-outside-toplevel
-  from cmah_jax import train  # pylint: disable=import-outside-toplevel
   from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
-  from cmah_jax.protocol import retrieval_sources  # pylint: disable=import-outside-toplevel
 
-  trained = load_trained(workdir)
-  cfg = trained.config
-  sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
+  trained = load_trained(workdir, codes="sign")
   # The evaluator's batching, sharding and ordering, with both outputs of the hash heads.
-  evaluator = RetrievalEvaluator(
-      trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
-      seed=cfg.seed, outputs=[(k, k) for k in ("image/code", "point/code", "image/h",
-                                               "point/h")])
+  evaluator = RetrievalEvaluator.for_run(
+      trained, outputs=[(k, k) for k in ("image/code", "point/code", "image/h", "point/h")])
   return (evaluator.encode(trained.params, "query"),
-          evaluator.encode(trained.params, "database"), sources.description)
+          evaluator.encode(trained.params, "database"), evaluator.sources.description)
 
 
 def main(argv):
