@@ -158,6 +158,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # learned prototypes, with the last 512 objects' codes in the equipartition (a batch
     # of 64 alone is too small to spread over 64 prototypes). SwAV's temperature, epsilon
     # and iterations; 64 prototypes and the 512-object queue are not tuned [ours].
+    # Not kept: 0.663 / 0.634 against 0.728 / 0.705 on the validation carve (README, round 9).
     _c("cmah_t0.2_iso_proto", "CMAH, t 0.2, isotropic, + swapped prototypes (64)",
        "candidate", "[ours, after SwAV (Caron et al., NeurIPS 2020) / XDC (Alwassel et al., "
        "NeurIPS 2020)]", loss__temperature=0.2, input__point_scale_isotropic=True,
