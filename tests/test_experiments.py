@@ -333,6 +333,8 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
   suite = get_suite(recorded["suite"])
   assert recorded["runs"]
   for run in recorded["runs"]:
+    if run.get("codes") == "sign":  # a second row of a run (results.SIGN_ROWS)
+      continue
     (planned,) = plan_lib.plan(suite, base, "/unused", seeds=[run["seed"]],
                                bits=[run["bits"]], methods=[run["method"]])
     assert planned.fingerprint[:16] == run["fingerprint"], (run["method"], run["bits"],
