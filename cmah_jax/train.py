@@ -472,6 +472,8 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
   t_eval = time.perf_counter()
   # The learned quantiser [ours, after ITQ]: fitted on the training objects' continuous
   # codes, saved beside the checkpoints, scored beside the network's own sign codes.
+  log("Fitting the learned quantiser (ITQ) on the %d training objects' codes",
+      len(sources.train))
   quantizer = evaluator.fit_quantizer(state["params"])
   if jax.process_index() == 0:
     quantizer_lib.save(workdir, quantizer, step=int(jax.device_get(state["step"])))
