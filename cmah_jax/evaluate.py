@@ -144,12 +144,12 @@ class RetrievalEvaluator:
     return cls(trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
                seed=cfg.seed, **kwargs)
 
-  def fit_quantizer(self, params, seed: int | None = None) -> quantizer_lib.Quantizer:
-    """ITQ quantiser of the continuous codes of the protocol's training objects (the
-    train split, or the validation carve's fitting part); never of queries or database."""
+  def fit_quantizer(self, params) -> quantizer_lib.Quantizer:
+    """ITQ quantiser (seeded by the run's seed) of the continuous codes of the protocol's
+    training objects (the train split, or the validation carve's fitting part); never of
+    queries or database."""
     train = self.encode(params, "train")
-    return quantizer_lib.fit_quantizer(train["point/h"], train["image/h"],
-                                       seed=self.seed if seed is None else seed)
+    return quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=self.seed)
 
   def evaluate(self, params, quantizer: quantizer_lib.Quantizer | None = None) -> dict:
     """Encode both splits and compute every retrieval metric.

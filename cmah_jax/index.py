@@ -101,7 +101,7 @@ def _model_for(index, args, loader):
     raise ValueError(f"index {index.path} records no training run; pass --workdir")
   # The codes the index was built with: an index of sign(h) codes (or one written before
   # fingerprints named their codes) is extended and searched with sign(h) codes.
-  codes = "sign" if index.fingerprint.get("codes", "sign") == "sign" else "auto"
+  codes = "sign" if index.fingerprint["codes"] == "sign" else "auto"
   bound = with_codes(loader(workdir), codes)
   index.check_model(bound, model_name=f"the model of --workdir {workdir}")
   return bound
@@ -115,7 +115,7 @@ def info_text(index, list_skipped: bool = False) -> str:
       f"codes      {index.count:,} {index.modality}, {index.bits} bits "
       f"({index.code_bytes} bytes each, faiss bit order)",
       f"model      config_hash={fp['config_hash']} bits={fp['bits']} step={fp['step']} "
-      f"codes={fp.get('codes', 'sign')}",
+      f"codes={fp['codes']}",
       f"workdir    {index.workdir}",
       f"inputs     {m['model'].get('num_points')} points / {m['model'].get('image_size')} px",
       f"disk       {index.nbytes_on_disk() / 2 ** 20:,.1f} MiB",

@@ -18,12 +18,32 @@ from cmah_jax.plotting import draw_points  # noqa: E402
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
 
 
+def json_ready(obj):
+  """`obj` with NumPy / JAX values as plain JSON types (arrays as lists, others as str)."""
+  return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                               else str(o)))
+
+
 def _json_ready(results: dict, config) -> dict:
   out = {k: v for k, v in results.items() if k != "arrays"}
   out["config"] = config.to_dict()
   out["config_fingerprint"] = config.fingerprint()
-  return json.loads(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                               else str(o)))
+  return json_ready(out)
+
+
+def update_report_json(workdir: str, extra: dict, report: dict | None = None) -> dict:
+  """Write `workdir/report.json` atomically (temp file, `os.replace`): `report` (default:
+  the file's current contents) with the keys of `extra` added. Returns what was written."""
+  path = os.path.join(workdir, "report.json")
+  if report is None:
+    with open(path) as f:
+      report = json.load(f)
+  report = dict(report, **extra)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+  return report
 
 
 def write_markdown(path: str, results: dict, config) -> None:

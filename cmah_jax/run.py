@@ -60,13 +60,9 @@ def add_quantizer(workdir: str) -> dict:
   evaluator = RetrievalEvaluator.for_run(trained)
   quantizer = evaluator.fit_quantizer(trained.params)
   results = evaluator.evaluate(trained.params, quantizer)
+  report = dict(report, itq=report_lib.json_ready(results["itq"]))
   if jax.process_index() == 0:
     quantizer_lib.save(workdir, quantizer, step=trained.step)
-    report["itq"] = json.loads(json.dumps(
-        results["itq"], default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    report_lib.update_report_json(workdir, {}, report)
     report_lib.write_markdown(os.path.join(workdir, "report.md"), report, trained.config)
   return report

@@ -470,16 +470,17 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
     checkpointing.close(manager)
 
   t_eval = time.perf_counter()
+  steps_done = int(jax.device_get(state["step"]))
   # The learned quantiser [ours, after ITQ]: fitted on the training objects' continuous
   # codes, saved beside the checkpoints, scored beside the network's own sign codes.
   log("Fitting the learned quantiser (ITQ) on the %d training objects' codes",
       len(sources.train))
   quantizer = evaluator.fit_quantizer(state["params"])
   if jax.process_index() == 0:
-    quantizer_lib.save(workdir, quantizer, step=int(jax.device_get(state["step"])))
+    quantizer_lib.save(workdir, quantizer, step=steps_done)
   results = evaluator.evaluate(state["params"], quantizer)
   results["eval_seconds"] = time.perf_counter() - t_eval
-  results["steps"] = int(jax.device_get(state["step"]))
+  results["steps"] = steps_done
   results["train_seconds"] = window.seconds  # of this invocation (0 if it only evaluated)
   writer.write(results["steps"], flat_metrics(results))
   log("Retrieval: %s", summary(results))

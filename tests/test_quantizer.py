@@ -13,7 +13,8 @@ from cmah_jax.baselines import itq
 
 def test_identity_is_the_networks_sign():
   h = np.array([[0.3, -0.2, 0.0], [-1.0, 0.5, -0.0]], np.float32)
-  got = np.asarray(quantizer_lib.quantize(jnp.asarray(h), quantizer_lib.identity(3)))
+  identity = quantizer_lib.Quantizer(np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
+  got = np.asarray(quantizer_lib.quantize(jnp.asarray(h), identity))
   np.testing.assert_array_equal(got, [[1, -1, 1], [-1, 1, 1]])
 
 
@@ -94,7 +95,7 @@ def test_encoder_and_index_use_and_keep_the_quantizers_codes(tmp_path):
   import dataclasses  # pylint: disable=import-outside-toplevel
   import types  # pylint: disable=import-outside-toplevel
   from cmah_jax import index as cli  # pylint: disable=import-outside-toplevel
-  from cmah_jax.retrieval import build, encode  # pylint: disable=import-outside-toplevel
+  from cmah_jax.retrieval import build, encode, readers  # pylint: disable=import-outside-toplevel
   from cmah_jax.retrieval import index as index_lib  # pylint: disable=import-outside-toplevel
   from test_retrieval_cli import BITS, _model  # pylint: disable=import-outside-toplevel
 
@@ -132,6 +133,12 @@ def test_encoder_and_index_use_and_keep_the_quantizers_codes(tmp_path):
   idx = index_lib.HashIndex.open(out)
   assert idx.fingerprint["codes"] == encode.fingerprint_of(learned)["codes"]
   assert cli._model_for(idx, args, lambda w: learned).quantizer is q
-  # (The readers normalise each file, so its codes are the Encoder's of what they read,
-  # checked above; here: the same objects, other codes.)
-  assert idx.count == len(points) and not np.array_equal(idx.codes(), sign_codes)
+  # Its codes are the quantiser's of each file as the readers load it (normalised, seeded by
+  # its id), through the model and NumPy here.
+  ids = [e["id"] for e in idx.entries(list(range(idx.count)))]
+  loaded = np.stack([readers.load_points(str(folder / i), model.config.num_points, i)
+                     for i in ids])
+  h_loaded = np.asarray(model.apply({"params": params}, points=loaded, train=False)["point/h"])
+  np.testing.assert_array_equal(encode.unpack_faiss(idx.codes(), BITS),
+                                np.where((h_loaded - q.mean) @ q.rotation >= 0, 1.0, -1.0))
+  assert not np.array_equal(idx.codes(), sign_codes)

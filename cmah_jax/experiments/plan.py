@@ -45,10 +45,11 @@ class Run:
     """Whether the run's report exists and was made by exactly this run's config."""
     return self.finished_report() is not None
 
-  def needs_quantizer(self) -> bool:
+  def needs_quantizer(self, report: dict | None = None) -> bool:
     """A finished trained run whose report predates the learned quantiser ("itq" codes,
-    `cmah_jax.quantizer`): the suite adds it from the final checkpoint."""
-    report = self.finished_report()
+    `cmah_jax.quantizer`): the suite adds it from the final checkpoint. `report`: the
+    run's `finished_report()` when the caller has it (read here otherwise)."""
+    report = self.finished_report() if report is None else report
     return self.method.kind == "train" and report is not None and "itq" not in report
 
   @property
@@ -125,21 +126,21 @@ def describe(runs: list[Run]) -> list[str]:
   """The plan as text (`--dry_run`): one line per run (finished, at step s/T, or to run),
   then the training steps left and, at the median pace of the finished trained runs, the
   machine time they need."""
-  lines, left, paces, todo = [], 0, [], 0
+  lines, left, paces, todo, by_epochs = [], 0, [], 0, []
   for r in runs:
     report = r.finished_report()
     step = 0 if report else r.steps_logged()
-    state = ("finished, no ITQ" if r.needs_quantizer() else "finished" if report
-             else f"at {step}/{r.total_steps}" if step else "to run")
+    state = ("finished, no ITQ" if report and r.needs_quantizer(report) else
+             "finished" if report else f"at {step}/{r.total_steps}" if step else "to run")
     lines.append(f"{r.name:40s} {r.method.kind:8s} {state:13s} {r.workdir}")
     if report is None:
       todo += 1
       left += max(r.total_steps - step, 0)
+      if r.method.kind == "train" and r.config.total_steps is None:
+        by_epochs.append(r)
     elif r.total_steps and report.get("train_seconds") and report.get("steps"):
       paces.append(report["train_seconds"] / report["steps"])
   line = f"{len(runs) - todo} finished, {todo} to run: {left} training steps left"
-  by_epochs = [r for r in runs if r.method.kind == "train" and r.config.total_steps is None
-               and r.finished_report() is None]
   if by_epochs:
     epochs = sorted({float(r.config.epochs) for r in by_epochs})
     line += (f" (not counting {len(by_epochs)} run(s) sized in epochs, "

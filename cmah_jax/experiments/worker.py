@@ -14,18 +14,6 @@ import os
 import sys
 
 
-def _stamp_report(workdir: str, extra: dict, results: dict | None = None) -> None:
-  path = os.path.join(workdir, "report.json")
-  if results is None:
-    with open(path) as f:
-      results = json.load(f)
-  results = dict(results, **extra)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)
-
-
 def main(argv) -> int:
   if len(argv) != 2:
     print("usage: python -m cmah_jax.experiments.worker RUN.json", file=sys.stderr)
@@ -43,7 +31,8 @@ def main(argv) -> int:
     results = classic.run_classic(spec["method"], cfg, prepare_dataset(cfg.dataset))
     results["config"] = cfg.to_dict()
     results["config_fingerprint"] = cfg.fingerprint()
-    _stamp_report(workdir, extra, results)
+    from cmah_jax.report import update_report_json  # pylint: disable=import-outside-toplevel
+    update_report_json(workdir, extra, results)
     return 0
   from cmah_jax import run  # pylint: disable=import-outside-toplevel
   if spec.get("action") == "add_quantizer":  # a finished run that predates the quantiser
@@ -52,7 +41,8 @@ def main(argv) -> int:
   result = run.run_experiment(cfg, workdir)
   if result.results is None:  # stopped by a signal: resumable, not finished
     return 3
-  _stamp_report(workdir, extra)
+  from cmah_jax.report import update_report_json  # pylint: disable=import-outside-toplevel
+  update_report_json(workdir, extra)
   return 0
 
 

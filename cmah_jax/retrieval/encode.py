@@ -29,6 +29,7 @@ import numpy as np
 from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import TrainedModel
+from cmah_jax.retrieval.index import normalize_fingerprint
 
 # modality -> (CMAH argument, its code output, its continuous-code output)
 TOWERS = {"points": ("points", "point/code", "point/h"),
@@ -89,9 +90,9 @@ def bind(model, params, step: int = 0, config_hash: str | None = None) -> BoundM
 def fingerprint_of(bound) -> dict:
   """`{config_hash: str, bits: int, step: int, codes: str}` of a bound model,
   JSON-normalised ("codes": "sign", or "itq:<digest>" with a learned quantiser)."""
-  fp = dict(bound.fingerprint)
+  fp = normalize_fingerprint(bound.fingerprint)
   return dict(config_hash=str(fp["config_hash"]), bits=int(fp["bits"]), step=int(fp["step"]),
-              codes=str(fp.get("codes", "sign")))
+              codes=str(fp["codes"]))
 
 
 # ----------------------------------------------------------------------------------------

@@ -101,19 +101,25 @@ def atomic_write_bytes(path: str, data: bytes):
   fsync_dir(d)
 
 
+FINGERPRINT_KEYS = ("config_hash", "bits", "step", "codes")
+
+
+def normalize_fingerprint(fp: dict) -> dict:
+  """`{config_hash, bits, step, codes}` of a fingerprint (missing keys None); one written
+  before fingerprints named their codes holds sign(h) codes."""
+  return {k: fp.get(k, "sign" if k == "codes" else None) for k in FINGERPRINT_KEYS}
+
+
 def format_fingerprint(fp: dict) -> str:
-  return (f"config_hash={fp.get('config_hash')}, bits={fp.get('bits')}, step={fp.get('step')}, "
-          f"codes={fp.get('codes', 'sign')}")
+  """`config_hash=..., bits=..., step=..., codes=...` of a normalised fingerprint."""
+  return ", ".join(f"{k}={fp[k]}" for k in FINGERPRINT_KEYS)
 
 
 def check_fingerprint(index_fp: dict, model_fp: dict, index_path: str, model_name: str):
-  """Raise `FingerprintMismatch` naming both fingerprints unless they are equal (an index
-  written before fingerprints named their codes holds sign(h) codes)."""
-  keys = ("config_hash", "bits", "step", "codes")
-  a = {k: index_fp.get(k, "sign" if k == "codes" else None) for k in keys}
-  b = {k: model_fp.get(k, "sign" if k == "codes" else None) for k in keys}
+  """Raise `FingerprintMismatch` naming both fingerprints unless they are equal."""
+  a, b = normalize_fingerprint(index_fp), normalize_fingerprint(model_fp)
   if a != b:
-    diff = ", ".join(k for k in keys if a[k] != b[k])
+    diff = ", ".join(k for k in FINGERPRINT_KEYS if a[k] != b[k])
     raise FingerprintMismatch(
         f"index {index_path} was built by model [{format_fingerprint(a)}] but {model_name} is "
         f"[{format_fingerprint(b)}] (differs in {diff}); rebuild the index with this model "
@@ -235,7 +241,7 @@ class HashIndex:
 
   @property
   def fingerprint(self) -> dict:
-    return dict(self.manifest["fingerprint"])
+    return normalize_fingerprint(self.manifest["fingerprint"])
 
   @property
   def workdir(self) -> str | None:
