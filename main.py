@@ -45,12 +45,12 @@ def main(argv):
         f"{jax.local_device_count()} local / {jax.device_count()} global "
         f"{jax.devices()[0].platform} devices", flush=True)
 
-  from cmah_jax import checkpointing, resume, run
+  from cmah_jax import checkpointing, resume, run, workdir_lock
   try:
     run.run_experiment(_CONFIG.value, _WORKDIR.value,
                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (resume.ConfigChangedError, checkpointing.CheckpointWriteError,
-          checkpointing.DamagedCheckpointError) as e:
+          checkpointing.DamagedCheckpointError, workdir_lock.WorkdirBusyError) as e:
     sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
 
 

@@ -8,14 +8,29 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
-from cmah_jax import train
+from cmah_jax import checkpointing, train, workdir_lock
 
 
 def run_experiment(config, workdir: str, devices=None, *,
                    allow_config_change: bool = False) -> train.TrainResult:
   """`train.train_and_evaluate` (`allow_config_change`: resume a checkpoint written with
   another config, see `cmah_jax.resume`), then `report.json`, `report.md` and figures in
-  `workdir` (not when the run stopped early on a signal)."""
+  `workdir` (not when the run stopped early on a signal).
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another live process uses `workdir` (it is named).
+  """
+  checkpointing.check_writable(os.path.abspath(os.path.expanduser(workdir)), "workdir")
+  with workdir_lock.hold(workdir, "training"):
+    result = _train_and_report(config, workdir, devices, allow_config_change)
+  if jax.process_count() > 1:
+    # No process may exit while another still talks to the coordination service (the
+    # leader's exit would abort the others).
+    multihost_utils.sync_global_devices("cmah_run_done")
+  return result
+
+
+def _train_and_report(config, workdir, devices, allow_config_change) -> train.TrainResult:
   result = train.train_and_evaluate(config, workdir, devices=devices,
                                     allow_config_change=allow_config_change)
   if result.results is not None:
@@ -24,10 +39,6 @@ def run_experiment(config, workdir: str, devices=None, *,
       path = report.write_report(workdir, result.results, result.config, result.builder,
                                  result.sources)
       train.log("Report: %s", path)
-  if jax.process_count() > 1:
-    # No process may exit while another still talks to the coordination service (the
-    # leader's exit would abort the others).
-    multihost_utils.sync_global_devices("cmah_run_done")
   return result
 
 
@@ -40,19 +51,25 @@ def add_quantizer(workdir: str) -> dict:
     the updated report.
   Raises:
     FileNotFoundError: no report.json in `workdir`; ValueError: the latest checkpoint is
-    not the step the report was written at.
+    not the step the report was written at; workdir_lock.WorkdirBusyError: another live
+    process uses `workdir`.
   """
-  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
-  from cmah_jax import report as report_lib  # pylint: disable=import-outside-toplevel
-  from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
-  from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
-
   workdir = os.path.abspath(os.path.expanduser(workdir))
   path = os.path.join(workdir, "report.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no report; train the run first")
   with open(path) as f:
     report = json.load(f)
+  with workdir_lock.hold(workdir, "fitting the learned quantiser"):
+    return _add_quantizer(workdir, report)
+
+
+def _add_quantizer(workdir: str, report: dict) -> dict:
+  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax import report as report_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
+  from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
+
   trained = load_trained(workdir, codes="sign")
   if report.get("steps") is not None and trained.step != int(report["steps"]):
     raise ValueError(f"{workdir}: latest checkpoint is step {trained.step}, the report was "

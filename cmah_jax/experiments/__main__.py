@@ -24,6 +24,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from cmah_jax import workdir_lock
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import results as results_lib
 from cmah_jax.experiments.suites import SUITES, get_suite
@@ -59,6 +60,9 @@ def _start(run, action: str | None = None) -> subprocess.Popen:
                           stdout=log, stderr=subprocess.STDOUT)
 
 
+BUSY_EXIT = 4  # the worker's exit status when another process holds the run's directory
+
+
 def collect(suite, runs, root) -> dict:
   rows = []
   for r in runs:
@@ -76,11 +80,21 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
   collected = runs if collected is None else collected
   todo = [r for r in runs if not r.finished()]
-  print(f"[experiments] suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} "
-        f"finished, {len(todo)} to run, {jobs} at a time; results in {root}", flush=True)
+  # A run another process is working on (a second suite on this root, a main.py on its
+  # directory) is left to it; its result joins the tables once it has finished.
+  elsewhere = [r for r in todo if workdir_lock.holder(r.workdir)]
+  for r in elsewhere:
+    print(f"[experiments] skipping {r.name}: in use by "
+          f"{workdir_lock.describe_holder(workdir_lock.holder(r.workdir) or {})}", flush=True)
+  todo = [r for r in todo if r not in elsewhere]
+  print(f"[experiments] suite {suite.name}: {len(runs)} runs, "
+        f"{len(runs) - len(todo) - len(elsewhere)} finished, {len(todo)} to run"
+        f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}, {jobs} at a time; "
+        f"results in {root}", flush=True)
   # Every finished run the tables show, not only the selected ones: one table, one kind
   # of codes per method.
-  add_quantizer = [r for r in collected if r.needs_quantizer()]
+  add_quantizer = [r for r in collected
+                   if r.needs_quantizer() and not workdir_lock.holder(r.workdir)]
   if add_quantizer:
     print(f"[experiments] {len(add_quantizer)} finished run(s) predate the learned quantiser: "
           "fitting it from their final checkpoints first (about a minute each)", flush=True)
@@ -109,14 +123,18 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
         if proc_done == 0 and run.finished():
           print(f"[experiments] done {run.name} in {_fmt(durations[-1])}", flush=True)
           collect(suite, collected, root)
+        elif proc_done == BUSY_EXIT:
+          elsewhere.append(run)
+          print(f"[experiments] skipping {run.name}: another process took it first; see "
+                f"{os.path.join(run.workdir, 'log.txt')}", flush=True)
         else:
           failed.append(run)
           print(f"[experiments] FAILED {run.name} (exit {proc_done}); see "
                 f"{os.path.join(run.workdir, 'log.txt')}", flush=True)
         left = len(todo) + len(running)
         eta = sum(durations) / len(durations) * left / max(jobs, 1)
-        print(f"[experiments] {len(runs) - left - len(failed)} of {len(runs)} finished, "
-              f"{len(failed)} failed, elapsed {_fmt(time.time() - t_start)}, "
+        print(f"[experiments] {len(runs) - left - len(failed) - len(elsewhere)} of "
+              f"{len(runs)} finished, {len(failed)} failed, elapsed {_fmt(time.time() - t_start)}, "
               f"ETA {_fmt(eta)}", flush=True)
       time.sleep(1.0)
   except KeyboardInterrupt:

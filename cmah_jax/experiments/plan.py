@@ -8,6 +8,7 @@ import json
 import os
 
 from cmah_jax import config as config_lib
+from cmah_jax import workdir_lock
 from cmah_jax.experiments.methods import Method, apply_overrides, get_method
 from cmah_jax.experiments.suites import Suite
 
@@ -123,15 +124,18 @@ def format_duration(seconds: float) -> str:
 
 
 def describe(runs: list[Run]) -> list[str]:
-  """The plan as text (`--dry_run`): one line per run (finished, at step s/T, or to run),
+  """The plan as text (`--dry_run`): one line per run (finished, running in another
+  process, at step s/T, or to run),
   then the training steps left and, at the median pace of the finished trained runs, the
   machine time they need."""
   lines, left, paces, todo, by_epochs = [], 0, [], 0, []
   for r in runs:
     report = r.finished_report()
     step = 0 if report else r.steps_logged()
+    owner = None if report else workdir_lock.holder(r.workdir)
     state = ("finished, no ITQ" if report and r.needs_quantizer(report) else
-             "finished" if report else f"at {step}/{r.total_steps}" if step else "to run")
+             "finished" if report else f"running (pid {owner.get('pid')})" if owner else
+             f"at {step}/{r.total_steps}" if step else "to run")
     lines.append(f"{r.name:40s} {r.method.kind:8s} {state:13s} {r.workdir}")
     if report is None:
       todo += 1

@@ -119,6 +119,8 @@ def _method_table(aggs: list[dict], fmt) -> list[str]:
 
 def markdown(aggs: list[dict], title: str, protocol: str) -> str:
   """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
+  if not aggs:
+    return f"# {title}\n\nNo run has finished yet.\n"
   most_seeds = max(a["n"] for a in aggs)
   lines = [f"# {title}", "", f"Protocol: {protocol}. Mean ± std over seeds (a cell over "
            "fewer seeds than the table's most says how many; one seed has no spread); each "

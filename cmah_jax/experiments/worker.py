@@ -1,5 +1,8 @@
 """One run of a suite, in its own process: `python -m cmah_jax.experiments.worker RUN.json`.
 
+Exit status: 0 done, 3 stopped by a signal (resumable), 4 the run directory is in use by
+another process (`cmah_jax.workdir_lock`), anything else a failure.
+
 RUN.json (written by the suite): {"method", "kind", "fingerprint", "workdir", "config": the
 resolved config}. A trained method goes through `cmah_jax.run.run_experiment` (resumable
 from its checkpoints); a classic one through `cmah_jax.experiments.classic`. The report gets
@@ -20,6 +23,18 @@ def main(argv) -> int:
     return 2
   with open(argv[1]) as f:
     spec = json.load(f)
+  from cmah_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+  # Held from the first write to the last (the report's run fingerprint), so no other
+  # process starts this run meanwhile; `run_experiment`'s own hold passes through.
+  try:
+    with workdir_lock.hold(spec["workdir"], f"suite run of {spec['method']}"):
+      return _run(spec)
+  except workdir_lock.WorkdirBusyError as e:
+    print(f"[worker] {e}", file=sys.stderr, flush=True)
+    return 4
+
+
+def _run(spec: dict) -> int:
   from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   cfg = config_lib.ExperimentConfig.from_dict(spec["config"])
   workdir = spec["workdir"]

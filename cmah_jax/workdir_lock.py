@@ -1,0 +1,194 @@
+"""One writer per run directory: a lock file that says which process is using it.
+
+Two processes training into one workdir would interleave checkpoints, `metrics.jsonl` and
+the report (a second `main.py` on the same `--workdir`, or two suites sharing a root). Every
+writer of a run directory holds `<workdir>/.cmah.lock` while it works:
+
+  with workdir_lock.hold(workdir, "training"):
+    ...
+
+The file (JSON: pid, host, the process's start time, what it does, since when) is created
+with `O_CREAT | O_EXCL`, so of two processes racing for it exactly one wins. A lock left by
+a process that no longer runs (killed with SIGKILL, the machine rebooted) is stale and taken
+over; a live holder makes `hold` raise `WorkdirBusyError` naming it. Liveness is known only
+on the holder's own host (its pid, and its start time, so a reused pid is not mistaken for
+it); a lock from another host counts as held, and the error says how to remove it.
+
+Nested `hold`s by the process that holds the lock (a suite worker around `run_experiment`)
+pass through. In a multi-process run only process 0 takes the lock, and every process
+raises if it could not.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Iterator
+
+LOCK_FILE = ".cmah.lock"
+
+
+class WorkdirBusyError(RuntimeError):
+  """The run directory is in use by another live process (named in the message)."""
+
+
+def lock_path(workdir: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), LOCK_FILE)
+
+
+def _start_ticks(pid: int) -> int | None:
+  """The process's start time in clock ticks since boot (Linux `/proc/<pid>/stat` field
+  22), or None where there is no /proc or no such process."""
+  try:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+      stat = f.read().decode(errors="replace")
+  except OSError:
+    return None
+  # The command name (field 2) is in parentheses and may contain spaces: split after it.
+  fields = stat[stat.rfind(")") + 2:].split()
+  try:
+    return int(fields[19])
+  except (IndexError, ValueError):
+    return None
+
+
+def _me() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "start_ticks": _start_ticks(os.getpid())}
+
+
+def _is_me(owner: dict) -> bool:
+  me = _me()
+  return all(owner.get(k) == me[k] for k in ("pid", "host", "start_ticks"))
+
+
+def _alive(owner: dict) -> bool:
+  """Whether the lock's holder still runs (True when that cannot be known: another host)."""
+  if owner.get("host") != socket.gethostname():
+    return True
+  pid = owner.get("pid")
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # exists, owned by another user
+  ticks = _start_ticks(pid)
+  return ticks is None or owner.get("start_ticks") in (None, ticks)
+
+
+def _read(path: str) -> dict | None:
+  """The lock's content; None if absent; {} if unreadable (being written, or damaged)."""
+  try:
+    with open(path) as f:
+      content = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}
+  return content if isinstance(content, dict) else {}
+
+
+def holder(workdir: str) -> dict | None:
+  """The live process holding `workdir`'s lock ({"pid", "host", "what", "since", ...}),
+  or None when the directory is free (no lock, or a stale one)."""
+  owner = _read(lock_path(workdir))
+  return owner if owner and _alive(owner) else None
+
+
+def describe_holder(owner: dict) -> str:
+  """`"training, pid 123 on host h since 2026-12-03 14:00:00 UTC"`."""
+  since = owner.get("since")
+  when = (time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+          if isinstance(since, (int, float)) else "")
+  return f"{owner.get('what', '?')}, pid {owner.get('pid')} on host {owner.get('host')}{when}"
+
+
+def _busy(path: str, owner: dict) -> WorkdirBusyError:
+  other_host = owner.get("host") != socket.gethostname()
+  hint = (" If that process is gone (it ran on another host, so this one cannot check), "
+          f"delete {path}." if other_host else
+          " Wait for it to finish, or stop it (it saves a checkpoint on SIGTERM) and run "
+          "again to resume.")
+  return WorkdirBusyError(f"{os.path.dirname(path)} is in use: {describe_holder(owner)} "
+                          f"(lock file {path}).{hint}")
+
+
+def acquire(workdir: str, what: str) -> bool:
+  """Take `workdir`'s lock for this process.
+
+  Returns:
+    True if taken now; False if this process already held it (nothing to release).
+  Raises:
+    WorkdirBusyError: another live process holds it.
+  """
+  path = lock_path(workdir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  content = dict(_me(), what=what, since=time.time())
+  for _ in range(20):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      owner = _read(path)
+      if owner == {}:  # being written by its creator, or left empty by a crash
+        time.sleep(0.2)
+        owner = _read(path)
+      if owner is None:
+        continue  # released in between: try again
+      if owner and _is_me(owner):
+        return False
+      if owner and _alive(owner):
+        raise _busy(path, owner)
+      # Stale (or empty): move it aside under a unique name (of two processes doing this,
+      # one succeeds; the other finds the file gone) and try again.
+      aside = f"{path}.stale-{uuid.uuid4().hex[:8]}"
+      with contextlib.suppress(FileNotFoundError):
+        os.rename(path, aside)
+        os.remove(aside)
+      continue
+    with os.fdopen(fd, "w") as f:
+      json.dump(content, f)
+    return True
+  raise WorkdirBusyError(f"could not take the lock {path}: it kept changing hands")
+
+
+def release(workdir: str) -> None:
+  """Remove `workdir`'s lock if this process holds it (someone else's is left alone)."""
+  path = lock_path(workdir)
+  owner = _read(path)
+  if owner and _is_me(owner):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+@contextlib.contextmanager
+def hold(workdir: str, what: str) -> Iterator[None]:
+  """Hold `workdir`'s lock for the block (see the module docstring); multi-process: process
+  0 holds it and all processes raise if it could not be taken."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  taken, error = False, None
+  if jax.process_index() == 0:
+    try:
+      taken = acquire(workdir, what)
+    except WorkdirBusyError as e:
+      error = e
+  if jax.process_count() > 1:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    failed = multihost_utils.process_allgather(np.array([error is not None]))
+    if error is None and bool(np.any(failed)):
+      error = WorkdirBusyError(f"{workdir} is in use by another process (process 0 could "
+                               "not take its lock; see its log)")
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if taken:
+      release(workdir)

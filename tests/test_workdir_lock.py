@@ -1,0 +1,123 @@
+"""One writer per run directory (`cmah_jax.workdir_lock`): a live holder is refused and
+named, a dead one's lock is taken over, nested holds pass, and `run_experiment`, `main.py`
+and the suite respect it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cmah_jax import run, workdir_lock
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOLD = ("import sys, time; from cmah_jax import workdir_lock as w; "
+        "w.acquire(sys.argv[1], 'a test holder'); print('held', flush=True); time.sleep(120)")
+
+
+def _holder_process(workdir):
+  proc = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir)], cwd=REPO,
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def _write_lock(workdir, **content):
+  os.makedirs(workdir, exist_ok=True)
+  with open(workdir_lock.lock_path(str(workdir)), "w") as f:
+    json.dump(content, f)
+
+
+def test_a_live_holder_is_refused_and_a_killed_ones_lock_taken_over(tmp_path):
+  proc = _holder_process(tmp_path)
+  try:
+    owner = workdir_lock.holder(str(tmp_path))
+    assert owner["pid"] == proc.pid and owner["what"] == "a test holder"
+    with pytest.raises(workdir_lock.WorkdirBusyError,
+                       match=rf"in use: a test holder, pid {proc.pid} on host"):
+      workdir_lock.acquire(str(tmp_path), "training")
+  finally:
+    proc.kill()  # SIGKILL: no chance to release the lock
+    proc.wait()
+  assert os.path.exists(workdir_lock.lock_path(str(tmp_path)))  # left behind, stale
+  assert workdir_lock.holder(str(tmp_path)) is None
+  assert workdir_lock.acquire(str(tmp_path), "training") is True
+  assert workdir_lock.holder(str(tmp_path))["pid"] == os.getpid()
+  workdir_lock.release(str(tmp_path))
+  assert not os.path.exists(workdir_lock.lock_path(str(tmp_path)))
+
+
+def test_a_reused_pid_an_empty_file_and_another_host(tmp_path):
+  me = workdir_lock._me()  # pylint: disable=protected-access
+  if me["start_ticks"] is not None:
+    # This process's pid, but another start time: a dead process whose pid was reused.
+    _write_lock(tmp_path, pid=me["pid"], host=me["host"], start_ticks=me["start_ticks"] - 1,
+                what="old")
+    assert workdir_lock.holder(str(tmp_path)) is None
+    assert workdir_lock.acquire(str(tmp_path), "new") is True
+    workdir_lock.release(str(tmp_path))
+  # Created but never written (killed in between): stale.
+  open(workdir_lock.lock_path(str(tmp_path)), "w").close()
+  assert workdir_lock.acquire(str(tmp_path), "new") is True
+  workdir_lock.release(str(tmp_path))
+  # Another host: its liveness cannot be checked here, so it counts as held.
+  _write_lock(tmp_path, pid=1, host="elsewhere.invalid", start_ticks=5, what="training")
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=r"host elsewhere.invalid.*delete"):
+    workdir_lock.acquire(str(tmp_path), "training")
+  workdir_lock.release(str(tmp_path))  # not ours: left alone
+  assert os.path.exists(workdir_lock.lock_path(str(tmp_path)))
+
+
+def test_nested_holds_pass_and_only_the_outer_releases(tmp_path):
+  path = workdir_lock.lock_path(str(tmp_path))
+  with workdir_lock.hold(str(tmp_path), "outer"):
+    with workdir_lock.hold(str(tmp_path), "inner"):
+      assert json.load(open(path))["what"] == "outer"
+    assert os.path.exists(path)
+  assert not os.path.exists(path)
+  with pytest.raises(KeyError):  # released on an exception too
+    with workdir_lock.hold(str(tmp_path), "outer"):
+      raise KeyError("boom")
+  assert not os.path.exists(path)
+
+
+def test_run_experiment_and_main_refuse_a_busy_workdir(tmp_path):
+  _write_lock(tmp_path, pid=1, host="elsewhere.invalid", start_ticks=5, what="training")
+  config = default.get_config(f"runlocal,data_dir={tmp_path / 'data'}")
+  with pytest.raises(workdir_lock.WorkdirBusyError, match="elsewhere.invalid"):
+    run.run_experiment(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_FILE]  # nothing was written
+  out = subprocess.run([sys.executable, "main.py",
+                        f"--config=configs/default.py:runlocal,data_dir={tmp_path / 'data'}",
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "WorkdirBusyError" in out.stderr and "elsewhere.invalid" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_the_suite_leaves_a_run_in_use_elsewhere_to_its_holder(tmp_path):
+  from cmah_jax.experiments import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax.experiments.suites import get_suite  # pylint: disable=import-outside-toplevel
+  arg = f"runlocal,data_dir={tmp_path / 'data'}"
+  root = tmp_path / "suite"
+  (run_,) = plan_lib.plan(get_suite("smoke"), default.get_config(arg), str(root), seeds=[0],
+                          methods=["random"])
+  _write_lock(run_.workdir, pid=1, host="elsewhere.invalid", start_ticks=5, what="training")
+  assert " running (pid 1) " in plan_lib.describe([run_])[0]
+  cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+         f"--config=configs/default.py:{arg}", f"--workdir={root}", "--seeds=1",
+         "--methods=random"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert ("skipping random 16 bits seed 0: in use by training, pid 1 on host "
+          "elsewhere.invalid") in out.stdout
+  assert "0 finished, 0 to run, 1 running elsewhere" in out.stdout
+  assert not run_.finished()
+  assert "No run has finished yet." in (root / "results.md").read_text()
+  os.remove(workdir_lock.lock_path(run_.workdir))  # its holder is done (here: gone)
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "0 finished, 1 to run" in again.stdout, again.stdout[-2000:]
+  assert run_.finished() and not os.path.exists(workdir_lock.lock_path(run_.workdir))
