@@ -1,14 +1,18 @@
-"""The main job's train loop under the allocator the launch scripts pick vs glibc's default.
+"""The main job's train loop under the allocator the launch scripts pick vs glibc's default
+(and under any other environment settings, e.g. XLA flags).
 
     python benchmarks/bench_allocator.py [--steps=50] [--repeats=3] [--data_dir=work/data]
         [--config=configs/default.py] [--variant NAME='VAR=VALUE ...' ...]
+    python benchmarks/bench_allocator.py --variants=launch --reference=launch --base=launch \
+        --variant nothunk='XLA_FLAGS=--xla_cpu_use_thunk_runtime=false'
 
 Each run is a subprocess of the real main job (`main.py --config=CONFIG:steps=N` with a fresh
 --workdir), so it times exactly what `bash launch/local.sh` runs. Variants:
   glibc   the old allocator: LD_PRELOAD, GLIBC_TUNABLES, MALLOC_* and MIMALLOC_* removed;
   launch  the environment `launch/allocator.sh` sets up (what local.sh / test.sh use);
-  extra   `--variant NAME='VAR=VALUE ...'`, on top of the glibc environment (for comparing
-          other allocators or settings, e.g. --variant tuned='MALLOC_ARENA_MAX=1').
+  extra   `--variant NAME='VAR=VALUE ...'`, on top of the `--base` environment (glibc or
+          launch; for comparing other allocators or settings, e.g. --variant
+          tuned='MALLOC_ARENA_MAX=1', or XLA flags on top of launch).
 Runs are interleaved (every repeat runs every variant, in a rotated order), so drift of a
 shared machine hits all variants alike.
 
@@ -18,7 +22,8 @@ steps/s, user and system CPU seconds per step and minor page faults per step (re
 /proc/PID/stat as the lines arrive). The whole process is also reported (wall time, system
 time, minor faults, peak RSS, from wait4). Every run's metrics.jsonl (the loss terms of each
 log window and the final retrieval metrics), less its timing fields, must equal the first
-glibc run's bit for bit; the command exits 1 if not. Prints a markdown table.
+`--reference` run's (default glibc) bit for bit; the command exits 1 if not. Prints a
+markdown table.
 """
 from __future__ import annotations
 
@@ -120,7 +125,11 @@ def main(argv=None) -> int:
   p.add_argument("--variants", default="glibc,launch",
                  help="comma-separated built-in variants to run (glibc, launch)")
   p.add_argument("--variant", action="append", default=[], metavar="NAME='VAR=VALUE ...'",
-                 help="an extra variant: these variables on top of the glibc environment")
+                 help="an extra variant: these variables on top of the --base environment")
+  p.add_argument("--base", default="glibc", choices=("glibc", "launch"),
+                 help="the environment extra variants start from")
+  p.add_argument("--reference", default="glibc", choices=("glibc", "launch"),
+                 help="the built-in variant the others are compared with (speed, metrics)")
   p.add_argument("--logs", default=None, help="keep each run's log here (default: a tmp dir)")
   args = p.parse_args(argv)
 
@@ -133,12 +142,16 @@ def main(argv=None) -> int:
       variants[name] = launch_env()
     else:
       sys.exit(f"unknown built-in variant {name!r} (glibc, launch; others via --variant)")
+  base = glibc_env() if args.base == "glibc" else launch_env()[0]
   for spec in args.variant:
     name, _, assigns = spec.partition("=")
     extra = dict(a.split("=", 1) for a in shlex.split(assigns))
-    variants[name] = (dict(glibc_env(), **extra), " ".join(f"{k}={v}" for k, v in extra.items()))
-  if "glibc" not in variants:
-    variants = {"glibc": (glibc_env(), "glibc malloc, no tuning"), **variants}
+    variants[name] = (dict(base, **extra), f"{args.base} + " + " ".join(
+        f"{k}={v}" for k, v in extra.items()))
+  ref = args.reference
+  if ref not in variants:
+    variants = {ref: (glibc_env(), "glibc malloc, no tuning") if ref == "glibc"
+                else launch_env(), **variants}
 
   logs = args.logs or tempfile.mkdtemp(prefix="bench_allocator_logs_")
   os.makedirs(logs, exist_ok=True)
@@ -160,16 +173,16 @@ def main(argv=None) -> int:
             f"faults/step; whole run {row['wall']:.1f} s, {row['sys']:.1f} s sys, "
             f"{row['faults']:,} faults", flush=True)
 
-  reference = results["glibc"][0]["metrics"]
-  base_sps = statistics.median(r["steps_per_s"] for r in results["glibc"])
+  reference = results[ref][0]["metrics"]
+  base_sps = statistics.median(r["steps_per_s"] for r in results[ref])
   ok = True
   print()
   print(f"Train loop of `main.py --config={args.config}:steps={args.steps}` "
-        f"(steady state: steps {results['glibc'][0]['loop_steps']} after the first progress "
+        f"(steady state: steps {results[ref][0]['loop_steps']} after the first progress "
         f"line); median (min–max) of {args.repeats} interleaved runs.")
   print()
-  print("| variant | steps/s | x glibc | user s/step | sys s/step | minor faults/step "
-        "| whole run: wall s | sys s | minor faults | peak RSS MB | metrics = glibc's |")
+  print(f"| variant | steps/s | x {ref} | user s/step | sys s/step | minor faults/step "
+        f"| whole run: wall s | sys s | minor faults | peak RSS MB | metrics = {ref}'s |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
   for name in names:
     rows = results[name]
