@@ -134,9 +134,10 @@ def describe(runs: list[Run]) -> list[str]:
     step = 0 if report else r.steps_logged()
     owner = None if report else workdir_lock.holder(r.workdir)
     state = ("finished, no ITQ" if report and r.needs_quantizer(report) else
-             "finished" if report else f"running (pid {owner.get('pid')})" if owner else
-             f"at {step}/{r.total_steps}" if step else "to run")
-    lines.append(f"{r.name:40s} {r.method.kind:8s} {state:13s} {r.workdir}")
+             "finished" if report else
+             f"running (pid {owner.get('pid')}){f' at {step}/{r.total_steps}' if step else ''}"
+             if owner else f"at {step}/{r.total_steps}" if step else "to run")
+    lines.append(f"{r.name:40s} {r.method.kind:8s} {state:32s} {r.workdir}")
     if report is None:
       todo += 1
       left += max(r.total_steps - step, 0)
