@@ -134,15 +134,20 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   config = f"{args.config}:data_dir={os.path.abspath(args.data_dir)}"
+  builtins = {"glibc": lambda: (glibc_env(), "glibc malloc, no tuning"), "launch": launch_env}
+  built: dict[str, tuple[dict, str]] = {}
+
+  def builtin(name):
+    if name not in built:
+      built[name] = builtins[name]()
+    return built[name]
+
   variants: dict[str, tuple[dict, str]] = {}
   for name in filter(None, args.variants.split(",")):
-    if name == "glibc":
-      variants[name] = (glibc_env(), "glibc malloc, no tuning")
-    elif name == "launch":
-      variants[name] = launch_env()
-    else:
+    if name not in builtins:
       sys.exit(f"unknown built-in variant {name!r} (glibc, launch; others via --variant)")
-  base = glibc_env() if args.base == "glibc" else launch_env()[0]
+    variants[name] = builtin(name)
+  base = builtin(args.base)[0]
   for spec in args.variant:
     name, _, assigns = spec.partition("=")
     extra = dict(a.split("=", 1) for a in shlex.split(assigns))
@@ -150,8 +155,7 @@ def main(argv=None) -> int:
         f"{k}={v}" for k, v in extra.items()))
   ref = args.reference
   if ref not in variants:
-    variants = {ref: (glibc_env(), "glibc malloc, no tuning") if ref == "glibc"
-                else launch_env(), **variants}
+    variants = {ref: builtin(ref), **variants}
 
   logs = args.logs or tempfile.mkdtemp(prefix="bench_allocator_logs_")
   os.makedirs(logs, exist_ok=True)

@@ -34,6 +34,11 @@ def test_a_live_holder_is_refused_and_a_killed_ones_lock_taken_over(tmp_path):
   try:
     owner = workdir_lock.holder(str(tmp_path))
     assert owner["pid"] == proc.pid and owner["what"] == "a test holder"
+    # Its start time as a naive read of /proc gives it (field 22; the command name, python,
+    # has no space), and no earlier than this process's own.
+    with open(f"/proc/{proc.pid}/stat") as f:
+      assert owner["start_ticks"] == int(f.read().split()[21])
+    assert owner["start_ticks"] >= workdir_lock._me()["start_ticks"]  # pylint: disable=protected-access
     with pytest.raises(workdir_lock.WorkdirBusyError,
                        match=rf"in use: a test holder, pid {proc.pid} on host"):
       workdir_lock.acquire(str(tmp_path), "training")

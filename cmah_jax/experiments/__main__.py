@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from cmah_jax import workdir_lock
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import results as results_lib
+from cmah_jax.experiments import worker
 from cmah_jax.experiments.suites import SUITES, get_suite
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,9 +61,6 @@ def _start(run, action: str | None = None) -> subprocess.Popen:
                           stdout=log, stderr=subprocess.STDOUT)
 
 
-BUSY_EXIT = 4  # the worker's exit status when another process holds the run's directory
-
-
 def collect(suite, runs, root) -> dict:
   rows = []
   for r in runs:
@@ -82,11 +80,12 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   todo = [r for r in runs if not r.finished()]
   # A run another process is working on (a second suite on this root, a main.py on its
   # directory) is left to it; its result joins the tables once it has finished.
-  elsewhere = [r for r in todo if workdir_lock.holder(r.workdir)]
+  holders = {r.workdir: workdir_lock.holder(r.workdir) for r in todo}
+  elsewhere = [r for r in todo if holders[r.workdir]]
   for r in elsewhere:
     print(f"[experiments] skipping {r.name}: in use by "
-          f"{workdir_lock.describe_holder(workdir_lock.holder(r.workdir) or {})}", flush=True)
-  todo = [r for r in todo if r not in elsewhere]
+          f"{workdir_lock.describe_holder(holders[r.workdir])}", flush=True)
+  todo = [r for r in todo if not holders[r.workdir]]
   print(f"[experiments] suite {suite.name}: {len(runs)} runs, "
         f"{len(runs) - len(todo) - len(elsewhere)} finished, {len(todo)} to run"
         f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}, {jobs} at a time; "
@@ -123,7 +122,7 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
         if proc_done == 0 and run.finished():
           print(f"[experiments] done {run.name} in {_fmt(durations[-1])}", flush=True)
           collect(suite, collected, root)
-        elif proc_done == BUSY_EXIT:
+        elif proc_done == worker.BUSY_EXIT:
           elsewhere.append(run)
           print(f"[experiments] skipping {run.name}: another process took it first; see "
                 f"{os.path.join(run.workdir, 'log.txt')}", flush=True)

@@ -123,6 +123,18 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _state(r: Run, report: dict | None, step: int) -> str:
+  """A run's state for `describe`: finished (with or without ITQ), running in another
+  process (its pid), at its last logged step, or to run."""
+  if report is not None:
+    return "finished, no ITQ" if r.needs_quantizer(report) else "finished"
+  progress = f"at {step}/{r.total_steps}" if step else ""
+  owner = workdir_lock.holder(r.workdir)
+  if owner:
+    return f"running (pid {owner.get('pid')})" + (f" {progress}" if progress else "")
+  return progress or "to run"
+
+
 def describe(runs: list[Run]) -> list[str]:
   """The plan as text (`--dry_run`): one line per run (finished, running in another
   process, at step s/T, or to run),
@@ -132,11 +144,7 @@ def describe(runs: list[Run]) -> list[str]:
   for r in runs:
     report = r.finished_report()
     step = 0 if report else r.steps_logged()
-    owner = None if report else workdir_lock.holder(r.workdir)
-    state = ("finished, no ITQ" if report and r.needs_quantizer(report) else
-             "finished" if report else
-             f"running (pid {owner.get('pid')}){f' at {step}/{r.total_steps}' if step else ''}"
-             if owner else f"at {step}/{r.total_steps}" if step else "to run")
+    state = _state(r, report, step)
     lines.append(f"{r.name:40s} {r.method.kind:8s} {state:32s} {r.workdir}")
     if report is None:
       todo += 1

@@ -1,7 +1,7 @@
 """One run of a suite, in its own process: `python -m cmah_jax.experiments.worker RUN.json`.
 
-Exit status: 0 done, 3 stopped by a signal (resumable), 4 the run directory is in use by
-another process (`cmah_jax.workdir_lock`), anything else a failure.
+Exit status: 0 done, `STOPPED_EXIT` stopped by a signal (resumable), `BUSY_EXIT` the run
+directory is in use by another process (`cmah_jax.workdir_lock`), anything else a failure.
 
 RUN.json (written by the suite): {"method", "kind", "fingerprint", "workdir", "config": the
 resolved config}. A trained method goes through `cmah_jax.run.run_experiment` (resumable
@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+STOPPED_EXIT = 3  # stopped by a signal: resumable, not finished
+BUSY_EXIT = 4     # another process holds the run's directory (`cmah_jax.workdir_lock`)
 
 
 def main(argv) -> int:
@@ -31,11 +34,12 @@ def main(argv) -> int:
       return _run(spec)
   except workdir_lock.WorkdirBusyError as e:
     print(f"[worker] {e}", file=sys.stderr, flush=True)
-    return 4
+    return BUSY_EXIT
 
 
 def _run(spec: dict) -> int:
   from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax.report import update_report_json  # pylint: disable=import-outside-toplevel
   cfg = config_lib.ExperimentConfig.from_dict(spec["config"])
   workdir = spec["workdir"]
   os.makedirs(workdir, exist_ok=True)
@@ -46,7 +50,6 @@ def _run(spec: dict) -> int:
     results = classic.run_classic(spec["method"], cfg, prepare_dataset(cfg.dataset))
     results["config"] = cfg.to_dict()
     results["config_fingerprint"] = cfg.fingerprint()
-    from cmah_jax.report import update_report_json  # pylint: disable=import-outside-toplevel
     update_report_json(workdir, extra, results)
     return 0
   from cmah_jax import run  # pylint: disable=import-outside-toplevel
@@ -54,9 +57,8 @@ def _run(spec: dict) -> int:
     run.add_quantizer(workdir)
     return 0
   result = run.run_experiment(cfg, workdir)
-  if result.results is None:  # stopped by a signal: resumable, not finished
-    return 3
-  from cmah_jax.report import update_report_json  # pylint: disable=import-outside-toplevel
+  if result.results is None:
+    return STOPPED_EXIT
   update_report_json(workdir, extra)
   return 0
 
