@@ -11,6 +11,9 @@ the fully resolved config, so a changed config gets a new directory and never re
 result. A finished run (its report carries the same fingerprint) is skipped; an interrupted
 one resumes from its checkpoints. `--jobs` runs several at once. Results are rewritten after
 every run: `results.json`, `results.md`, `map_vs_bits.png`.
+
+`--merge=OTHER/results.json` adds the runs another machine (or a deleted suite directory)
+finished: a planned run whose fingerprint is there counts as finished (`merged.py`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cmah_jax import workdir_lock
+from cmah_jax.experiments import merged as merged_lib
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import results as results_lib
 from cmah_jax.experiments import worker
@@ -40,6 +44,10 @@ _BITS = flags.DEFINE_list("bits", None, "Only these code lengths (default: the s
 _METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: the suite's).")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs at once.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
+_MERGE = flags.DEFINE_list(
+    "merge", None, "results.json files of runs finished elsewhere (another machine, a "
+    "deleted suite directory): copied once into WORKDIR/merged_results.json; a planned run "
+    "whose fingerprint is there counts as finished.")
 flags.mark_flags_as_required(["suite", "workdir"])
 
 
@@ -62,11 +70,16 @@ def _start(run, action: str | None = None) -> subprocess.Popen:
 
 
 def collect(suite, runs, root) -> dict:
+  """The tables of `runs`: each finished run's rows from its report, or, for a run finished
+  elsewhere, its merged rows (`merged.py`)."""
   rows = []
+  merged = merged_lib.load(root)
   for r in runs:
     report = r.finished_report()
     if report is not None:
       rows.extend(results_lib.run_rows(r, report))
+    else:
+      rows.extend(merged.get(r.fingerprint, []))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
   return results_lib.write(root, suite, rows, protocol)
 
@@ -77,7 +90,8 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   `collected`: the runs whose finished results the tables show (default `runs`); the
   whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
   collected = runs if collected is None else collected
-  todo = [r for r in runs if not r.finished()]
+  merged = merged_lib.load(root)
+  todo = [r for r in runs if not r.finished() and r.fingerprint not in merged]
   # A run another process is working on (a second suite on this root, a main.py on its
   # directory) is left to it; its result joins the tables once it has finished.
   holders = {r.workdir: workdir_lock.holder(r.workdir) for r in todo}
@@ -178,15 +192,21 @@ def main(argv):
                        methods=_METHODS.value)
   if not runs:
     raise SystemExit("the suite, --bits and --methods select no run")
+  everything = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value))
+  if _MERGE.value:
+    try:
+      lines = merged_lib.merge_files(root, _MERGE.value, {r.fingerprint for r in everything})
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
+    print("\n".join(lines), flush=True)
   if _DRY_RUN.value:
-    print("\n".join(plan_lib.describe(runs)))
+    print("\n".join(plan_lib.describe(runs, set(merged_lib.load(root)))))
     return
   os.makedirs(root, exist_ok=True)
   from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
   signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as Ctrl-C does
-  everything = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value))
   data = execute(suite, runs, root, _JOBS.value, collected=everything)
   print(open(os.path.join(root, "results.md")).read())
   print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")

@@ -135,14 +135,18 @@ def _state(r: Run, report: dict | None, step: int) -> str:
   return progress or "to run"
 
 
-def describe(runs: list[Run]) -> list[str]:
-  """The plan as text (`--dry_run`): one line per run (finished, running in another
-  process, at step s/T, or to run),
-  then the training steps left and, at the median pace of the finished trained runs, the
-  machine time they need."""
+def describe(runs: list[Run], merged_fingerprints=frozenset()) -> list[str]:
+  """The plan as text (`--dry_run`): one line per run (finished, finished elsewhere: its
+  fingerprint in `merged_fingerprints`, running in another process, at step s/T, or to
+  run), then the training steps left and, at the median pace of the finished trained runs,
+  the machine time they need."""
   lines, left, paces, todo, by_epochs = [], 0, [], 0, []
   for r in runs:
     report = r.finished_report()
+    if report is None and r.fingerprint in merged_fingerprints:
+      lines.append(f"{r.name:40s} {r.method.kind:8s} {'finished elsewhere (merged)':32s} "
+                   f"{r.workdir}")
+      continue
     step = 0 if report else r.steps_logged()
     state = _state(r, report, step)
     lines.append(f"{r.name:40s} {r.method.kind:8s} {state:32s} {r.workdir}")

@@ -1,0 +1,97 @@
+"""`--merge`: runs finished elsewhere count as finished and join the tables, by fingerprint."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cmah_jax.experiments import merged as merged_lib
+from cmah_jax.experiments import plan as plan_lib
+from cmah_jax.experiments.suites import get_suite
+from configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _row(method, seed, fingerprint, i2p, p2i):
+  return {"method": method, "label": method, "group": "baseline", "bits": 16, "seed": seed,
+          "fingerprint": fingerprint, "codes": "own", "workdir": "/gone", "steps": None,
+          "train_seconds": None, "protocol": "test", "code_usage": None,
+          "precision_within_radius": {"i2p": 0.0, "p2i": 0.0},
+          "map": {"i2p": i2p, "p2i": p2i}, "map_tie_aware": {"i2p": i2p, "p2i": p2i}}
+
+
+def test_merged_runs_count_as_finished_and_join_the_tables(tmp_path):
+  arg = f"runlocal,data_dir={tmp_path / 'data'}"
+  root = tmp_path / "suite"
+  runs = plan_lib.plan(get_suite("smoke"), default.get_config(arg), str(root), seeds=[0],
+                       methods=["random", "cca_itq"])
+  by = {r.method.name: r for r in runs}
+  other = tmp_path / "other_machine.json"
+  with open(other, "w") as f:  # one run of this plan, and one another config made
+    json.dump({"runs": [_row("random", 0, by["random"].fingerprint, 0.11, 0.12),
+                        _row("random", 5, "0" * 16, 0.9, 0.9)]}, f)
+  cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+         f"--config=configs/default.py:{arg}", f"--workdir={root}", "--seeds=1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+  def run(*extra):
+    out = subprocess.run(cmd + list(extra), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+  out = run("--methods=random", f"--merge={other}")
+  assert (f"merged {other}: 2 of 2 rows new; 1 of its 2 runs are in this plan (1 made by "
+          "another config or outside the plan: kept, not shown)") in out
+  assert "1 runs, 1 finished, 0 to run" in out
+  assert not os.path.exists(by["random"].workdir)  # nothing was trained or evaluated here
+  (shown,) = json.load(open(root / "results.json"))["runs"]
+  assert shown["map"] == {"i2p": 0.11, "p2i": 0.12}
+  assert shown["merged_from"] == str(other)
+  # Remembered: later commands need no --merge; merging the same file again adds nothing.
+  plan_text = run("--methods=random,cca_itq", "--dry_run")
+  assert "random 16 bits seed 0" in plan_text and "finished elsewhere (merged)" in plan_text
+  assert "cca_itq 16 bits seed 0" in plan_text and "1 finished, 1 to run" in plan_text
+  assert "0 of 2 rows new" in run("--methods=random", f"--merge={other}", "--dry_run")
+  # A run finished here takes precedence over merged rows of its fingerprint.
+  os.makedirs(by["random"].workdir)
+  with open(by["random"].report_path, "w") as f:
+    json.dump({"run_fingerprint": by["random"].fingerprint, "protocol": "test",
+               "precision_within_radius": {"i2p": 0.0, "p2i": 0.0},
+               "map": {"i2p": {"16": 0.2}, "p2i": {"16": 0.3}},
+               "map_tie_aware": {"i2p": {"16": 0.2}, "p2i": {"16": 0.3}}}, f)
+  run("--methods=random")
+  (shown,) = json.load(open(root / "results.json"))["runs"]
+  assert shown["map"] == {"i2p": 0.2, "p2i": 0.3} and "merged_from" not in shown
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("{not json", "is not JSON"),
+    ('{"suite": "main"}', "has no 'runs' list"),
+    ('{"runs": [{"method": "random", "bits": 16, "seed": 0, "codes": "own", "map": {}}]}',
+     "runs[0] lacks fingerprint, map_tie_aware"),
+])
+def test_a_bad_merge_file_is_named(tmp_path, content, message):
+  bad = tmp_path / "results.json"
+  if content is not None:
+    bad.write_text(content)
+  with pytest.raises(ValueError, match=r"--merge: .*" + str(bad).replace(".", r"\.")):
+    merged_lib.merge_files(str(tmp_path / "root"), [str(bad)], set())
+  with pytest.raises(ValueError) as e:
+    merged_lib.read_rows(str(bad))
+  assert message in str(e.value)
+  assert not os.path.exists(merged_lib.path(str(tmp_path / "root")))  # nothing half-merged
+
+
+def test_a_bad_merge_file_stops_the_suite_with_its_name(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+                        "--config=configs/default.py:runlocal", f"--workdir={tmp_path}",
+                        f"--merge={tmp_path / 'missing.json'}", "--dry_run"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 1
+  assert f"--merge: cannot read {tmp_path / 'missing.json'}" in out.stderr
+  assert "Traceback" not in out.stderr
