@@ -95,3 +95,16 @@ def test_a_bad_merge_file_stops_the_suite_with_its_name(tmp_path):
   assert out.returncode == 1
   assert f"--merge: cannot read {tmp_path / 'missing.json'}" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_the_plan_counts_merged_runs_finished_and_uses_their_pace(tmp_path):
+  runs = plan_lib.plan(get_suite("smoke"), default.get_config("steps=100"), str(tmp_path),
+                       seeds=[0, 1], bits=[16], methods=["cmah"])
+  done = runs[0]
+  trained = dict(_row("cmah", 0, done.fingerprint, 0.5, 0.5), steps=100, train_seconds=50.0,
+                 codes="itq")
+  sign = dict(trained, method="cmah_sign", codes="sign", train_seconds=None)
+  lines = plan_lib.describe(runs, {done.fingerprint: [sign, trained]})
+  assert "finished elsewhere (merged)" in lines[0] and " to run " in lines[1]
+  # 100 steps left at the merged run's 0.5 s/step (its sign row has no time of its own).
+  assert lines[-1].startswith("1 finished, 1 to run: 100 training steps left, about 0m50s")

@@ -200,7 +200,7 @@ def main(argv):
       raise SystemExit(str(e)) from None
     print("\n".join(lines), flush=True)
   if _DRY_RUN.value:
-    print("\n".join(plan_lib.describe(runs, set(merged_lib.load(root)))))
+    print("\n".join(plan_lib.describe(runs, merged_lib.load(root))))
     return
   os.makedirs(root, exist_ok=True)
   from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel

@@ -135,17 +135,22 @@ def _state(r: Run, report: dict | None, step: int) -> str:
   return progress or "to run"
 
 
-def describe(runs: list[Run], merged_fingerprints=frozenset()) -> list[str]:
+def describe(runs: list[Run], merged: dict | None = None) -> list[str]:
   """The plan as text (`--dry_run`): one line per run (finished, finished elsewhere: its
-  fingerprint in `merged_fingerprints`, running in another process, at step s/T, or to
-  run), then the training steps left and, at the median pace of the finished trained runs,
-  the machine time they need."""
+  fingerprint among `merged`'s (`merged.load`), running in another process, at step s/T,
+  or to run), then the training steps left and, at the median pace of the finished trained
+  runs, the machine time they need."""
   lines, left, paces, todo, by_epochs = [], 0, [], 0, []
+  merged = merged or {}
   for r in runs:
     report = r.finished_report()
-    if report is None and r.fingerprint in merged_fingerprints:
+    if report is None and r.fingerprint in merged:
       lines.append(f"{r.name:40s} {r.method.kind:8s} {'finished elsewhere (merged)':32s} "
                    f"{r.workdir}")
+      # The row that carries the run's training time (a sign(h) row of it does not).
+      row = next((x for x in merged[r.fingerprint] if x.get("train_seconds")), {})
+      if r.total_steps and row.get("train_seconds") and row.get("steps"):
+        paces.append(row["train_seconds"] / row["steps"])
       continue
     step = 0 if report else r.steps_logged()
     state = _state(r, report, step)
