@@ -173,6 +173,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_img0.1", "CMAH, t 0.2, isotropic, image reconstruction weight 0.1",
        "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__image_recon_weight=0.1),
+    # Round 10, the weight's two neighbours: none of L_2D at all, and 0.3, so the chosen
+    # weight is not the end of the range tried [ours].
+    _c("cmah_t0.2_iso_img0", "CMAH, t 0.2, isotropic, no image reconstruction", "candidate",
+       "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__use_image_recon=False),
+    _c("cmah_t0.2_iso_img0.3", "CMAH, t 0.2, isotropic, image reconstruction weight 0.3",
+       "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__image_recon_weight=0.3),
 ]}
 
 
