@@ -126,9 +126,15 @@ class ExperimentConfig:
         epochs=d.get("epochs"))
 
   def fingerprint_dict(self) -> dict:
-    """`to_dict()` without the fields of `ADDED_LATER` that are at their neutral value:
-    what identifies a config (here and in a suite's run fingerprints)."""
+    """`to_dict()` without the fields of `ADDED_LATER` that are at their neutral value,
+    and with the weights the loss never reads (`INERT_WHEN`) set to that value first: what
+    identifies a config (here and in a suite's run fingerprints). So a changed default
+    weight of a reconstruction term does not re-run contrastive-only, which has none."""
     d = self.to_dict()
+    loss = d["loss"]
+    for field, (_, inert) in INERT_WHEN.items():
+      if inert(loss):
+        loss[field] = ADDED_LATER[f"loss.{field}"]
     for path, neutral in ADDED_LATER.items():
       *parents, leaf = path.split(".")
       node = d
@@ -164,6 +170,15 @@ ADDED_LATER = {
     "loss.sinkhorn_epsilon": 0.05,
     "loss.sinkhorn_iterations": 3,
     "loss.prototype_queue_size": 0,
+}
+
+# Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
+# the term and adds an exact 0): field -> (why, predicate on the loss section's dict).
+INERT_WHEN = {
+    "point_recon_weight": ("L_3D is off",
+                           lambda loss: loss["lambda_r"] == 0 or not loss["use_point_recon"]),
+    "image_recon_weight": ("L_2D is off",
+                           lambda loss: loss["lambda_r"] == 0 or not loss["use_image_recon"]),
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -101,3 +101,50 @@ def test_fingerprint_changes_with_any_field_and_not_otherwise():
   # Resolving twice is the identity; the dict form round-trips through JSON types.
   assert config_lib.resolve(a) is a
   assert a.to_dict()["input"]["point_scale"] == [2 / 3, 3 / 2]
+
+
+def test_a_weight_of_a_term_that_is_off_does_not_change_the_fingerprint():
+  """Contrastive-only (lambda_r = 0) and the no-L_2D / no-L_3D ablations never read the
+  reconstruction weights, so a changed default weight keeps their runs; CMAH's changes."""
+  get = importlib.import_module("configs.default").get_config
+
+  def fp(image_recon_weight, point_recon_weight=1.0, **loss):
+    c = get()
+    c.loss.image_recon_weight, c.loss.point_recon_weight = (image_recon_weight,
+                                                            point_recon_weight)
+    c.loss.update(loss)
+    return config_lib.resolve(c).fingerprint()
+
+  assert fp(0.1) != fp(1.0) and fp(1.0, point_recon_weight=3.0) != fp(1.0)
+  assert fp(0.1, lambda_r=0.0) == fp(1.0, lambda_r=0.0)
+  assert fp(0.1, point_recon_weight=3.0, lambda_r=0.0) == fp(1.0, lambda_r=0.0)
+  assert fp(0.1, use_image_recon=False) == fp(1.0, use_image_recon=False)
+  assert fp(0.1, use_point_recon=False) != fp(1.0, use_point_recon=False)  # L_2D still on
+  assert fp(1.0, point_recon_weight=3.0, use_point_recon=False) == fp(
+      1.0, use_point_recon=False)
+  assert fp(1.0, lambda_r=0.0) != fp(1.0)
+
+
+def test_an_inert_weight_leaves_the_loss_bit_identical():
+  """What `INERT_WHEN` claims, checked on the loss itself: with lambda_r = 0 (or L_2D off)
+  the total is the same number whatever the weight."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from cmah_jax import losses  # pylint: disable=import-outside-toplevel
+  from cmah_jax.losses.spec import LossSpec  # pylint: disable=import-outside-toplevel
+  keys = jax.random.split(jax.random.key(0), 8)
+  b, k = 4, 16
+  outputs = {f"{m}/{kind}": jax.random.normal(key, (b, k))
+             for (m, kind), key in zip([("point", "h"), ("image", "h"),
+                                        ("point", "h_masked"), ("image", "h_masked")], keys)}
+  outputs.update({"point/pred": jax.random.normal(keys[4], (b, 3, 8, 3)),
+                  "point/target": jax.random.normal(keys[5], (b, 3, 8, 3)),
+                  "image/pred": jax.random.normal(keys[6], (b, 5, 12)),
+                  "image/target": jax.random.normal(keys[7], (b, 5, 12))})
+  for off in (dict(lambda_r=0.0), dict(use_image_recon=False)):
+    totals = []
+    for w in (0.1, 1.0, 7.0):
+      spec = LossSpec(image_recon_weight=w, **off)
+      total, _ = losses.cmah_loss(outputs, spec)
+      totals.append(np.asarray(total))
+    assert totals[0] == totals[1] == totals[2], off
