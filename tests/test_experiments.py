@@ -339,3 +339,24 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
                                bits=[run["bits"]], methods=[run["method"]])
     assert planned.fingerprint[:16] == run["fingerprint"], (run["method"], run["bits"],
                                                             run["seed"])
+
+
+def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
+  """A method that pins a field added later (config.ADDED_LATER) at the value its runs had
+  before the field existed is the same run; pinned elsewhere, or the default moved, it is
+  not."""
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax.experiments.methods import Method  # pylint: disable=import-outside-toplevel
+
+  def fp(pinned, default_weight=1.0):
+    c = default.get_config()
+    c.loss.image_recon_weight = default_weight
+    overrides = (("loss.temperature", 0.2),) + pinned
+    method = Method("m", "m", "candidate", "[test]", "train", overrides)
+    plan_lib.apply_overrides(c, method.overrides)
+    return plan_lib.run_fingerprint(method, config_lib.resolve(c))
+
+  assert fp((("loss.image_recon_weight", 1.0),)) == fp(())
+  assert fp((("loss.image_recon_weight", 1.0),), default_weight=0.1) == fp(())
+  assert fp((("loss.image_recon_weight", 0.1),)) != fp(())
+  assert fp((), default_weight=0.1) != fp(())

@@ -79,9 +79,14 @@ class Run:
 
 def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   """sha256 (16 hex) of the method (name, kind, overrides) and the resolved config
-  (`fingerprint_dict`: fields added since at their neutral value are left out)."""
+  (`fingerprint_dict`: fields added since at their neutral value are left out). An override
+  that pins such a field to that neutral value is left out too: it is the run its method
+  was before the field existed (a tuning candidate that pins a weight whose default has
+  since changed keeps its runs)."""
   payload = {"method": method.name, "kind": method.kind,
-             "overrides": [[k, repr(v)] for k, v in method.overrides],
+             "overrides": [[k, repr(v)] for k, v in method.overrides
+                           if not (k in config_lib.ADDED_LATER
+                                   and v == config_lib.ADDED_LATER[k])],
              "config": cfg.fingerprint_dict()}
   text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
