@@ -108,3 +108,34 @@ def test_the_plan_counts_merged_runs_finished_and_uses_their_pace(tmp_path):
   assert "finished elsewhere (merged)" in lines[0] and " to run " in lines[1]
   # 100 steps left at the merged run's 0.5 s/step (its sign row has no time of its own).
   assert lines[-1].startswith("1 finished, 1 to run: 100 training steps left, about 0m50s")
+
+
+def test_a_renamed_method_keeps_its_runs_and_shows_its_own_name(tmp_path):
+  """`recorded_as`: the CMAH of earlier defaults, say, kept as an ablation once a default
+  moved. Its runs keep their fingerprint and directory, and its merged rows show under the
+  new name (the sign(h) row only where the new name has one)."""
+  from cmah_jax.experiments import methods  # pylint: disable=import-outside-toplevel
+  base = default.get_config("steps=100")
+  (old,) = plan_lib.plan(get_suite("smoke"), base, str(tmp_path), seeds=[0], bits=[16],
+                         methods=["cmah"])
+  renamed = methods.Method("cmah_before", "CMAH, earlier defaults", "ablation", "[test]",
+                           recorded_as="cmah")
+  methods.register(renamed)
+  try:
+    suite = get_suite("smoke").__class__("t", "test", ((("cmah_before",), (16,)),))
+    (run,) = plan_lib.plan(suite, base, str(tmp_path), seeds=[0])
+    assert (run.fingerprint, run.workdir) == (old.fingerprint, old.workdir)
+    itq = dict(_row("cmah", 0, old.fingerprint, 0.7, 0.6), codes="itq", group="ours")
+    sign = dict(itq, method="cmah_sign", codes="sign", group="ablation")
+    (shown,) = merged_lib.rows_for(run, [itq, sign])
+    assert (shown["method"], shown["label"], shown["group"]) == (
+        "cmah_before", "CMAH, earlier defaults", "ablation")
+    assert shown["map"] == itq["map"]
+    assert [r["method"] for r in merged_lib.rows_for(old, [itq, sign])] == ["cmah",
+                                                                            "cmah_sign"]
+    # While its config equals the method it was recorded as, the two are one run.
+    both = suite.__class__("t", "test", ((("cmah", "cmah_before"), (16,)),))
+    with pytest.raises(ValueError, match="methods cmah and cmah_before are one run"):
+      plan_lib.plan(both, base, str(tmp_path), seeds=[0])
+  finally:
+    del methods.METHODS["cmah_before"]

@@ -79,7 +79,7 @@ def collect(suite, runs, root) -> dict:
     if report is not None:
       rows.extend(results_lib.run_rows(r, report))
     else:
-      rows.extend(merged.get(r.fingerprint, []))
+      rows.extend(merged_lib.rows_for(r, merged.get(r.fingerprint, [])))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
   return results_lib.write(root, suite, rows, protocol)
 

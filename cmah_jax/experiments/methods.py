@@ -21,11 +21,20 @@ class Method:
   source: str                   # where it comes from
   kind: str = "train"           # "train" | "classic"
   overrides: tuple[tuple[str, Any], ...] = ()
+  # The name its runs were fingerprinted under, when that was another (e.g. the CMAH of
+  # earlier defaults, kept as an ablation once a default moves): its fingerprint and run
+  # directory use that name, so its finished runs still count. "" = `name`.
+  recorded_as: str = ""
+
+  @property
+  def run_name(self) -> str:
+    """The name in its runs' fingerprints and directories."""
+    return self.recorded_as or self.name
 
 
-def _m(name, label, group, source, kind="train", **overrides):
+def _m(name, label, group, source, kind="train", recorded_as="", **overrides):
   items = tuple((k.replace("__", "."), v) for k, v in overrides.items())
-  return Method(name, label, group, source, kind, items)
+  return Method(name, label, group, source, kind, items, recorded_as)
 
 
 # The paper-faithful settings where our defaults depart from them, as `_m` keywords.

@@ -83,7 +83,7 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   that pins such a field to that neutral value is left out too: it is the run its method
   was before the field existed (a tuning candidate that pins a weight whose default has
   since changed keeps its runs)."""
-  payload = {"method": method.name, "kind": method.kind,
+  payload = {"method": method.run_name, "kind": method.kind,
              "overrides": [[k, repr(v)] for k, v in method.overrides
                            if not (k in config_lib.ADDED_LATER
                                    and v == config_lib.ADDED_LATER[k])],
@@ -116,8 +116,16 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
           c.eval.protocol = suite.protocol
           cfg = config_lib.resolve(c)
           fp = run_fingerprint(method, cfg)
-          workdir = os.path.join(root, "runs", name, f"b{b}-s{seed}-{fp[:8]}")
+          workdir = os.path.join(root, "runs", method.run_name, f"b{b}-s{seed}-{fp[:8]}")
           runs.append(Run(method, int(b), int(seed), cfg, fp, workdir))
+  same: dict = {}
+  for r in runs:
+    same.setdefault(r.workdir, []).append(r.method.name)
+  clash = next((names for names in same.values() if len(names) > 1), None)
+  if clash:
+    raise ValueError(f"methods {' and '.join(clash)} are one run (the same recorded name "
+                     "and resolved config); drop one from the suite or give it `recorded_as`"
+                     " only once the configs differ")
   return runs
 
 
