@@ -128,15 +128,17 @@ class ExperimentConfig:
                              "keep_checkpoints", "eval_every_steps", "init_from")},
         epochs=d.get("epochs"))
 
-  def fingerprint_dict(self) -> dict:
+  def fingerprint_dict(self, trains: bool = True) -> dict:
     """`to_dict()` without the fields of `ADDED_LATER` that are at their neutral value,
     and with the weights the loss never reads (`INERT_WHEN`) set to that value first: what
     identifies a config (here and in a suite's run fingerprints). So a changed default
-    weight of a reconstruction term does not re-run contrastive-only, which has none."""
+    weight of a reconstruction term does not re-run contrastive-only, which has none.
+    `trains=False` (a method computed without training, e.g. a classic baseline): no
+    loss weight is read, so all of `INERT_WHEN` are."""
     d = self.to_dict()
     loss = d["loss"]
     for field, (_, inert) in INERT_WHEN.items():
-      if inert(loss):
+      if not trains or inert(loss):
         loss[field] = ADDED_LATER[f"loss.{field}"]
     for path, neutral in ADDED_LATER.items():
       *parents, leaf = path.split(".")

@@ -82,12 +82,13 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   (`fingerprint_dict`: fields added since at their neutral value are left out). An override
   that pins such a field to that neutral value is left out too: it is the run its method
   was before the field existed (a tuning candidate that pins a weight whose default has
-  since changed keeps its runs)."""
+  since changed keeps its runs). A method that does not train reads no loss weight: none
+  is fingerprinted (`fingerprint_dict(trains=False)`)."""
   payload = {"method": method.run_name, "kind": method.kind,
              "overrides": [[k, repr(v)] for k, v in method.overrides
                            if not (k in config_lib.ADDED_LATER
                                    and v == config_lib.ADDED_LATER[k])],
-             "config": cfg.fingerprint_dict()}
+             "config": cfg.fingerprint_dict(trains=method.kind == "train")}
   text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
