@@ -347,6 +347,27 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
     assert len(planned) == 1, (run["method"], run["bits"], run["seed"], names)
 
 
+def test_the_runs_of_the_earlier_l2d_weight_are_cmah_img1s():
+  """Round 10 moved the L_2D weight from 1 to 0.1: CMAH planned under the old default is
+  the run `cmah_img1` plans today (same fingerprint and directory), not today's CMAH; under
+  the old default the two would be one run, which a plan refuses."""
+  suite = get_suite("ablations")
+  old_default = default.get_config("steps=4800")
+  old_default.loss.image_recon_weight = 1.0
+  (before,) = plan_lib.plan(suite, old_default, "/r", seeds=[1], bits=[16], methods=["cmah"])
+  now = {r.method.name: r for r in plan_lib.plan(suite, default.get_config("steps=4800"),
+                                                 "/r", seeds=[1], bits=[16],
+                                                 methods=["cmah", "cmah_img1"])}
+  assert now["cmah"].config.loss.image_recon_weight == 0.1
+  assert now["cmah_img1"].config.loss.image_recon_weight == 1.0
+  assert (now["cmah_img1"].fingerprint, now["cmah_img1"].workdir) == (before.fingerprint,
+                                                                      before.workdir)
+  assert now["cmah"].fingerprint != before.fingerprint
+  with pytest.raises(ValueError, match="methods cmah and cmah_img1 are one run"):
+    plan_lib.plan(suite, old_default, "/r", seeds=[1], bits=[16],
+                  methods=["cmah", "cmah_img1"])
+
+
 def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
   """A method that pins a field added later (config.ADDED_LATER) at the value its runs had
   before the field existed is the same run; pinned elsewhere, or the default moved, it is

@@ -8,7 +8,8 @@ import pytest
 
 from cmah_jax.experiments import merged as merged_lib
 from cmah_jax.experiments import plan as plan_lib
-from cmah_jax.experiments.suites import get_suite
+from cmah_jax.experiments import results as results_lib
+from cmah_jax.experiments.suites import Suite, get_suite
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,19 +123,19 @@ def test_a_renamed_method_keeps_its_runs_and_shows_its_own_name(tmp_path):
                            recorded_as="cmah")
   methods.register(renamed)
   try:
-    suite = get_suite("smoke").__class__("t", "test", ((("cmah_before",), (16,)),))
+    suite = Suite("t", "test", ((("cmah_before",), (16,)),))
     (run,) = plan_lib.plan(suite, base, str(tmp_path), seeds=[0])
     assert (run.fingerprint, run.workdir) == (old.fingerprint, old.workdir)
     itq = dict(_row("cmah", 0, old.fingerprint, 0.7, 0.6), codes="itq", group="ours")
     sign = dict(itq, method="cmah_sign", codes="sign", group="ablation")
-    (shown,) = merged_lib.rows_for(run, [itq, sign])
+    (shown,) = results_lib.relabel(run, [itq, sign])
     assert (shown["method"], shown["label"], shown["group"]) == (
         "cmah_before", "CMAH, earlier defaults", "ablation")
     assert shown["map"] == itq["map"]
-    assert [r["method"] for r in merged_lib.rows_for(old, [itq, sign])] == ["cmah",
-                                                                            "cmah_sign"]
+    assert [r["method"] for r in results_lib.relabel(old, [itq, sign])] == [
+        "cmah", "cmah_sign"]
     # While its config equals the method it was recorded as, the two are one run.
-    both = suite.__class__("t", "test", ((("cmah", "cmah_before"), (16,)),))
+    both = Suite("t", "test", ((("cmah", "cmah_before"), (16,)),))
     with pytest.raises(ValueError, match="methods cmah and cmah_before are one run"):
       plan_lib.plan(both, base, str(tmp_path), seeds=[0])
   finally:

@@ -75,11 +75,9 @@ def collect(suite, runs, root) -> dict:
   rows = []
   merged = merged_lib.load(root)
   for r in runs:
-    report = r.finished_report()
-    if report is not None:
-      rows.extend(results_lib.run_rows(r, report))
-    else:
-      rows.extend(merged_lib.rows_for(r, merged.get(r.fingerprint, [])))
+    report, merged_rows = plan_lib.finished_where(r, merged)
+    rows.extend(results_lib.run_rows(r, report) if report is not None
+                else results_lib.relabel(r, merged_rows))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
   return results_lib.write(root, suite, rows, protocol)
 
@@ -91,7 +89,7 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
   collected = runs if collected is None else collected
   merged = merged_lib.load(root)
-  todo = [r for r in runs if not r.finished() and r.fingerprint not in merged]
+  todo = [r for r in runs if plan_lib.finished_where(r, merged) == (None, [])]
   # A run another process is working on (a second suite on this root, a main.py on its
   # directory) is left to it; its result joins the tables once it has finished.
   holders = {r.workdir: workdir_lock.holder(r.workdir) for r in todo}

@@ -7,14 +7,13 @@ fingerprint (method + fully resolved config, `plan.run_fingerprint`) matches mer
 counts as finished: it is not trained again, and the tables show those rows, each marked
 with the file it came from (`merged_from`). A row whose fingerprint matches no planned
 run is kept in the file but never shown: another config made it. A run finished here
-takes precedence over merged rows of the same fingerprint.
+takes precedence over merged rows of the same fingerprint (`plan.finished_where`); the
+rows show under the run's method today (`results.relabel`).
 """
 from __future__ import annotations
 
 import json
 import os
-
-from cmah_jax.experiments.results import SIGN_ROWS
 
 MERGED_FILE = "merged_results.json"
 # Keys every row of a results.json has (`results.run_row`); a row without one is refused.
@@ -85,19 +84,3 @@ def merge_files(root: str, results_paths: list[str], planned_fingerprints) -> li
     json.dump({"runs": current}, f, indent=2)
   os.replace(tmp, path(root))
   return lines
-
-
-def rows_for(run, rows: list[dict]) -> list[dict]:
-  """The merged `rows` of `run` under its method's name, label and group (a method renamed
-  since, `Method.recorded_as`, shows its own); the sign(h) row only where the method has
-  one (`results.SIGN_ROWS`)."""
-  m = run.method
-  out = []
-  for row in rows:
-    if row["codes"] == "sign":
-      if m.name in SIGN_ROWS:
-        name, label = SIGN_ROWS[m.name]
-        out.append(dict(row, method=name, label=label))
-    else:
-      out.append(dict(row, method=m.name, label=m.label, group=m.group))
-  return out

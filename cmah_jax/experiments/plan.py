@@ -149,6 +149,14 @@ def _state(r: Run, report: dict | None, step: int) -> str:
   return progress or "to run"
 
 
+def finished_where(r: Run, merged: dict) -> tuple[dict | None, list[dict]]:
+  """Where `r` finished: `(report, [])` here, `(None, rows)` elsewhere (its fingerprint's
+  rows in `merged`, from `merged.load`), `(None, [])` not yet. A report here takes
+  precedence over merged rows."""
+  report = r.finished_report()
+  return report, ([] if report is not None else merged.get(r.fingerprint, []))
+
+
 def describe(runs: list[Run], merged: dict | None = None) -> list[str]:
   """The plan as text (`--dry_run`): one line per run (finished, finished elsewhere: its
   fingerprint among `merged`'s (`merged.load`), running in another process, at step s/T,
@@ -157,12 +165,12 @@ def describe(runs: list[Run], merged: dict | None = None) -> list[str]:
   lines, left, paces, todo, by_epochs = [], 0, [], 0, []
   merged = merged or {}
   for r in runs:
-    report = r.finished_report()
-    if report is None and r.fingerprint in merged:
+    report, merged_rows = finished_where(r, merged)
+    if merged_rows:
       lines.append(f"{r.name:40s} {r.method.kind:8s} {'finished elsewhere (merged)':32s} "
                    f"{r.workdir}")
       # The row that carries the run's training time (a sign(h) row of it does not).
-      row = next((x for x in merged[r.fingerprint] if x.get("train_seconds")), {})
+      row = next((x for x in merged_rows if x.get("train_seconds")), {})
       if r.total_steps and row.get("train_seconds") and row.get("steps"):
         paces.append(row["train_seconds"] / row["steps"])
       continue

@@ -35,6 +35,22 @@ def run_rows(run, report: dict) -> list[dict]:
   return rows
 
 
+def relabel(run, rows: list[dict]) -> list[dict]:
+  """Rows recorded elsewhere for `run` (`merged.py`) under its method's name, label and
+  group today (a method renamed since, `Method.recorded_as`, shows its own); the sign(h)
+  row only where that method has one, as `run_rows` would give it."""
+  m = run.method
+  out = []
+  for row in rows:
+    if row["codes"] == "sign":
+      if m.name in SIGN_ROWS:
+        name, label = SIGN_ROWS[m.name]
+        out.append(dict(row, method=name, label=label))
+    else:
+      out.append(dict(row, method=m.name, label=m.label, group=m.group))
+  return out
+
+
 def run_row(run, report: dict, codes: str = "own") -> dict:
   """The numbers of one finished run, from `report`'s top-level metrics; `codes` names
   which codes they score ("own": the method's, "sign": sign(h), "itq": the learned
