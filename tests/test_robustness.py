@@ -23,8 +23,8 @@ from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import load_trained
 from cmah_jax.metric_writer import read_jsonl
-from cmah_jax.experiments.methods import apply_overrides
 from configs import default
+from tiny_runs import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("CMAH_TEST_COMPILE_CACHE", os.path.join(REPO, ".cache", "jax_tests"))
@@ -34,13 +34,6 @@ TIMING = ("train_seconds", "eval_seconds")  # the only report.json fields allowe
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("data"))
-
-
-def tiny_config(data_dir, steps=6, **changes):
-  c = default.get_config(f"runlocal,steps={steps},data_dir={data_dir}")
-  c.log_every_steps = 1
-  apply_overrides(c, changes.items())  # dotted keys: tiny_config(d, **{"loss.lambda_r": 0})
-  return c
 
 
 def params(workdir):

@@ -15,8 +15,8 @@ from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.inference import load_trained
 from cmah_jax.metrics import mean_average_precision, tie_aware_mean_average_precision
 from cmah_jax.metric_writer import read_jsonl
-from cmah_jax.experiments.methods import apply_overrides
 from configs import default
+from tiny_runs import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,13 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("data"))
-
-
-def tiny_config(data_dir, steps=6, **changes):
-  c = default.get_config(f"runlocal,steps={steps},data_dir={data_dir}")
-  c.log_every_steps = 1
-  apply_overrides(c, changes.items())  # dotted keys: tiny_config(d, **{"loss.lambda_r": 0})
-  return c
 
 
 def params_of(result):
