@@ -17,7 +17,8 @@ USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"
 
 # The network's own sign(h) codes of these methods, tabled beside the learned quantiser's
 # as an ablation row: method -> (row name, label).
-SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)")}
+SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)"),
+             "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes")}
 
 
 def run_rows(run, report: dict) -> list[dict]:
