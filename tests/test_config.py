@@ -42,13 +42,15 @@ def test_default_config_values():
   assert cfg.loss.pairs == ("full_full", "masked_masked")
   assert cfg.dataset.config == "default"
   # Our validated departures from the paper, and the `paper` switch that undoes them.
-  assert (cfg.loss.temperature, cfg.input.point_scale_isotropic) == (0.2, True)
+  assert (cfg.loss.temperature, cfg.input.point_scale_isotropic,
+          cfg.loss.image_recon_weight) == (0.2, True, 0.1)
   for name in ("default", "modelnet40"):
     paper = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config("paper"))
-    assert (paper.loss.temperature, paper.input.point_scale_isotropic) == (0.07, False)
+    assert (paper.loss.temperature, paper.input.point_scale_isotropic,
+            paper.loss.image_recon_weight) == (0.07, False, 1.0)
     ours = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config())
     assert {k for k in ours.to_dict()["loss"] if ours.to_dict()["loss"][k]
-            != paper.to_dict()["loss"][k]} == {"temperature"}
+            != paper.to_dict()["loss"][k]} == {"temperature", "image_recon_weight"}
 
 
 def test_paper_scale_schedule_in_epochs():

@@ -145,7 +145,8 @@ def test_cmah_loss_combines_terms():
   pr = losses.point_reconstruction_loss(out["point/pred"], out["point/target"])
   ir = losses.image_reconstruction_loss(out["image/pred"], out["image/target"], False)
   cfg = losses.LossSpec(temperature=tau, pairs="full_full, masked_masked,full_masked",
-                        lambda_r=0.5, norm_pix_loss=False, supervised=False)
+                        lambda_r=0.5, norm_pix_loss=False, supervised=False,
+                        image_recon_weight=1.0)  # the paper's 1:1 (ours is below)
   total, terms = losses.cmah_loss(out, cfg)
   assert set(terms) == {"loss/contrastive", "loss/point_recon", "loss/image_recon",
                         "loss/total"}
@@ -231,8 +232,10 @@ def test_cmah_loss_switches_and_quality_weights():
   ir = losses.image_reconstruction_loss(out["image/pred"], out["image/target"])
   no3d, t3 = losses.cmah_loss(out, dataclasses.replace(base, use_point_recon=False))
   no2d, t2 = losses.cmah_loss(out, dataclasses.replace(base, use_image_recon=False))
+  # L_c + lambda_r (w_3D L_3D + w_2D L_2D) at the default weights (w_2D 0.1 since round 10).
+  assert (base.point_recon_weight, base.image_recon_weight) == (1.0, 0.1)
   np.testing.assert_allclose(total - no3d, pr, rtol=1e-5)
-  np.testing.assert_allclose(total - no2d, ir, rtol=1e-5)
+  np.testing.assert_allclose(total - no2d, 0.1 * ir, rtol=1e-5)
   assert float(t3["loss/point_recon"]) == 0.0 and float(t2["loss/image_recon"]) == 0.0
   spec = dataclasses.replace(base, balance_weight=2.0, quantization_weight=0.5)
   with_q, tq = losses.cmah_loss(out, spec)
