@@ -89,7 +89,11 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
   collected = runs if collected is None else collected
   merged = merged_lib.load(root)
-  todo = [r for r in runs if plan_lib.finished_where(r, merged) == (None, [])]
+  todo = []
+  for r in runs:
+    report, merged_rows = plan_lib.finished_where(r, merged)
+    if report is None and not merged_rows:
+      todo.append(r)
   # A run another process is working on (a second suite on this root, a main.py on its
   # directory) is left to it; its result joins the tables once it has finished.
   holders = {r.workdir: workdir_lock.holder(r.workdir) for r in todo}

@@ -21,35 +21,34 @@ SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's qua
              "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes")}
 
 
+def _shown_as(row: dict, method) -> dict | None:
+  """`row` under `method`'s name, label and group; a sign(h) row under the name and label
+  `SIGN_ROWS` gives the method, as an ablation, or None where it gives none."""
+  if row["codes"] != "sign":
+    return dict(row, method=method.name, label=method.label, group=method.group)
+  if method.name not in SIGN_ROWS:
+    return None
+  name, label = SIGN_ROWS[method.name]
+  return dict(row, method=name, label=label, group="ablation")
+
+
 def run_rows(run, report: dict) -> list[dict]:
   """The rows of one finished run: one, with the learned quantiser's ("itq") codes where
   the report has them (trained methods) and the report's own codes otherwise; plus, for
   the methods of `SIGN_ROWS`, the sign(h) codes as an ablation row."""
   if "itq" not in report:
     return [run_row(run, report)]
-  rows = [run_row(run, dict(report, **report["itq"]), codes="itq")]
-  if run.method.name in SIGN_ROWS:
-    name, label = SIGN_ROWS[run.method.name]
-    # The same training as the row above: its time is counted there.
-    rows.append(dict(run_row(run, report, codes="sign"), method=name, label=label,
-                     group="ablation", train_seconds=None))
-  return rows
+  # The sign(h) row is the same training as the itq row: its time is counted there.
+  rows = [run_row(run, dict(report, **report["itq"]), codes="itq"),
+          dict(run_row(run, report, codes="sign"), train_seconds=None)]
+  return [shown for row in rows if (shown := _shown_as(row, run.method))]
 
 
 def relabel(run, rows: list[dict]) -> list[dict]:
-  """Rows recorded elsewhere for `run` (`merged.py`) under its method's name, label and
-  group today (a method renamed since, `Method.recorded_as`, shows its own); the sign(h)
-  row only where that method has one, as `run_rows` would give it."""
-  m = run.method
-  out = []
-  for row in rows:
-    if row["codes"] == "sign":
-      if m.name in SIGN_ROWS:
-        name, label = SIGN_ROWS[m.name]
-        out.append(dict(row, method=name, label=label))
-    else:
-      out.append(dict(row, method=m.name, label=m.label, group=m.group))
-  return out
+  """Rows recorded elsewhere for `run` (`merged.py`), shown as `run_rows` would show
+  them today: under its method's name, label and group (a method renamed since,
+  `Method.recorded_as`, shows its own), the sign(h) row only where that method has one."""
+  return [shown for row in rows if (shown := _shown_as(row, run.method))]
 
 
 def run_row(run, report: dict, codes: str = "own") -> dict:
