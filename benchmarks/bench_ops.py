@@ -31,9 +31,6 @@ import concurrent.futures
 import datetime
 import functools
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 
@@ -42,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import cpu_model, time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
 from cmah_jax.ops import hashing, pointcloud  # noqa: E402
 
@@ -54,20 +53,6 @@ except ImportError as e:  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- helpers
-def _time_interleaved(fns: list, runs: int) -> list[tuple[float, float]]:
-  """(median, min) seconds per call of each of `fns`, after one warm-up call each. The
-  calls go round-robin (`fns[0], fns[1], ..., fns[0], ...`) so that a shared machine's
-  changing load hits every method alike."""
-  for fn in fns:
-    fn()
-  ts = [[] for _ in fns]
-  for _ in range(runs):
-    for fn, t in zip(fns, ts):
-      t0 = time.perf_counter()
-      fn()
-      t.append(time.perf_counter() - t0)
-  return [(statistics.median(t), min(t)) for t in ts]
-
 
 def _compile(jitted, *args, **static):
   """(compiled executable, compile seconds)."""
@@ -75,16 +60,6 @@ def _compile(jitted, *args, **static):
   compiled = jitted.lower(*args, **static).compile()
   return compiled, time.perf_counter() - t0
 
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def read_bandwidth(nbytes: int = 1 << 29, runs: int = 5) -> tuple[float, float]:
@@ -95,7 +70,7 @@ def read_bandwidth(nbytes: int = 1 << 29, runs: int = 5) -> tuple[float, float]:
   workers = os.cpu_count() or 1
   parts = np.array_split(a, workers)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    (_, one), (_, every) = _time_interleaved(
+    (_, one), (_, every) = time_interleaved(
         [a.sum, lambda: sum(pool.map(np.sum, parts))], runs)
   return nbytes / one, nbytes / every
 
@@ -175,7 +150,7 @@ def bench_hamming(args) -> list[dict]:
   fns = [lambda: jax.block_until_ready(topk(qj, dj))]
   fns += [faiss_search(t) for t in thread_counts]
   fns += [lambda: jax.block_until_ready(scan(qj, dj))]
-  times = _time_interleaved(fns, args.runs)
+  times = time_interleaved(fns, args.runs)
   faiss.omp_set_num_threads(threads)
   ours = times[0][0]
 
@@ -243,7 +218,7 @@ def bench_fps(args) -> list[dict]:
   fns = [lambda: jax.block_until_ready(fps(pj))]
   fns += [lambda fn=fn: [fn(p) for p in pts] for _, fn in others]
   fns += [lambda: fps_numpy(pts, s)]
-  times = _time_interleaved(fns, 4 * args.runs)
+  times = time_interleaved(fns, 4 * args.runs)
   ours = times[0][0]
 
   rows = [dict(bench="b", method="`farthest_point_sample` (JAX, jit)", times=times[0],

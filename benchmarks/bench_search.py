@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from timing import cpu_model, time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
 from cmah_jax.retrieval import index as index_lib  # noqa: E402
 from cmah_jax.retrieval import search  # noqa: E402
@@ -43,27 +42,6 @@ except ImportError as e:  # pragma: no cover
   raise SystemExit(f"bench_search.py needs faiss: .venv/bin/pip install faiss-cpu ({e})")
 
 
-def timed(fns, runs):
-  for fn in fns:
-    fn()
-  ts = [[] for _ in fns]
-  for _ in range(runs):
-    for fn, t in zip(fns, ts):
-      t0 = time.perf_counter()
-      fn()
-      t.append(time.perf_counter() - t0)
-  return [(statistics.median(t), min(t)) for t in ts]
-
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def stable_topk(q, d, k):
@@ -139,7 +117,7 @@ def main():
              lambda: search.search_codes(idx, queries, k, chunk_rows=args.chunk_rows),
              lambda: idx.entries(search.search_codes(idx, queries, k)[1].reshape(-1))]
       fns += [faiss_fn(n) for n in sorted({threads, 1}, reverse=True)]
-      times = timed(fns, args.runs)
+      times = time_interleaved(fns, args.runs)
       faiss.omp_set_num_threads(threads)
       ours = times[0][0]
       nchunks = -(-args.database // args.chunk_rows)
