@@ -3,6 +3,7 @@ a runlocal suite end to end (resumes by skipping finished runs)."""
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -170,10 +171,20 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
          f"--config=configs/default.py:runlocal,steps=2,data_dir={tmp_path / 'data'}",
          f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah,random,cca_itq",
          "--jobs=2"]
+  cpus = sorted(os.sched_getaffinity(0))
+  pinned = len(cpus) >= 2  # the two running runs on one CPU each (`--cpus_per_job`)
+  if pinned:
+    cmd.append("--cpus_per_job=1")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   data = json.load(open(tmp_path / "suite" / "results.json"))
+  if pinned:
+    assert f"pinned to CPUs [({cpus[0]},), ({cpus[1]},)]" in out.stdout, out.stdout[-2000:]
+    for r in data["runs"]:  # each worker logs the CPUs it ran on: one of the two slots
+      logged = re.findall(r"\[worker\] \S+ pid \d+ on CPUs \[(\d+)\]",
+                          open(os.path.join(r["workdir"], "log.txt")).read())
+      assert logged and set(logged) <= {str(cpus[0]), str(cpus[1])}, (r["method"], logged)
   # The trained run gives two rows: its learned quantiser's codes, and its sign(h) codes.
   assert sorted(r["method"] for r in data["runs"]) == ["cca_itq", "cmah", "cmah_sign",
                                                        "random"]

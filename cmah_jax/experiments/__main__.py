@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cmah_jax import workdir_lock
+from cmah_jax.experiments import cpus as cpus_lib
 from cmah_jax.experiments import merged as merged_lib
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import results as results_lib
@@ -43,6 +44,9 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every run.")
 _BITS = flags.DEFINE_list("bits", None, "Only these code lengths (default: the suite's).")
 _METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: the suite's).")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs at once.")
+_CPUS_PER_JOB = flags.DEFINE_integer(
+    "cpus_per_job", 0, "Pin each of the --jobs running runs to its own N CPUs (Linux; "
+    "XLA sizes its thread pools to them); 0: unpinned, every run may use every CPU.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
 _MERGE = flags.DEFINE_list(
     "merge", None, "results.json files of runs finished elsewhere (another machine, a "
@@ -54,7 +58,8 @@ flags.mark_flags_as_required(["suite", "workdir"])
 _fmt = plan_lib.format_duration
 
 
-def _start(run, action: str | None = None) -> subprocess.Popen:
+def _start(run, action: str | None = None, cpus: tuple[int, ...] | None = None
+           ) -> subprocess.Popen:
   os.makedirs(run.workdir, exist_ok=True)
   spec = {"method": run.method.name, "kind": run.method.kind,
           "fingerprint": run.fingerprint, "workdir": run.workdir,
@@ -65,8 +70,8 @@ def _start(run, action: str | None = None) -> subprocess.Popen:
   with open(spec_path, "w") as f:
     json.dump(spec, f, indent=2)
   log = open(os.path.join(run.workdir, "log.txt"), "a")
-  return subprocess.Popen([sys.executable, "-m", "cmah_jax.experiments.worker", spec_path],
-                          stdout=log, stderr=subprocess.STDOUT)
+  return cpus_lib.popen_pinned([sys.executable, "-m", "cmah_jax.experiments.worker", spec_path],
+                               cpus, stdout=log, stderr=subprocess.STDOUT)
 
 
 def collect(suite, runs, root) -> dict:
@@ -82,12 +87,17 @@ def collect(suite, runs, root) -> dict:
   return results_lib.write(root, suite, rows, protocol)
 
 
-def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
+def execute(suite, runs, root: str, jobs: int, collected=None, cpu_sets=None) -> dict:
   """Run every unfinished run (`jobs` at a time), rewriting the results after each.
 
   `collected`: the runs whose finished results the tables show (default `runs`); the
-  whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest."""
+  whole suite's plan, so a run of a subset (`--methods`, `--bits`) never drops the rest.
+  `cpu_sets`: `jobs` disjoint CPU sets (`cpus.cpu_slots`); each running run is pinned to
+  a free one (None: unpinned)."""
   collected = runs if collected is None else collected
+  if cpu_sets is not None and len(cpu_sets) != jobs:
+    raise ValueError(f"execute: {len(cpu_sets)} CPU sets for {jobs} jobs")
+  free_cpus = list(cpu_sets) if cpu_sets is not None else [None] * jobs  # a run holds one
   merged = merged_lib.load(root)
   todo = []
   for r in runs:
@@ -104,8 +114,9 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   todo = [r for r in todo if not holders[r.workdir]]
   print(f"[experiments] suite {suite.name}: {len(runs)} runs, "
         f"{len(runs) - len(todo) - len(elsewhere)} finished, {len(todo)} to run"
-        f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}, {jobs} at a time; "
-        f"results in {root}", flush=True)
+        f"{f', {len(elsewhere)} running elsewhere' if elsewhere else ''}, {jobs} at a time"
+        f"{f' (pinned to CPUs {cpu_sets})' if cpu_sets else ''}; results in {root}",
+        flush=True)
   # Every finished run the tables show, not only the selected ones: one table, one kind
   # of codes per method.
   add_quantizer = [r for r in collected
@@ -125,15 +136,16 @@ def execute(suite, runs, root: str, jobs: int, collected=None) -> dict:
   try:
     while todo or running:
       while todo and len(running) < jobs:
-        run = todo.pop(0)
-        proc = _start(run)
+        run, cpus = todo.pop(0), free_cpus.pop(0)
+        proc = _start(run, cpus=cpus)
         _PROCS[proc.pid] = proc
-        running[proc.pid] = (run, time.time())
-      for pid, (run, t0) in list(running.items()):
+        running[proc.pid] = (run, time.time(), cpus)
+      for pid, (run, t0, cpus) in list(running.items()):
         proc_done = _poll(pid)
         if proc_done is None:
           continue
         del running[pid]
+        free_cpus.append(cpus)
         durations.append(time.time() - t0)
         if proc_done == 0 and run.finished():
           print(f"[experiments] done {run.name} in {_fmt(durations[-1])}", flush=True)
@@ -201,6 +213,13 @@ def main(argv):
     except ValueError as e:
       raise SystemExit(str(e)) from None
     print("\n".join(lines), flush=True)
+  cpu_sets = None
+  if _CPUS_PER_JOB.value:
+    try:
+      cpu_sets = cpus_lib.cpu_slots(cpus_lib.available_cpus(), _JOBS.value,
+                                    _CPUS_PER_JOB.value)
+    except (ValueError, RuntimeError) as e:
+      raise SystemExit(str(e)) from None
   if _DRY_RUN.value:
     print("\n".join(plan_lib.describe(runs, merged_lib.load(root))))
     return
@@ -209,7 +228,7 @@ def main(argv):
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
   signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as Ctrl-C does
-  data = execute(suite, runs, root, _JOBS.value, collected=everything)
+  data = execute(suite, runs, root, _JOBS.value, collected=everything, cpu_sets=cpu_sets)
   print(open(os.path.join(root, "results.md")).read())
   print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")
 

@@ -26,6 +26,9 @@ def main(argv) -> int:
     return 2
   with open(argv[1]) as f:
     spec = json.load(f)
+  if hasattr(os, "sched_getaffinity"):  # which CPUs this run may use (`--cpus_per_job`)
+    print(f"[worker] {spec['method']} pid {os.getpid()} on CPUs "
+          f"{sorted(os.sched_getaffinity(0))}", flush=True)
   from cmah_jax import workdir_lock  # pylint: disable=import-outside-toplevel
   # Held from the first write to the last (the report's run fingerprint), so no other
   # process starts this run meanwhile; `run_experiment`'s own hold passes through.
