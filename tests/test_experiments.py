@@ -117,8 +117,13 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
   assert by["c"]["needed/p2i"] == pytest.approx(0.02)
   assert by["sup"]["fraction/i2p"] == pytest.approx(0.75)
   assert by["sup"]["fraction/p2i"] == pytest.approx(0.5)
+  # Paired by seed: i2p 0.5/0.6/0.7 against B's 0.55 in every seed is ahead in 2 of 3;
+  # p2i 0.5 against C's 0.48/0.5/0.52 only in seed 0 (a tie is not ahead).
+  assert by["b"]["paired/i2p"] == (2, 3) and by["b"]["paired/p2i"] == (3, 3)
+  assert by["c"]["paired/i2p"] == (3, 3) and by["c"]["paired/p2i"] == (1, 3)
   md = results_lib.verdict_markdown(aggs)
   assert "| 16 | B | -0.000 (0.100)" not in md and "**does not win**" in md
+  assert "| 16 | C | +0.500 (0.100) | +0.000 (0.020) | 3/3; 1/3 | **does not win** |" in md
   assert "75.0% / 50.0%" in md
 
 
@@ -137,9 +142,10 @@ def test_one_seed_has_no_spread_and_never_wins():
   assert not by["a"]["spread"] and by["a"]["ahead"] and not by["a"]["wins"]
   assert not by["b"]["ahead"] and not by["b"]["wins"]
   md = results_lib.verdict_markdown(aggs)
-  assert ("| 16 | A (1 seed) | +0.490 (no spread) | +0.400 (no spread) | ahead, not yet a "
-          "win |") in md
-  assert "| 16 | B (1 seed) | -0.100 (no spread) | +0.500 (no spread) | **behind** |" in md
+  assert ("| 16 | A (1 seed) | +0.490 (no spread) | +0.400 (no spread) | 1/1; 1/1 | ahead, "
+          "not yet a win |") in md
+  assert ("| 16 | B (1 seed) | -0.100 (no spread) | +0.500 (no spread) | 0/1; 1/1 | "
+          "**behind** |") in md
   table = results_lib.markdown(aggs, "t", "p")
   assert "| CMAH | 0.700 / 0.600 (1 seed) |" in table          # no "± 0.000"
   assert "| A | 0.210 ± 0.010 / 0.200 ± 0.000 |" in table      # the table's most seeds

@@ -73,7 +73,8 @@ def run_row(run, report: dict, codes: str = "own") -> dict:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-  """Mean and sample std (ddof=1; 0 for one seed) over seeds of each (method, bits)."""
+  """Mean and sample std (ddof=1; 0 for one seed) over seeds of each (method, bits), and
+  each seed's mAP (`by_seed[metric][direction][str(seed)]`, for paired comparisons)."""
   groups: dict = {}
   for r in rows:
     groups.setdefault((r["method"], r["bits"]), []).append(r)
@@ -86,6 +87,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         v = np.array([r[m][d] for r in rs], float)
         agg[f"{m}/{d}/mean"] = float(v.mean())
         agg[f"{m}/{d}/std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    agg["by_seed"] = {m: {d: {str(r["seed"]): float(r[m][d]) for r in rs} for d in DIRECTIONS}
+                      for m in METRICS}
     usage = [r.get("code_usage") for r in rs]
     if all(usage):  # means over seeds, only where every seed's report has them
       for m in MODALITIES:
@@ -175,6 +178,9 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
   per direction, `spread` (both sides have >= 2 seeds, so a std exists), `wins` (a spread
   and a margin above it in both directions; one seed can never win), `ahead` (both
   margins positive), and for the supervised bound `fraction` = ours / bound per direction.
+  With per-seed values (`aggregate`'s `by_seed`), also the paired count: `paired/{d}` =
+  (seeds both have where ours is higher, seeds both have); the same seed means the same
+  initialisation and data order, so this is a paired view beside the unpaired criterion.
   """
   by = {(a["method"], a["bits"]): a for a in aggs}
   out = []
@@ -190,6 +196,10 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
       row[f"needed/{d}"] = max(mine[f"{metric}/{d}/std"], other[f"{metric}/{d}/std"])
       if other["group"] == "bound":
         row[f"fraction/{d}"] = m_mean / o_mean if o_mean else float("nan")
+      if "by_seed" in mine and "by_seed" in other:
+        a, b = mine["by_seed"][metric][d], other["by_seed"][metric][d]
+        shared = sorted(set(a) & set(b), key=int)
+        row[f"paired/{d}"] = (sum(a[s] > b[s] for s in shared), len(shared))
     row["spread"] = min(row["n"]) > 1
     row["ahead"] = all(row[f"margin/{d}"] > 0 for d in DIRECTIONS)
     row["wins"] = row["spread"] and all(row[f"margin/{d}"] > row[f"needed/{d}"]
@@ -207,9 +217,10 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
            "margin = ours - other (mean over seeds); a win needs margin > the larger seed "
            "std, in both directions, so at least 2 seeds on each side (with one seed a "
            "positive margin is only \"ahead\"). Against the supervised bound: ours / "
-           "bound.", "",
-           "| bits | other | margin i2p (needed) | margin p2i (needed) | verdict |",
-           "|---|---|---|---|---|"]
+           "bound. Seeds ahead: in how many of the seeds both have ours scores higher "
+           "(same seed, same initialisation and data order), i2p; p2i.", "",
+           "| bits | other | margin i2p (needed) | margin p2i (needed) | seeds ahead | verdict |",
+           "|---|---|---|---|---|---|"]
   for r in rows:
     cells = [f"{r[f'margin/{d}']:+.3f} ({r[f'needed/{d}']:.3f})" if r["spread"]
              else f"{r[f'margin/{d}']:+.3f} (no spread)" for d in DIRECTIONS]
@@ -220,7 +231,10 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
     else:
       verdict = "ahead, not yet a win" if r["ahead"] else "**behind**"
     n = "" if min(r["n"]) > 1 else f" ({min(r['n'])} seed)"
-    lines.append(f"| {r['bits']} | {r['label']}{n} | {cells[0]} | {cells[1]} | {verdict} |")
+    paired = ("; ".join(f"{r[f'paired/{d}'][0]}/{r[f'paired/{d}'][1]}" for d in DIRECTIONS)
+              if "paired/i2p" in r and r["paired/i2p"][1] else "")
+    lines.append(f"| {r['bits']} | {r['label']}{n} | {cells[0]} | {cells[1]} | {paired} "
+                 f"| {verdict} |")
   return "\n".join(lines) + "\n"
 
 
