@@ -179,8 +179,9 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
   and a margin above it in both directions; one seed can never win), `ahead` (both
   margins positive), and for the supervised bound `fraction` = ours / bound per direction.
   With per-seed values (`aggregate`'s `by_seed`), also the paired count: `paired/{d}` =
-  (seeds both have where ours is higher, seeds both have); the same seed means the same
-  initialisation and data order, so this is a paired view beside the unpaired criterion.
+  (seeds both have where ours is higher, seeds both have): a paired view beside the
+  unpaired criterion (a seed fixes a trained run's initialisation and data order, so
+  between methods on the same model it pairs like with like).
   """
   by = {(a["method"], a["bits"]): a for a in aggs}
   out = []
@@ -217,8 +218,9 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
            "margin = ours - other (mean over seeds); a win needs margin > the larger seed "
            "std, in both directions, so at least 2 seeds on each side (with one seed a "
            "positive margin is only \"ahead\"). Against the supervised bound: ours / "
-           "bound. Seeds ahead: in how many of the seeds both have ours scores higher "
-           "(same seed, same initialisation and data order), i2p; p2i.", "",
+           "bound. Seeds ahead: in how many of the seeds both have ours scores higher, "
+           "i2p; p2i (a seed fixes a trained run's initialisation and data order, so "
+           "between methods on the same model it pairs like with like).", "",
            "| bits | other | margin i2p (needed) | margin p2i (needed) | seeds ahead | verdict |",
            "|---|---|---|---|---|---|"]
   for r in rows:
