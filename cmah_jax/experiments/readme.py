@@ -3,8 +3,8 @@
   python -m cmah_jax.experiments.readme --results=work/suite/results.json --readme=README.md
 
 The block between `<!-- results:begin -->` and `<!-- results:end -->` is replaced by the
-tie-aware mAP table of `results.json` (and the command and machine time that made it), so
-the README's numbers are generated, never typed.
+tie-aware mAP table of `results.json` (and the runs in it, the command and the machine
+time that made it), so the README's numbers are generated, never typed.
 """
 from __future__ import annotations
 
@@ -22,6 +22,37 @@ _README = flags.DEFINE_string("readme", "README.md", "Markdown file with the mar
 _COMMAND = flags.DEFINE_string("command", "", "The command that produced the results.")
 
 
+def _seed_span(seeds: list[int]) -> str:
+  """[0, 1, 2] -> "seeds 0-2"; [0, 2] -> "seeds 0, 2"; [0] -> "seed 0"."""
+  if len(seeds) == 1:
+    return f"seed {seeds[0]}"
+  if seeds == list(range(seeds[0], seeds[-1] + 1)):
+    return f"seeds {seeds[0]}-{seeds[-1]}"
+  return "seeds " + ", ".join(map(str, seeds))
+
+
+def runs_listing(runs: list[dict]) -> str:
+  """Which runs a table holds, per method in first-seen order: code lengths that share their
+  seeds are named together, e.g. "cmah: 16 and 64 bits seeds 0-2, 32 bits seed 0".
+  A run's second row (`results.SIGN_ROWS`, codes "sign") is the same run: not listed."""
+  seeds: dict[str, dict[int, set[int]]] = {}
+  for r in runs:
+    if r.get("codes") != "sign":
+      seeds.setdefault(r["method"], {}).setdefault(r["bits"], set()).add(r["seed"])
+  parts = []
+  for method, by_bits in seeds.items():
+    by_span: dict[str, list[int]] = {}
+    for bits in sorted(by_bits):
+      by_span.setdefault(_seed_span(sorted(by_bits[bits])), []).append(bits)
+    groups = []
+    for span, bits in by_span.items():
+      names = [str(b) for b in bits]
+      named = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+      groups.append(f"{named} bits {span}")
+    parts.append(f"`{method}`: " + ", ".join(groups))
+  return "; ".join(parts)
+
+
 def table(data: dict, command: str = "") -> str:
   """The generated block (without markers)."""
   aggs = data["aggregate"]
@@ -35,6 +66,7 @@ def table(data: dict, command: str = "") -> str:
               "mean) R), ITQ fitted on the training objects' continuous codes after training "
               "(`cmah_jax/quantizer.py`); the row *CMAH, sign(h) codes* scores the same CMAH "
               "runs with the network's own sign codes."]
+  lines += ["", f"Runs: {runs_listing(data['runs'])}."]
   if command:
     lines += ["", f"`{command}`"]
   body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")
