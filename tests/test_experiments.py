@@ -265,10 +265,10 @@ def test_readme_block_is_generated_from_results():
   assert "training time summed over runs 2.0 h" in out
   assert "Runs: `cmah`: 16 and 64 bits seeds 0-1." in out
   # Hand-worked: lengths sharing their seeds go together, a run's sign(h) row is not a run.
-  listed = [{"method": "a", "bits": 32, "seed": 0}, {"method": "a", "bits": 16, "seed": 0},
-            {"method": "a", "bits": 64, "seed": 1}, {"method": "a", "bits": 64, "seed": 2},
-            {"method": "a_sign", "bits": 16, "seed": 0, "codes": "sign"},
-            {"method": "b", "bits": 128, "seed": 0}, {"method": "b", "bits": 128, "seed": 2}]
+  listed = [{"method": "a", "bits": 32, "seeds": [0]}, {"method": "a", "bits": 16, "seeds": [0]},
+            {"method": "a", "bits": 64, "seeds": [1, 2]},
+            {"method": "cmah_sign", "bits": 16, "seeds": [0]},
+            {"method": "b", "bits": 128, "seeds": [0, 2]}]
   assert readme.runs_listing(listed) == (
       "`a`: 16 and 32 bits seed 0, 64 bits seeds 1-2; `b`: 128 bits seeds 0, 2")
   assert "| CMAH | 0.255 ± 0.007 / 0.125 ± 0.000 | 0.255 ± 0.007 / 0.125 ± 0.000 |" in out

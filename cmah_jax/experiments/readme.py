@@ -31,19 +31,21 @@ def _seed_span(seeds: list[int]) -> str:
   return "seeds " + ", ".join(map(str, seeds))
 
 
-def runs_listing(runs: list[dict]) -> str:
-  """Which runs a table holds, per method in first-seen order: code lengths that share their
-  seeds are named together, e.g. "cmah: 16 and 64 bits seeds 0-2, 32 bits seed 0".
-  A run's second row (`results.SIGN_ROWS`, codes "sign") is the same run: not listed."""
-  seeds: dict[str, dict[int, set[int]]] = {}
-  for r in runs:
-    if r.get("codes") != "sign":
-      seeds.setdefault(r["method"], {}).setdefault(r["bits"], set()).add(r["seed"])
+def runs_listing(aggs: list[dict]) -> str:
+  """Which runs a table holds, from its aggregates (`results.aggregate`: one per method and
+  code length, with the seeds it averages), methods in table order: code lengths that share
+  their seeds are named together, e.g. "cmah: 16 and 64 bits seeds 0-2, 32 bits seed 0".
+  A sign(h) row (`results.SIGN_ROWS`) scores runs listed under their own method: skipped."""
+  sign_rows = {name for name, _ in results_lib.SIGN_ROWS.values()}
+  by_method: dict[str, list[dict]] = {}
+  for agg in aggs:
+    if agg["method"] not in sign_rows:
+      by_method.setdefault(agg["method"], []).append(agg)
   parts = []
-  for method, by_bits in seeds.items():
-    by_span: dict[str, list[int]] = {}
-    for bits in sorted(by_bits):
-      by_span.setdefault(_seed_span(sorted(by_bits[bits])), []).append(bits)
+  for method, method_aggs in by_method.items():
+    by_span: dict[str, list[int]] = {}  # seed span -> the code lengths that have it
+    for agg in sorted(method_aggs, key=lambda a: a["bits"]):
+      by_span.setdefault(_seed_span(agg["seeds"]), []).append(agg["bits"])
     groups = []
     for span, bits in by_span.items():
       names = [str(b) for b in bits]
@@ -66,7 +68,7 @@ def table(data: dict, command: str = "") -> str:
               "mean) R), ITQ fitted on the training objects' continuous codes after training "
               "(`cmah_jax/quantizer.py`); the row *CMAH, sign(h) codes* scores the same CMAH "
               "runs with the network's own sign codes."]
-  lines += ["", f"Runs: {runs_listing(data['runs'])}."]
+  lines += ["", f"Runs: {runs_listing(aggs)}."]
   if command:
     lines += ["", f"`{command}`"]
   body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")
