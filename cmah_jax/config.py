@@ -174,6 +174,7 @@ ADDED_LATER = {
     "loss.sinkhorn_epsilon": 0.05,
     "loss.sinkhorn_iterations": 3,
     "loss.prototype_queue_size": 0,
+    "loss.ucch_temperature": 0.9,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -183,6 +184,8 @@ INERT_WHEN = {
                            lambda loss: loss["lambda_r"] == 0 or not loss["use_point_recon"]),
     "image_recon_weight": ("L_2D is off",
                            lambda loss: loss["lambda_r"] == 0 or not loss["use_image_recon"]),
+    "ucch_temperature": ("the objective is not UCCH's",
+                         lambda loss: loss["objective"] != "ucch"),
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -125,6 +125,14 @@ def test_a_weight_of_a_term_that_is_off_does_not_change_the_fingerprint():
   assert fp(1.0, point_recon_weight=3.0, use_point_recon=False) == fp(
       1.0, use_point_recon=False)
   assert fp(1.0, lambda_r=0.0) != fp(1.0)
+  # UCCH's temperature is read by UCCH's objective only; at UCCH's 0.9 it leaves the
+  # fingerprints of runs made before the field existed alone.
+  assert fp(1.0, ucch_temperature=0.2) == fp(1.0)
+  ucch = dict(objective="ucch", pairs="full_full", lambda_r=0.0)
+  assert fp(1.0, ucch_temperature=0.2, **ucch) != fp(1.0, **ucch)
+  c = get()
+  c.loss.update(ucch)
+  assert "ucch_temperature" not in config_lib.resolve(c).fingerprint_dict()["loss"]
 
 
 def test_an_inert_weight_leaves_the_loss_bit_identical():

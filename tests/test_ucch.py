@@ -200,6 +200,25 @@ def test_registered_and_rejects_meaningless_settings():
     deep.UcchObjective(SPEC, 32, deep.UcchSettings(temperature=0.0))
 
 
+def test_config_temperature_reaches_the_loss():
+  """`config.loss.ucch_temperature` (default UCCH's 0.9) is the t of Eq. (4) the
+  registered objective uses: its loss equals the NumPy reference at that t, not at 0.9."""
+  assert objectives.get_objective(SPEC, 16).settings.temperature == 0.9
+  spec = dataclasses.replace(SPEC, ucch_temperature=0.2)
+  obj = objectives.get_objective(spec, 16)
+  hx, hy = _codes(3)
+  memory, index = _bank(4), np.arange(8) * 5
+  neg = np.asarray(deep.sample_negatives(0, 5, 8, 40, obj.settings.num_negatives))
+  total, _, _ = _call(jax.jit(obj), hx, hy, memory, index, 5)
+  want, _, _ = np_total(hx, hy, memory, index, neg, deep.UcchSettings(temperature=0.2),
+                        False)
+  at_default, _, _ = np_total(hx, hy, memory, index, neg, deep.UcchSettings(), False)
+  np.testing.assert_allclose(float(total), want, rtol=1e-5)
+  assert abs(want - at_default) > 0.1
+  with pytest.raises(ValueError, match="ucch_temperature"):
+    LossSpec(objective="ucch", ucch_temperature=0.0).validate()
+
+
 # -- objective -------------------------------------------------------------------------
 def test_objective_warmup_then_memory_against_numpy():
   """N = 40, B = 8: steps 0-4 are the warm-up epoch, step 5 samples from the bank."""

@@ -53,7 +53,8 @@ from cmah_jax.losses import LossSpec, square_diagonal
 
 @dataclasses.dataclass(frozen=True)
 class UcchSettings:
-  """UCCH's hyper-parameters (not in `config.loss`: `config.loss.temperature` is CMAH's)."""
+  """UCCH's hyper-parameters. Only the temperature is a config field
+  (`config.loss.ucch_temperature`; `config.loss.temperature` is CMAH's)."""
   beta: float = 0.7          # L = beta L_c + (1 - beta) L_r [UCCH README `--alpha 0.7`
                              # (MIRFLICKR); utils/config.py default 0.9; paper: validation]
   temperature: float = 0.9   # t of Eq. (4) [UCCH paper Sec. 4.2.2, `--T 0.9`]
@@ -266,4 +267,10 @@ class UcchObjective:
     return total, terms, {"memory": new_memory}
 
 
-objectives.register("ucch", UcchObjective)
+def make_ucch_objective(spec: LossSpec, bits: int) -> UcchObjective:
+  """The registered factory: UCCH's published settings, its temperature from
+  `spec.ucch_temperature` (0.9 by default, UCCH's)."""
+  return UcchObjective(spec, bits, UcchSettings(temperature=float(spec.ucch_temperature)))
+
+
+objectives.register("ucch", make_ucch_objective)

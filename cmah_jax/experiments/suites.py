@@ -26,7 +26,7 @@ CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_iso_quant", "cmah_t0.2_iso_nn",
               "cmah_t0.2_iso_crop", "cmah_t0.2_iso_dcl",
               "cmah_t0.2_iso_proto", "cmah_t0.2_iso_img0.1", "cmah_t0.2_iso_img0",
-              "cmah_t0.2_iso_img0.3")
+              "cmah_t0.2_iso_img0.3", "ucch_t0.07", "ucch_t0.2", "ucch_t0.5")
 
 SUITES = {s.name: s for s in [
     Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
@@ -38,7 +38,7 @@ SUITES = {s.name: s for s in [
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
           ((("cmah", "cmah_img1", "cmah_paper") + CANDIDATES
-            + ("contrastive", "supervised", "cca_itq", "random"), (16, 64)),),
+            + ("contrastive", "ucch", "supervised", "cca_itq", "random"), (16, 64)),),
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -94,13 +94,19 @@ class LossSpec:
   sinkhorn_epsilon: float = 0.05
   sinkhorn_iterations: int = 3
   prototype_queue_size: int = 0
+  # UCCH's temperature t of its Eq. (4), read only by `objective="ucch"`
+  # (`baselines/deep.py`) [UCCH paper Sec. 4.2.2: 0.9, chosen for MLP hash nets on frozen
+  # pretrained features]; here its towers train from scratch, so t is screened on the
+  # validation carve as CMAH's temperature was (`ucch_t*` candidates, docs/tuning.md).
+  ucch_temperature: float = 0.9
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
 
   def validate(self) -> "LossSpec":
-    if not float(self.temperature) > 0:
-      raise ValueError(f"config.loss.temperature must be > 0, got {self.temperature!r}")
+    for name in ("temperature", "ucch_temperature"):
+      if not float(getattr(self, name)) > 0:
+        raise ValueError(f"config.loss.{name} must be > 0, got {getattr(self, name)!r}")
     for name in ("lambda_r", "point_recon_weight", "image_recon_weight", "balance_weight",
                  "decorrelation_weight", "quantization_weight", "embed_weight",
                  "code_contrast_weight"):
