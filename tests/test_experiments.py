@@ -1,6 +1,7 @@
 """The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
 a runlocal suite end to end (resumes by skipping finished runs)."""
 import functools
+import hashlib
 import json
 import os
 import re
@@ -29,14 +30,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
   # 6 methods x 4 code lengths + 9 ablations x 2 code lengths + the earlier defaults'
-  # CMAH at 32 bits and bound at 64, 3 seeds each.
-  assert len(runs) == (6 * 4 + 9 * 2 + 2) * 3
+  # CMAH at 32 bits and bound at 64, and UCCH at its published temperature at 16 and 32
+  # bits, 3 seeds each.
+  assert len(runs) == (6 * 4 + 9 * 2 + 2 + 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
   assert by["contrastive", 16, 0].config.loss.lambda_r == 0.0
   assert by["no_cross_attention", 64, 1].config.model.fusion_cross_attention is False
   assert by["ucch", 32, 2].config.loss.objective == "ucch"
+  # UCCH at its published temperature keeps the fingerprints of the runs made before the
+  # temperature was a field: the same payload as then, the method named "ucch" and no
+  # temperature override or config field.
+  paper = by["ucch_paper", 16, 1]
+  assert paper.config.loss.ucch_temperature == 0.9 != by["ucch", 16, 1].config.loss.ucch_temperature
+  then = {"method": "ucch", "kind": "train",
+          "overrides": [[k, repr(v)] for k, v in (("loss.objective", "ucch"),
+                                                  ("loss.pairs", "full_full"),
+                                                  ("loss.lambda_r", 0.0))],
+          "config": paper.config.fingerprint_dict()}
+  assert "ucch_temperature" not in then["config"]["loss"]
+  text = json.dumps(then, sort_keys=True, separators=(",", ":"))
+  assert paper.fingerprint == hashlib.sha256(text.encode()).hexdigest()[:16]
   assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
   # Our defaults, and the ablations that undo them.
   ours, paper = by["cmah", 16, 0].config, by["cmah_paper", 16, 0].config
