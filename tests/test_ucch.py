@@ -206,6 +206,8 @@ def test_config_temperature_reaches_the_loss():
   assert objectives.get_objective(SPEC, 16).settings.temperature == 0.9
   spec = dataclasses.replace(SPEC, ucch_temperature=0.2)
   obj = objectives.get_objective(spec, 16)
+  assert deep.UcchObjective(spec, 16).settings == obj.settings  # built directly: the same
+  assert deep.UcchObjective(spec, 16, deep.UcchSettings()).settings.temperature == 0.9
   hx, hy = _codes(3)
   memory, index = _bank(4), np.arange(8) * 5
   neg = np.asarray(deep.sample_negatives(0, 5, 8, 40, obj.settings.num_negatives))

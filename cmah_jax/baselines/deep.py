@@ -201,13 +201,18 @@ class UcchObjective:
   full-pass codes, with a binary memory bank carried as `loss_state = {"memory": [N, K]}`.
 
   Unsupervised, no reconstruction: needs `config.loss.lambda_r=0` and
-  `config.loss.pairs=full_full`, and the code-quality weights at 0.
+  `config.loss.pairs=full_full`, and the code-quality weights at 0. `settings` None (what
+  `config.loss.objective="ucch"` builds): UCCH's published settings with the temperature
+  `spec.ucch_temperature`; given, they are used as they are.
   """
   spec: LossSpec
   bits: int
-  settings: UcchSettings = UcchSettings()
+  settings: UcchSettings | None = None
 
   def __post_init__(self):
+    if self.settings is None:
+      object.__setattr__(self, "settings",
+                         UcchSettings(temperature=float(self.spec.ucch_temperature)))
     self.settings.validate()
     spec = self.spec
     wrong = {
@@ -267,10 +272,4 @@ class UcchObjective:
     return total, terms, {"memory": new_memory}
 
 
-def make_ucch_objective(spec: LossSpec, bits: int) -> UcchObjective:
-  """The registered factory: UCCH's published settings, its temperature from
-  `spec.ucch_temperature` (0.9 by default, UCCH's)."""
-  return UcchObjective(spec, bits, UcchSettings(temperature=float(spec.ucch_temperature)))
-
-
-objectives.register("ucch", make_ucch_objective)
+objectives.register("ucch", UcchObjective)
