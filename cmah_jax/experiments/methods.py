@@ -39,6 +39,9 @@ def _m(name, label, group, source, kind="train", recorded_as="", **overrides):
 
 # The paper-faithful settings where our defaults depart from them, as `_m` keywords.
 PAPER = {k.replace(".", "__"): v for k, v in PAPER_OBJECTIVE.items()}
+# UCCH's objective alone on the full-pass codes (`baselines/deep.py`), as `_m` keywords; in
+# this order, which its runs' fingerprints record.
+UCCH = dict(loss__objective="ucch", loss__pairs="full_full", loss__lambda_r=0.0)
 
 
 def _c(name, label, group, source, **overrides):
@@ -67,14 +70,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # (its published 0.9 was set for hash nets on frozen pretrained features; our towers
     # train from scratch; docs/tuning.md "UCCH's temperature") [ours].
     _m("ucch", "UCCH (point tower for text)", "baseline",
-       "[Hu et al., TPAMI 2023; temperature ours: validation carve]",
-       loss__objective="ucch", loss__pairs="full_full", loss__lambda_r=0.0,
+       "[Hu et al., TPAMI 2023; temperature ours: validation carve]", **UCCH,
        loss__ucch_temperature=0.2),
     # UCCH at its published temperature: the runs made before the screen (recorded as
     # "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
     _m("ucch_paper", "UCCH, its published temperature 0.9", "baseline",
-       "[Hu et al., TPAMI 2023]", recorded_as="ucch", loss__objective="ucch",
-       loss__pairs="full_full", loss__lambda_r=0.0, loss__ucch_temperature=0.9),
+       "[Hu et al., TPAMI 2023]", recorded_as="ucch", **UCCH, loss__ucch_temperature=0.9),
     _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
        loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper
@@ -219,8 +220,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # pretrained features, and our towers train from scratch [ours]. The reference is
     # `ucch` itself (t 0.9) on the same carve. Only UCCH's rows read the result.
     *[_m(f"ucch_t{t}", f"UCCH, temperature {t}", "candidate",
-         "[Hu et al., TPAMI 2023; the temperature ours]", loss__objective="ucch",
-         loss__pairs="full_full", loss__lambda_r=0.0, loss__ucch_temperature=t)
+         "[Hu et al., TPAMI 2023; the temperature ours]", **UCCH, loss__ucch_temperature=t)
       for t in (0.07, 0.2, 0.5)],
 ]}
 
