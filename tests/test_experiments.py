@@ -1,7 +1,6 @@
 """The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
 a runlocal suite end to end (resumes by skipping finished runs)."""
 import functools
-import hashlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from cmah_jax.experiments import gradients
 from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import representation
 from cmah_jax.experiments import results as results_lib
-from cmah_jax.experiments.methods import get_method
+from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments.suites import get_suite
 from cmah_jax.models import CMAH, init_variables, resolve_config
 from cmah_jax.objectives import get_objective
@@ -39,19 +38,17 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   assert by["contrastive", 16, 0].config.loss.lambda_r == 0.0
   assert by["no_cross_attention", 64, 1].config.model.fusion_cross_attention is False
   assert by["ucch", 32, 2].config.loss.objective == "ucch"
-  # UCCH at its published temperature keeps the fingerprints of the runs made before the
-  # temperature was a field: the same payload as then, the method named "ucch" and no
-  # temperature override or config field.
+  # UCCH at its published temperature is the run `ucch` was before the temperature was a
+  # field: the method as it was then (no temperature override), fingerprinted by the
+  # same `run_fingerprint`, gives its fingerprint (the recorded values themselves:
+  # test_every_published_run_keeps_its_fingerprint).
   paper = by["ucch_paper", 16, 1]
   assert paper.config.loss.ucch_temperature == 0.9 != by["ucch", 16, 1].config.loss.ucch_temperature
-  then = {"method": "ucch", "kind": "train",
-          "overrides": [[k, repr(v)] for k, v in (("loss.objective", "ucch"),
-                                                  ("loss.pairs", "full_full"),
-                                                  ("loss.lambda_r", 0.0))],
-          "config": paper.config.fingerprint_dict()}
-  assert "ucch_temperature" not in then["config"]["loss"]
-  text = json.dumps(then, sort_keys=True, separators=(",", ":"))
-  assert paper.fingerprint == hashlib.sha256(text.encode()).hexdigest()[:16]
+  ucch_then = Method("ucch", "UCCH (point tower for text)", "baseline", "[test]", "train",
+                     (("loss.objective", "ucch"), ("loss.pairs", "full_full"),
+                      ("loss.lambda_r", 0.0)))
+  assert "ucch_temperature" not in paper.config.fingerprint_dict()["loss"]
+  assert paper.fingerprint == plan_lib.run_fingerprint(ucch_then, paper.config)
   assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
   # Our defaults, and the ablations that undo them.
   ours, paper = by["cmah", 16, 0].config, by["cmah_paper", 16, 0].config
@@ -418,7 +415,6 @@ def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
   before the field existed is the same run; pinned elsewhere, or the default moved, it is
   not."""
   from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from cmah_jax.experiments.methods import Method  # pylint: disable=import-outside-toplevel
 
   def fp(pinned, default_weight=1.0):
     c = default.get_config()
