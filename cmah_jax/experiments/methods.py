@@ -215,6 +215,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _c("cmah_t0.2_iso_img0.3", "CMAH, t 0.2, isotropic, image reconstruction weight 0.3",
        "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__image_recon_weight=0.3),
+    # Round 11: the masked views contrasted against the other modality's full view as
+    # well (`loss.pairs` + full_masked), on top of round 10's default. The masked-masked
+    # pair asks 13 of 32 point groups to find 16 of 64 image patches, a noisy positive;
+    # a full view is a cleaner target for each masked one, and costs no extra pass
+    # [ours; the paper contrasts "full-full and masked pairs", which ones unsaid].
+    _c("cmah_t0.2_iso_img0.1_fm", "CMAH, t 0.2, isotropic, L_2D weight 0.1, + full-masked "
+       "pairs", "candidate", "[ours; paper: full-full and masked pairs]",
+       loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__image_recon_weight=0.1, loss__pairs="full_full,masked_masked,full_masked"),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

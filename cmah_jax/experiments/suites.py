@@ -28,7 +28,8 @@ CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_iso_quant", "cmah_t0.2_iso_nn",
               "cmah_t0.2_iso_crop", "cmah_t0.2_iso_dcl",
               "cmah_t0.2_iso_proto", "cmah_t0.2_iso_img0.1", "cmah_t0.2_iso_img0",
-              "cmah_t0.2_iso_img0.3", "ucch_t0.07", "ucch_t0.2", "ucch_t0.5")
+              "cmah_t0.2_iso_img0.3", "cmah_t0.2_iso_img0.1_fm",
+              "ucch_t0.07", "ucch_t0.2", "ucch_t0.5")
 
 SUITES = {s.name: s for s in [
     Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
