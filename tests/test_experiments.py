@@ -249,6 +249,12 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   for d in ("i2p", "p2i"):
     assert maps[d]["code"] == pytest.approx(report["map"][d]["16"], abs=1e-12)
   assert all(0 < m[k] <= 1 for m in maps.values() for k in ("code", "continuous"))
+  spectra = json.load(open(os.path.join(run["workdir"], "representation.json")))[
+      "spectrum_dims"]
+  assert sorted(spectra) == ["image/h", "image/pre_tanh", "point/h", "point/pre_tanh"]
+  for dims in spectra.values():  # 16 bits: between 1 and 16 directions, more for more
+    counts = [dims[str(f)] for f in representation.SPECTRUM_FRACTIONS]
+    assert 1 <= counts[0] <= counts[1] <= counts[2] <= 16, dims
 
 
 def test_cosine_similarity_of_codes_is_the_scaled_inner_product():
@@ -259,6 +265,26 @@ def test_cosine_similarity_of_codes_is_the_scaled_inner_product():
   a, b = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
   naive = [[x @ y / np.sqrt(x @ x) / np.sqrt(y @ y) for y in b] for x in a]
   np.testing.assert_allclose(representation.cosine_similarity(a, b), naive, atol=1e-12)
+
+
+def test_spectrum_dims_on_a_hand_worked_matrix():
+  # Columns 3a, 2b, c with a, b, c orthogonal, zero-mean and of equal norm (Hadamard rows),
+  # and a constant column: squared singular values 9 : 4 : 1 : 0, so the top 1, 2, 3
+  # directions hold 9/14 = 0.64, 13/14 = 0.93 and all of the variance.
+  a, b, c = np.array([1, -1, 1, -1.]), np.array([1, 1, -1, -1.]), np.array([1, -1, -1, 1.])
+  x = np.stack([3 * a, 2 * b, c, np.full(4, 5.0)], axis=1) + 7.0
+  dims = representation.spectrum_dims(x, fractions=(0.5, 0.9, 0.99, 1.0))
+  assert dims == {"0.5": 1, "0.9": 2, "0.99": 3, "1.0": 3}
+  # A linear map of 2-D features into 6 dimensions has 2 directions, whatever the width.
+  rng = np.random.default_rng(0)
+  assert representation.spectrum_dims(rng.normal(size=(50, 2)) @ rng.normal(size=(2, 6)),
+                                       fractions=(0.999999,)) == {"0.999999": 2}
+  assert representation.spectrum_dims(np.ones((5, 3))) == {
+      str(f): 0 for f in representation.SPECTRUM_FRACTIONS}
+  # pre_tanh undoes the tanh: codes tanh(x W) of 3-D x span 3 directions before the tanh.
+  h = np.tanh(0.3 * rng.normal(size=(40, 3)) @ rng.normal(size=(3, 8)))
+  spectra = representation.code_spectra({"image/h": h, "point/h": h})
+  assert spectra["image/pre_tanh"]["0.999"] <= 3 < spectra["image/h"]["0.999"]
 
 
 def test_readme_block_is_generated_from_results():

@@ -10,8 +10,11 @@ image -> image and point cloud -> point cloud, ranked two ways:
 
 `continuous - code` is what binarisation costs; a gap to the supervised bound that the
 continuous codes share is a gap in the representation, not in the quantiser; the
-within-modality directions say which tower is the weaker. Written to
-`<workdir>/representation.json` and printed.
+within-modality directions say which tower is the weaker. Also, per tower, how many
+directions carry the database's codes (`spectrum_dims`): of h, and of atanh(h), the hash
+head's LayerNorm output, which is linear in the pooled feature (so its rank is at most the
+model width, whatever the code length). Written to `<workdir>/representation.json` and
+printed.
 """
 from __future__ import annotations
 
@@ -33,6 +36,40 @@ def cosine_similarity(a, b) -> np.ndarray:
   a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
   b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
   return a @ b.T
+
+
+SPECTRUM_FRACTIONS = (0.9, 0.99, 0.999)
+
+
+def spectrum_dims(x, fractions=SPECTRUM_FRACTIONS) -> dict:
+  """How many principal directions hold each fraction of the variance of the rows of `x`.
+
+  Args:
+    x: `[n, K]` float, n >= 2.
+    fractions: in (0, 1].
+  Returns:
+    {str(fraction): the least d such that the top d squared singular values of the centred
+    x sum to at least that fraction of all}; all 0 for constant rows.
+  """
+  x = np.asarray(x, np.float64)
+  energy = np.linalg.svd(x - x.mean(axis=0), compute_uv=False) ** 2
+  total = energy.sum()
+  if total <= 0:
+    return {str(f): 0 for f in fractions}
+  cumulative = np.cumsum(energy) / total
+  return {str(f): int(min(np.searchsorted(cumulative, f - 1e-12) + 1, len(energy)))
+          for f in fractions}
+
+
+def code_spectra(database: dict, clip: float = 1 - 1e-6) -> dict:
+  """{"<tower>/h" and "<tower>/pre_tanh": `spectrum_dims`} of the database's continuous
+  codes; pre_tanh = atanh(h clipped to +-clip), the hash head's LayerNorm output."""
+  out = {}
+  for tower in ("image", "point"):
+    h = np.asarray(database[f"{tower}/h"], np.float64)
+    out[f"{tower}/h"] = spectrum_dims(h)
+    out[f"{tower}/pre_tanh"] = spectrum_dims(np.arctanh(np.clip(h, -clip, clip)))
+  return out
 
 
 def representation_maps(query: dict, database: dict) -> dict:
@@ -76,12 +113,18 @@ def main(argv):
     workdir = os.path.abspath(os.path.expanduser(workdir))
     query, database, protocol = encode_run(workdir)
     maps = representation_maps(query, database)
+    spectra = code_spectra(database)
     with open(os.path.join(workdir, "representation.json"), "w") as f:
-      json.dump({"protocol": protocol, "map": maps}, f, indent=2)
+      json.dump({"protocol": protocol, "map": maps, "spectrum_dims": spectra}, f, indent=2)
     print(f"{workdir}\n  {protocol}\n  direction  code   continuous  cost of binarising")
     for name, m in maps.items():
       print(f"  {name:9}  {m['code']:.3f}  {m['continuous']:.3f}       "
             f"{m['continuous'] - m['code']:+.3f}")
+    bits = np.shape(database["image/h"])[1]
+    print(f"  directions holding {', '.join(f'{f:g}' for f in SPECTRUM_FRACTIONS)} of the "
+          f"database codes' variance ({bits} bits)")
+    for name, dims in spectra.items():
+      print(f"  {name:16} {' / '.join(str(v) for v in dims.values())}")
 
 
 if __name__ == "__main__":
