@@ -220,6 +220,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # pair asks 13 of 32 point groups to find 16 of 64 image patches, a noisy positive;
     # a full view is a cleaner target for each masked one, and costs no extra pass
     # [ours; the paper contrasts "full-full and masked pairs", which ones unsaid].
+    # Not kept: 0.733 / 0.720 against 0.735 / 0.726 over seeds 0-1 at 64 bits (tuning.md).
     _c("cmah_t0.2_iso_img0.1_fm", "CMAH, t 0.2, isotropic, L_2D weight 0.1, + full-masked "
        "pairs", "candidate", "[ours; paper: full-full and masked pairs]",
        loss__temperature=0.2, input__point_scale_isotropic=True,
