@@ -68,6 +68,32 @@ def test_merged_runs_count_as_finished_and_join_the_tables(tmp_path):
   assert shown["map"] == {"i2p": 0.2, "p2i": 0.3} and "merged_from" not in shown
 
 
+def test_a_run_merged_under_two_method_names_is_one_row(tmp_path):
+  """A results.json written before a method was renamed (`recorded_as`) and one written
+  after hold the same run under two names: one row per run and codes, not two (two would
+  count the run twice in its mean and std)."""
+  before, after = tmp_path / "before.json", tmp_path / "after.json"
+  with open(before, "w") as f:
+    json.dump({"runs": [_row("ucch", 0, "a" * 16, 0.40, 0.39),
+                        _row("ucch", 1, "b" * 16, 0.35, 0.34)]}, f)
+  with open(after, "w") as f:
+    json.dump({"runs": [_row("ucch_paper", 0, "a" * 16, 0.40, 0.39),
+                        _row("ucch", 0, "c" * 16, 0.60, 0.58)]}, f)
+  root = str(tmp_path / "root")
+  lines = merged_lib.merge_files(root, [str(before), str(after)], {"a" * 16})
+  assert "merged" in lines[1] and ": 1 of 2 rows new" in lines[1]
+  by = merged_lib.load(root)
+  assert sorted(by) == ["a" * 16, "b" * 16, "c" * 16]
+  assert [r["method"] for r in by["a" * 16]] == ["ucch"]  # the first kept, as it was
+  # A file merged with the repeat before this was mended still shows the run once.
+  with open(merged_lib.path(root)) as f:
+    data = json.load(f)
+  data["runs"].append(dict(data["runs"][0], method="ucch_paper"))
+  with open(merged_lib.path(root), "w") as f:
+    json.dump(data, f)
+  assert len(merged_lib.load(root)["a" * 16]) == 1
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read"),
     ("{not json", "is not JSON"),

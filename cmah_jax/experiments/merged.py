@@ -24,16 +24,26 @@ def path(root: str) -> str:
   return os.path.join(root, MERGED_FILE)
 
 
+def row_key(row: dict) -> tuple[str, str]:
+  """What identifies a row: its run (the fingerprint) and which codes it scores. Not the
+  method's name, which a renamed method (`Method.recorded_as`) changes while the run
+  stays the same."""
+  return row["fingerprint"], row["codes"]
+
+
 def load(root: str) -> dict[str, list[dict]]:
-  """fingerprint -> the merged rows of that run (one per kind of codes), from
-  `<root>/merged_results.json`; empty if nothing was merged."""
+  """fingerprint -> the merged rows of that run (one per kind of codes: the first of any
+  repeats), from `<root>/merged_results.json`; empty if nothing was merged."""
   if not os.path.exists(path(root)):
     return {}
   with open(path(root)) as f:
     rows = json.load(f)["runs"]
   by_fingerprint: dict[str, list[dict]] = {}
+  seen = set()
   for row in rows:
-    by_fingerprint.setdefault(row["fingerprint"], []).append(row)
+    if row_key(row) not in seen:
+      seen.add(row_key(row))
+      by_fingerprint.setdefault(row["fingerprint"], []).append(row)
   return by_fingerprint
 
 
@@ -59,18 +69,21 @@ def read_rows(results_path: str) -> list[dict]:
 
 def merge_files(root: str, results_paths: list[str], planned_fingerprints) -> list[str]:
   """Add the rows of `results_paths` to `<root>/merged_results.json` (a row already there,
-  same fingerprint and codes, is kept as it was); returns one line per file saying what
-  it added and how many of its runs match `planned_fingerprints`."""
+  same fingerprint and codes, is kept as it was, whatever method name either carries);
+  returns one line per file saying what it added and how many of its runs match
+  `planned_fingerprints`."""
   current = [row for rows in load(root).values() for row in rows]
-  have = {(r["fingerprint"], r["method"], r["codes"]) for r in current}
+  have = {row_key(r) for r in current}
   planned = set(planned_fingerprints)
   lines = []
   for p in results_paths:
     rows = read_rows(p)
     source = os.path.abspath(p)
-    added = [dict(r, merged_from=source) for r in rows
-             if (r["fingerprint"], r["method"], r["codes"]) not in have]
-    have |= {(r["fingerprint"], r["method"], r["codes"]) for r in added}
+    added = []
+    for r in rows:
+      if row_key(r) not in have:
+        have.add(row_key(r))
+        added.append(dict(r, merged_from=source))
     current += added
     runs = {r["fingerprint"] for r in rows}
     lines.append(f"[experiments] merged {p}: {len(added)} of {len(rows)} rows new; "
