@@ -39,12 +39,20 @@ def load(root: str) -> dict[str, list[dict]]:
   with open(path(root)) as f:
     rows = json.load(f)["runs"]
   by_fingerprint: dict[str, list[dict]] = {}
-  seen = set()
+  for row in unseen_rows(rows, set()):
+    by_fingerprint.setdefault(row["fingerprint"], []).append(row)
+  return by_fingerprint
+
+
+def unseen_rows(rows: list[dict], seen: set) -> list[dict]:
+  """The rows whose `row_key` is not in `seen`, the first of any repeats, in order;
+  adds their keys to `seen`."""
+  out = []
   for row in rows:
     if row_key(row) not in seen:
       seen.add(row_key(row))
-      by_fingerprint.setdefault(row["fingerprint"], []).append(row)
-  return by_fingerprint
+      out.append(row)
+  return out
 
 
 def read_rows(results_path: str) -> list[dict]:
@@ -79,11 +87,7 @@ def merge_files(root: str, results_paths: list[str], planned_fingerprints) -> li
   for p in results_paths:
     rows = read_rows(p)
     source = os.path.abspath(p)
-    added = []
-    for r in rows:
-      if row_key(r) not in have:
-        have.add(row_key(r))
-        added.append(dict(r, merged_from=source))
+    added = [dict(r, merged_from=source) for r in unseen_rows(rows, have)]
     current += added
     runs = {r["fingerprint"] for r in rows}
     lines.append(f"[experiments] merged {p}: {len(added)} of {len(rows)} rows new; "
