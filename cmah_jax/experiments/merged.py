@@ -49,8 +49,9 @@ def unseen_rows(rows: list[dict], seen: set) -> list[dict]:
   adds their keys to `seen`."""
   out = []
   for row in rows:
-    if row_key(row) not in seen:
-      seen.add(row_key(row))
+    key = row_key(row)
+    if key not in seen:
+      seen.add(key)
       out.append(row)
   return out
 
