@@ -257,6 +257,39 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
     assert 1 <= counts[0] <= counts[1] <= counts[2] <= 16, dims
 
 
+def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(tmp_path):
+  """`kill PID` (or Ctrl-C) on the suite: its running jobs save a checkpoint and stop, and
+  the suite exits 130 with a one-line message, not a Python traceback."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
+         f"--config=configs/default.py:runlocal,steps=100000,data_dir={tmp_path / 'data'}",
+         f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
+    deadline = time.time() + 600
+    log = None
+    while time.time() < deadline and proc.poll() is None:  # until the run is training
+      logs = glob.glob(str(tmp_path / "suite" / "runs" / "cmah" / "*" / "log.txt"))
+      if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
+        log = logs[0]
+        break
+      time.sleep(0.5)
+    assert log is not None, (tmp_path / "out.txt").read_text()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=300)
+  stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+  assert code == 130, stdout[-2000:] + stderr[-2000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert "[experiments] interrupted: asking running jobs to checkpoint and stop" in stdout
+  stopped = re.search(r"Stopped by signal at step (\d+); checkpoint saved", open(log).read())
+  assert stopped, open(log).read()[-2000:]
+  step = int(stopped.group(1))
+  assert os.path.isdir(os.path.join(os.path.dirname(log), "checkpoints", str(step)))
+
+
 def test_cosine_similarity_of_codes_is_the_scaled_inner_product():
   rng = np.random.default_rng(0)
   q = np.where(rng.random((30, 8)) < 0.5, -1.0, 1.0)

@@ -56,6 +56,7 @@ flags.mark_flags_as_required(["suite", "workdir"])
 
 
 _fmt = plan_lib.format_duration
+INTERRUPTED_EXIT = 130  # the shell's code for a Ctrl-C'd command; also after `kill PID`
 
 
 def _start(run, action: str | None = None, cpus: tuple[int, ...] | None = None
@@ -228,7 +229,10 @@ def main(argv):
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)
   signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it as Ctrl-C does
-  data = execute(suite, runs, root, _JOBS.value, collected=everything, cpu_sets=cpu_sets)
+  try:
+    data = execute(suite, runs, root, _JOBS.value, collected=everything, cpu_sets=cpu_sets)
+  except KeyboardInterrupt:  # the running jobs have checkpointed and stopped (`execute`)
+    raise SystemExit(INTERRUPTED_EXIT) from None
   print(open(os.path.join(root, "results.md")).read())
   print(f"[experiments] {len(data['runs'])} runs in {os.path.join(root, 'results.json')}")
 

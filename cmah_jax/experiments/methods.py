@@ -225,6 +225,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        "pairs", "candidate", "[ours; paper: full-full and masked pairs]",
        loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__image_recon_weight=0.1, loss__pairs="full_full,masked_masked,full_masked"),
+    # Round 12: round 10's default without the point reconstruction (L_3D). On the test
+    # protocol the ablation `no_point_recon` led CMAH at 64 bits (docs/tuning.md, "Ablation:
+    # CMAH without L_3D"); the test protocol does not choose, so the carve decides [ours].
+    _c("cmah_t0.2_iso_img0.1_no3d", "CMAH, t 0.2, isotropic, L_2D weight 0.1, no L_3D",
+       "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
+       loss__image_recon_weight=0.1, loss__use_point_recon=False),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is
