@@ -58,6 +58,26 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   assert by["cmah_aniso", 64, 1].config.loss.temperature == 0.2
 
 
+def test_a_subset_runs_in_the_order_listed_and_unknown_names_are_refused(tmp_path):
+  suite, base = get_suite("main"), default.get_config()
+  whole = [(r.method.name, r.bits) for r in plan_lib.plan(suite, base, "/r", seeds=[0])]
+  # The suite's own order: its blocks, each method at each of its lengths.
+  assert whole[:4] == [("cmah", 16), ("cmah", 32), ("cmah", 64), ("cmah", 128)]
+  runs = plan_lib.plan(suite, base, "/r", seeds=[0, 1], bits=[64, 16],
+                       methods=["no_image_recon", "cmah_paper", "cmah"])
+  assert [(r.method.name, r.bits, r.seed) for r in runs] == [
+      (m, b, s) for m in ("no_image_recon", "cmah_paper", "cmah") for b in (64, 16)
+      for s in (0, 1)]
+  with pytest.raises(ValueError, match=r"suite 'main' has no method 'contrastiv'; its "
+                     r"methods: cmah, random, "):
+    plan_lib.plan(suite, base, "/r", seeds=[0], methods=["cmah", "contrastiv"])
+  with pytest.raises(ValueError, match=r"suite 'main' has no method 'cmah_t0.2_iso'"):
+    plan_lib.plan(suite, base, "/r", seeds=[0], methods=["cmah_t0.2_iso"])  # tuning's
+  with pytest.raises(ValueError, match=r"suite 'ablations' has no code length 32, 128; "
+                     r"its lengths: 16, 64"):
+    plan_lib.plan(get_suite("ablations"), base, "/r", seeds=[0], bits=[16, 32, 128])
+
+
 def test_changed_config_is_never_reused(tmp_path):
   suite = get_suite("smoke")
   (run,) = plan_lib.plan(suite, default.get_config(), str(tmp_path), seeds=[0], bits=[16],

@@ -41,8 +41,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _SUITE = flags.DEFINE_enum("suite", None, sorted(SUITES), "Which suite.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the suite.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every run.")
-_BITS = flags.DEFINE_list("bits", None, "Only these code lengths (default: the suite's).")
-_METHODS = flags.DEFINE_list("methods", None, "Only these methods (default: the suite's).")
+_BITS = flags.DEFINE_list("bits", None, "Only these code lengths, run in this order "
+                          "(default: the suite's).")
+_METHODS = flags.DEFINE_list("methods", None, "Only these methods, run in this order "
+                             "(default: the suite's).")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Runs at once.")
 _CPUS_PER_JOB = flags.DEFINE_integer(
     "cpus_per_job", 0, "Pin each of the --jobs running runs to its own N CPUs (Linux; "
@@ -202,12 +204,19 @@ def main(argv):
   del argv
   suite = get_suite(_SUITE.value)
   root = os.path.abspath(_WORKDIR.value)
-  bits = [int(b) for b in _BITS.value] if _BITS.value else None
-  runs = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value), bits=bits,
-                       methods=_METHODS.value)
+  try:
+    bits = [int(b) for b in _BITS.value] if _BITS.value else None
+  except ValueError:
+    raise SystemExit(f"[experiments] --bits={','.join(_BITS.value)}: code lengths are "
+                     "integers, e.g. --bits=16,64") from None
+  try:
+    runs = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value), bits=bits,
+                         methods=_METHODS.value)
+    everything = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value))
+  except ValueError as e:
+    raise SystemExit(f"[experiments] {e}") from None
   if not runs:
     raise SystemExit("the suite, --bits and --methods select no run")
-  everything = plan_lib.plan(suite, _CONFIG.value, root, seeds=range(_SEEDS.value))
   if _MERGE.value:
     try:
       lines = merged_lib.merge_files(root, _MERGE.value, {r.fingerprint for r in everything})

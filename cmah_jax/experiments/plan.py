@@ -94,13 +94,29 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
 
 
 def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -> list[Run]:
-  """Every run of `suite` (optionally restricted to `bits` / `methods`), in a fixed order.
+  """Every run of `suite` (optionally restricted to `bits` / `methods`), in a fixed order:
+  the suite's, or, where `methods` / `bits` are given, theirs (method first, then code
+  length, then seed), so that a run of a subset trains what is listed first first.
 
   Args:
     base_config: the ConfigDict of a config file (e.g. configs/default.py), unchanged by
       this function.
     root: the suite's work directory; runs go to `root/runs/<method>/b<K>-s<seed>-<fp>`.
+  Raises:
+    ValueError: a method or code length of `methods` / `bits` that the suite does not
+      have (named, with the suite's), or two methods that are one run.
   """
+  in_suite = [n for names, _ in suite.blocks for n in names]
+  unknown = [m for m in (methods or ()) if m not in in_suite]
+  if unknown:
+    raise ValueError(f"suite {suite.name!r} has no method {', '.join(map(repr, unknown))}; "
+                     f"its methods: {', '.join(dict.fromkeys(in_suite))}")
+  suite_bits = sorted({b for _, block_bits in suite.blocks for b in block_bits})
+  missing = [b for b in (bits or ()) if b not in suite_bits]
+  if missing:
+    raise ValueError(f"suite {suite.name!r} has no code length "
+                     f"{', '.join(map(str, missing))}; its lengths: "
+                     f"{', '.join(map(str, suite_bits))}")
   runs = []
   for names, block_bits in suite.blocks:
     for name in names:
@@ -127,6 +143,9 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
     raise ValueError(f"methods {' and '.join(clash)} are one run (the same recorded name "
                      "and resolved config); drop one from the suite or give it `recorded_as`"
                      " only once the configs differ")
+  methods, bits = list(methods or ()), list(bits or ())
+  runs.sort(key=lambda r: (methods.index(r.method.name) if methods else 0,
+                           bits.index(r.bits) if bits else 0))  # stable: else the suite's
   return runs
 
 
