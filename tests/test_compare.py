@@ -50,6 +50,11 @@ def test_markdown_table_and_clear_errors():
     compare.seed_values(ROWS + [_row("a", 0, 0.1, 0.1)], "a", 64, "map_tie_aware")
 
 
+def test_importing_beside_the_readme_tool_defines_no_clashing_flag():
+  from cmah_jax.experiments import readme  # pylint: disable=import-outside-toplevel
+  assert readme and compare  # both imported in one process (as the test run does)
+
+
 def test_command_line(tmp_path):
   path = tmp_path / "results.json"
   path.write_text(json.dumps({"runs": ROWS}))

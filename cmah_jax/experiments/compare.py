@@ -84,25 +84,30 @@ def markdown(rows: list[dict], method_a: str, method_b: str, bits: int,
   return "\n".join(lines)
 
 
-_RESULTS = flags.DEFINE_string("results", None, "A suite's results.json.")
-_BITS = flags.DEFINE_integer("bits", None, "The code length.")
-_METRIC = flags.DEFINE_enum("metric", "map_tie_aware", sorted(METRICS), "Which mAP.")
-flags.mark_flags_as_required(["results", "bits"])
+def _define_flags() -> None:
+  """The command line's flags; defined only when run as a program, so that importing this
+  module beside another tool's (`experiments.readme` also has `--results`) is no clash."""
+  flags.DEFINE_string("results", None, "A suite's results.json.")
+  flags.DEFINE_integer("bits", None, "The code length.")
+  flags.DEFINE_enum("metric", "map_tie_aware", sorted(METRICS), "Which mAP.")
+  flags.mark_flags_as_required(["results", "bits"])
 
 
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("name two methods: compare --results=... --bits=K A B")
+  args = flags.FLAGS
   try:
-    with open(_RESULTS.value) as f:
+    with open(args.results) as f:
       rows = json.load(f)["runs"]
   except (OSError, ValueError, KeyError) as e:
-    raise SystemExit(f"{_RESULTS.value}: not a suite's results.json ({e})") from None
+    raise SystemExit(f"{args.results}: not a suite's results.json ({e})") from None
   try:
-    print(markdown(rows, argv[1], argv[2], _BITS.value, _METRIC.value))
+    print(markdown(rows, argv[1], argv[2], args.bits, args.metric))
   except ValueError as e:
     raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
