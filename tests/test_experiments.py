@@ -450,14 +450,13 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
   base = default.get_config("steps=4800,data_dir=work/data")
   suite = get_suite(recorded["suite"])
   assert recorded["runs"]
-  in_suite = {name for names, _ in suite.blocks for name in names}
   for run in recorded["runs"]:
     if run.get("codes") == "sign":  # a second row of a run (results.SIGN_ROWS)
       continue
     # The method that plans it now: its own, or the one that took over its name when a
     # default moved (`Method.recorded_as`; e.g. "cmah" rows of the 1:1 L_2D weight, which
     # tables written since show as "cmah_img1").
-    names = [n for n in in_suite if run["method"] in (n, get_method(n).run_name)]
+    names = [n for n in suite.methods if run["method"] in (n, get_method(n).run_name)]
     planned = [r for r in plan_lib.plan(suite, base, "/unused", seeds=[run["seed"]],
                                         bits=[run["bits"]], methods=names)
                if r.fingerprint[:16] == run["fingerprint"]]

@@ -106,17 +106,15 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
     ValueError: a method or code length of `methods` / `bits` that the suite does not
       have (named, with the suite's), or two methods that are one run.
   """
-  in_suite = [n for names, _ in suite.blocks for n in names]
-  unknown = [m for m in (methods or ()) if m not in in_suite]
+  unknown = [m for m in (methods or ()) if m not in suite.methods]
   if unknown:
     raise ValueError(f"suite {suite.name!r} has no method {', '.join(map(repr, unknown))}; "
-                     f"its methods: {', '.join(dict.fromkeys(in_suite))}")
-  suite_bits = sorted({b for _, block_bits in suite.blocks for b in block_bits})
-  missing = [b for b in (bits or ()) if b not in suite_bits]
+                     f"its methods: {', '.join(suite.methods)}")
+  missing = [b for b in (bits or ()) if b not in suite.code_lengths]
   if missing:
     raise ValueError(f"suite {suite.name!r} has no code length "
                      f"{', '.join(map(str, missing))}; its lengths: "
-                     f"{', '.join(map(str, suite_bits))}")
+                     f"{', '.join(map(str, suite.code_lengths))}")
   runs = []
   for names, block_bits in suite.blocks:
     for name in names:

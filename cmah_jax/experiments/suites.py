@@ -11,6 +11,16 @@ class Suite:
   blocks: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]  # (methods, bits) pairs
   protocol: str = "test"          # config.eval.protocol of every run
 
+  @property
+  def methods(self) -> tuple[str, ...]:
+    """Every method of the suite once, in the order of its blocks."""
+    return tuple(dict.fromkeys(n for names, _ in self.blocks for n in names))
+
+  @property
+  def code_lengths(self) -> tuple[int, ...]:
+    """Every code length of the suite once, ascending."""
+    return tuple(sorted({b for _, bits in self.blocks for b in bits}))
+
 
 MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
 ABLATIONS = ("cmah_paper", "cmah_img1", "cmah_t0.07", "cmah_aniso", "no_point_recon",
