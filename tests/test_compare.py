@@ -12,8 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _row(method, seed, i2p, p2i, bits=64):
-  return {"method": method, "bits": bits, "seed": seed,
-          "map_tie_aware": {"i2p": i2p, "p2i": p2i}, "map": {"i2p": 0.0, "p2i": 0.0}}
+  """A row of a suite's results.json, as `results.run_row` writes it (the fields
+  `results.aggregate` reads)."""
+  zeros = {"i2p": 0.0, "p2i": 0.0}
+  return {"method": method, "label": method.upper(), "group": "ours", "bits": bits,
+          "seed": seed, "map_tie_aware": {"i2p": i2p, "p2i": p2i}, "map": zeros,
+          "precision_within_radius": zeros}
 
 
 ROWS = [_row("a", 0, 0.70, 0.60), _row("a", 1, 0.50, 0.70), _row("a", 2, 0.90, 0.90),

@@ -126,6 +126,9 @@ def test_aggregate_mean_and_sample_std():
   assert agg["map/p2i/std"] == pytest.approx(2 * np.sqrt(0.13))
   md = results_lib.markdown([agg], "t", "p")
   assert "0.500 ± 0.361 / 1.000 ± 0.721" in md
+  # A seed recorded twice would count twice in the mean: refused, named.
+  with pytest.raises(ValueError, match="m 16 bits seed 1 has two rows"):
+    results_lib.aggregate(rows + [dict(rows[1])])
 
 
 def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():

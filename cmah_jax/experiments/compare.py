@@ -15,22 +15,21 @@ import json
 
 from absl import app, flags
 
-from cmah_jax.experiments.results import DIRECTIONS, METRICS
+from cmah_jax.experiments.results import DIRECTIONS, METRICS, aggregate
 
 
 def seed_values(rows: list[dict], method: str, bits: int, metric: str) -> dict[int, dict]:
-  """`{seed: {direction: value}}` of `method`'s rows at `bits` (results.json's "runs").
+  """`{seed: {direction: value}}` of `method`'s rows at `bits` (results.json's "runs"),
+  read from `results.aggregate`'s `by_seed` ({} where the method has none).
 
   Raises:
-    ValueError: a seed recorded twice (two rows would make the pairing ambiguous).
+    ValueError: a seed recorded twice (`results.aggregate`).
   """
-  out: dict[int, dict] = {}
-  for r in rows:
-    if r["method"] == method and int(r["bits"]) == int(bits):
-      if r["seed"] in out:
-        raise ValueError(f"{method} {bits} bits seed {r['seed']} has two rows")
-      out[int(r["seed"])] = {d: float(r[metric][d]) for d in DIRECTIONS}
-  return out
+  mine = [r for r in rows if r["method"] == method and int(r["bits"]) == int(bits)]
+  for agg in aggregate(mine):  # one (method, bits): at most one
+    by_seed = agg["by_seed"][metric]
+    return {int(s): {d: by_seed[d][s] for d in DIRECTIONS} for s in by_seed[DIRECTIONS[0]]}
+  return {}
 
 
 def paired(a: dict[int, dict], b: dict[int, dict]) -> dict:

@@ -74,10 +74,18 @@ def run_row(run, report: dict, codes: str = "own") -> dict:
 
 def aggregate(rows: list[dict]) -> list[dict]:
   """Mean and sample std (ddof=1; 0 for one seed) over seeds of each (method, bits), and
-  each seed's mAP (`by_seed[metric][direction][str(seed)]`, for paired comparisons)."""
+  each seed's mAP (`by_seed[metric][direction][str(seed)]`, for paired comparisons).
+
+  Raises:
+    ValueError: two rows of one (method, bits, seed): the seed would count twice in the
+      mean and std, and `by_seed` would keep only one of them.
+  """
   groups: dict = {}
   for r in rows:
-    groups.setdefault((r["method"], r["bits"]), []).append(r)
+    group = groups.setdefault((r["method"], r["bits"]), [])
+    if any(other["seed"] == r["seed"] for other in group):
+      raise ValueError(f"{r['method']} {r['bits']} bits seed {r['seed']} has two rows")
+    group.append(r)
   out = []
   for (method, bits), rs in groups.items():
     agg = {"method": method, "label": rs[0]["label"], "group": rs[0]["group"], "bits": bits,
