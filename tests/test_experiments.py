@@ -1,11 +1,14 @@
 """The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
 a runlocal suite end to end (resumes by skipping finished runs)."""
 import functools
+import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -283,9 +286,6 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
 def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(tmp_path):
   """`kill PID` (or Ctrl-C) on the suite: its running jobs save a checkpoint and stop, and
   the suite exits 130 with a one-line message, not a Python traceback."""
-  import glob  # pylint: disable=import-outside-toplevel
-  import signal  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
   cmd = [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke",
          f"--config=configs/default.py:runlocal,steps=100000,data_dir={tmp_path / 'data'}",
          f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah"]
