@@ -226,8 +226,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__image_recon_weight=0.1, loss__pairs="full_full,masked_masked,full_masked"),
     # Round 12: round 10's default without the point reconstruction (L_3D). On the test
-    # protocol the ablation `no_point_recon` led CMAH at 64 bits (docs/tuning.md, "Ablation:
-    # CMAH without L_3D"); the test protocol does not choose, so the carve decides [ours].
+    # protocol the ablation `no_point_recon` led CMAH at 64 bits (docs/tuning.md, "Ablations
+    # at 64 bits"); the test protocol does not choose, so the carve decides [ours].
     _c("cmah_t0.2_iso_img0.1_no3d", "CMAH, t 0.2, isotropic, L_2D weight 0.1, no L_3D",
        "candidate", "[ours]", loss__temperature=0.2, input__point_scale_isotropic=True,
        loss__image_recon_weight=0.1, loss__use_point_recon=False),
