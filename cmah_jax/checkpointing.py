@@ -12,7 +12,9 @@ config) in the step's Orbax metadata (`<step>/_CHECKPOINT_METADATA`, `custom_met
 written before the step is committed; `step_config` reads it back. `restore_latest` walks
 from the newest step to the oldest and restores the first intact one, naming the damaged
 ones (truncated or missing array files, unreadable metadata, an emptied directory) and
-moving them to `<checkpoints>.damaged/` so that later saves of those steps do not collide.
+moving them to `<checkpoints>.damaged/` so that later saves of those steps do not collide
+(each reason is TensorStore's root cause on one line; the tens of lines Orbax's abandoned
+reads would print later are silenced by `cmah_jax.orbax_noise`).
 A failed write (disk full, read-only directory) raises `CheckpointWriteError` naming the
 step, the directory, the cause and the last complete checkpoint, which is left intact.
 """
@@ -31,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from cmah_jax import orbax_noise
 
 CONFIG_KEY = "cmah_config"                       # in each step's custom metadata
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"      # Orbax's per-step metadata file
@@ -254,7 +258,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
     try:
       state = _restore_with_fresh_reader(directory, step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except  (any read failure = damage)
-      reason = f"{type(e).__name__}: {_first_line(e)}"
+      reason = _damage_reason(e)
+      orbax_noise.expect_failed_read_leftovers()
     if _any_process(reason is not None):
       damaged.append((step, reason or "damaged on another process"))
       logging.warning("Checkpoint step %d in %s is damaged: %s", step, directory, reason)
@@ -274,9 +279,20 @@ def _restore_with_fresh_reader(directory: str, step: int, abstract_state):
   """Restore `step` with a read-only manager of its own: a damaged step can leave an Orbax
   manager with wrong cached assumptions (e.g. an emptied step directory makes it expect
   several items), which must not carry over to the next step or to saving."""
+  orbax_noise.install()
   options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, options=options) as reader:
     return reader.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _damage_reason(error: Exception) -> str:
+  """The root cause of a failed read, on one line: Orbax wraps TensorStore's error (e.g.
+  `ValueError: OUT_OF_RANGE: Error reading "params.w/0.0" ...`) in an `Exception` whose
+  message is a long dump of the TensorStore spec."""
+  root = error
+  while root.__cause__ is not None and root.__cause__ is not root:
+    root = root.__cause__
+  return f"{type(root).__name__}: {_first_line(root)}"
 
 
 def _any_process(flag: bool) -> bool:
