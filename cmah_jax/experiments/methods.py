@@ -235,7 +235,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # (Point-MAE's 60% masked) to find 16 of 64 image patches (MAE's 75%); neither
     # reconstruction term pays at 64 bits on the test protocol (docs/tuning.md), so the
     # masks are set for the contrastive pair instead: 40% of the groups and 50% of the
-    # patches hidden (19 groups against 32 patches) [ours; masks: Point-MAE / MAE].
+    # patches hidden (20 of 32 groups against 32 of 64 patches visible) [ours; masks:
+    # Point-MAE / MAE].
     _c("cmah_t0.2_iso_img0.1_mask0.4_0.5", "CMAH, t 0.2, isotropic, L_2D weight 0.1, masks "
        "0.4 (points) / 0.5 (image)", "candidate", "[ours]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
