@@ -30,15 +30,16 @@ READ_TASK_COROUTINE = "async_deserialize"              # orbax serialization.py
 READ_ERROR_PREFIX = "Encountered error while reading array index"
 LOOP_CLOSED = "Event loop is closed"                  # asyncio base_events._check_closed
 # asyncio names a task's coroutine by its qualified name: "coro=<async_deserialize() ...".
+_TASK_OF_READ = re.compile(r"coro=<(?:[\w<>]+\.)*" + READ_TASK_COROUTINE + r"\(\)")
 # TensorStore's error for a damaged array, e.g. 'OUT_OF_RANGE: Error reading "params.w/0.0"
 # in OCDBT database at local file ...'.
 _TENSORSTORE_READ_ERROR = re.compile(r"[A-Z_]+: Error reading .* in OCDBT database")
-_TASK_OF_READ = re.compile(r"coro=<(?:[\w<>]+\.)*" + READ_TASK_COROUTINE + r"\(\)")
 
 
 class FailedReadLeftovers:
-  """`sys.unraisablehook` and `logging.Filter` in one: `drops(...)` says whether an
-  unraisable exception / log record is a leftover of a failed Orbax read.
+  """`sys.unraisablehook` and `logging.Filter` in one: an unraisable exception
+  (`drops_unraisable`) or an `asyncio` log record (`filter`) that is a leftover of a failed
+  Orbax read is dropped; anything else goes on.
 
   Attributes:
     previous: the unraisable hook this one replaced; everything kept goes there.
@@ -109,6 +110,7 @@ def install() -> FailedReadLeftovers:
 
 
 def expect_failed_read_leftovers() -> None:
-  """Note that a read failed in this process: from now on a closed event loop's callback
-  error, raised inside asyncio with no object, is one of its leftovers."""
+  """Note that a read failed in this process: from now on TensorStore's never-retrieved
+  read errors and a closed event loop's callback error (raised inside asyncio, with no
+  object) count as its leftovers too."""
   install().read_failed = True
