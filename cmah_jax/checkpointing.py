@@ -150,16 +150,13 @@ def _write_error(manager, error: Exception, step) -> CheckpointWriteError:
     last = manager.latest_step()
   except Exception:  # pylint: disable=broad-except
     last = None
-  cause = error
-  while cause.__cause__ is not None and not isinstance(cause, OSError):
-    cause = cause.__cause__
+  cause = _innermost_cause(error, stop_at=OSError)
   errno = getattr(cause, "errno", None)
   # TensorStore (the array writer) reports OS errors inside a long message.
   code = re.search(r"os_error_code='(\d+)'", str(cause))
   if errno is None and code:
     errno = int(code.group(1))
-  reason = (f"{os.strerror(errno)} [errno {errno}]" if errno
-            else f"{type(cause).__name__}: {_first_line(cause)}")
+  reason = f"{os.strerror(errno)} [errno {errno}]" if errno else _one_line(cause)
   intact = (f"The last complete checkpoint (step {last}) is intact"
             if last is not None else "No complete checkpoint exists yet")
   err = CheckpointWriteError(
@@ -167,6 +164,22 @@ def _write_error(manager, error: Exception, step) -> CheckpointWriteError:
       "disk space / fix permissions and re-run to resume from it.")
   err.errno = errno
   return err
+
+
+def _innermost_cause(error: BaseException, stop_at=()) -> BaseException:
+  """Follow `error.__cause__` to the innermost cause, or to the first error of a type in
+  `stop_at` on the way (a cycle, e.g. `raise e from e`, ends the walk)."""
+  seen = {id(error)}
+  while (not isinstance(error, stop_at) and error.__cause__ is not None
+         and id(error.__cause__) not in seen):
+    error = error.__cause__
+    seen.add(id(error))
+  return error
+
+
+def _one_line(error: BaseException) -> str:
+  """`"TypeName: first line of the message"` (cut at `_first_line`'s limit)."""
+  return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: Exception, limit: int = 300) -> str:
@@ -258,7 +271,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state,
     try:
       state = _restore_with_fresh_reader(directory, step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except  (any read failure = damage)
-      reason = _damage_reason(e)
+      # Orbax wraps TensorStore's error (`ValueError: OUT_OF_RANGE: Error reading
+      # "params.w/0.0" ...`) in an Exception whose message dumps the TensorStore spec.
+      reason = _one_line(_innermost_cause(e))
       orbax_noise.expect_failed_read_leftovers()
     if _any_process(reason is not None):
       damaged.append((step, reason or "damaged on another process"))
@@ -283,16 +298,6 @@ def _restore_with_fresh_reader(directory: str, step: int, abstract_state):
   options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(directory, options=options) as reader:
     return reader.restore(step, args=ocp.args.StandardRestore(abstract_state))
-
-
-def _damage_reason(error: Exception) -> str:
-  """The root cause of a failed read, on one line: Orbax wraps TensorStore's error (e.g.
-  `ValueError: OUT_OF_RANGE: Error reading "params.w/0.0" ...`) in an `Exception` whose
-  message is a long dump of the TensorStore spec."""
-  root = error
-  while root.__cause__ is not None and root.__cause__ is not root:
-    root = root.__cause__
-  return f"{type(root).__name__}: {_first_line(root)}"
 
 
 def _any_process(flag: bool) -> bool:

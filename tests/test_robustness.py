@@ -314,6 +314,28 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path
     train.train_and_evaluate(tiny_config(data_dir), workdir)
 
 
+def test_innermost_cause_follows_the_chain_and_stops_where_asked():
+  """Hand-built chains: the innermost cause; the first OSError on the way when asked; a
+  cycle (`raise e from e`, or two errors each the other's cause) ends the walk."""
+  inner = ValueError("OUT_OF_RANGE: Error reading \"w/0.0\"\nsecond line")
+  disk = OSError(28, "No space left on device")
+  middle = RuntimeError("middle")
+  middle.__cause__ = inner
+  disk.__cause__ = middle
+  outer = Exception("Encountered error while reading array index: ...")
+  outer.__cause__ = disk
+  assert checkpointing._innermost_cause(outer) is inner
+  assert checkpointing._innermost_cause(outer, stop_at=OSError) is disk
+  assert checkpointing._innermost_cause(inner) is inner
+  assert checkpointing._one_line(inner) == 'ValueError: OUT_OF_RANGE: Error reading "w/0.0"'
+  itself = ValueError("itself")
+  itself.__cause__ = itself
+  assert checkpointing._innermost_cause(itself) is itself
+  a, b = ValueError("a"), ValueError("b")
+  a.__cause__, b.__cause__ = b, a
+  assert checkpointing._innermost_cause(a) is b
+
+
 def _unraisable(obj, error):
   return types.SimpleNamespace(exc_type=type(error), exc_value=error,
                                exc_traceback=error.__traceback__, err_msg=None, object=obj)
