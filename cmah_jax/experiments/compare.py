@@ -26,10 +26,11 @@ def seed_values(rows: list[dict], method: str, bits: int, metric: str) -> dict[i
     ValueError: a seed recorded twice (`results.aggregate`).
   """
   mine = [r for r in rows if r["method"] == method and int(r["bits"]) == int(bits)]
-  for agg in aggregate(mine):  # one (method, bits): at most one
-    by_seed = agg["by_seed"][metric]
-    return {int(s): {d: by_seed[d][s] for d in DIRECTIONS} for s in by_seed[DIRECTIONS[0]]}
-  return {}
+  if not mine:
+    return {}
+  (agg,) = aggregate(mine)  # the rows of one (method, bits) make one group
+  by_seed = agg["by_seed"][metric]
+  return {int(s): {d: by_seed[d][s] for d in DIRECTIONS} for s in by_seed[DIRECTIONS[0]]}
 
 
 def paired(a: dict[int, dict], b: dict[int, dict]) -> dict:
