@@ -54,5 +54,22 @@ def main(argv):
     sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a `--config.KEY=VALUE` that names no config key (or whose
+  value does not fit it) reported on one line instead of ml_collections' traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    lines = str(e).replace("\\n", "\n").replace("\\'", "'").strip("'\"").splitlines()
+    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: key, then a suggestion
+      reason = " ".join(["no such key."] + [line.strip() for line in lines[1:]])
+    else:
+      reason = " ".join(" ".join(lines).split())
+    sys.exit(f"main.py: bad config override {' / '.join(given) or '(none given)'}: {reason} "
+             "(keys are the fields of cmah_jax/config.py; model sizes and switches go under "
+             "config.model.overrides: ModelConfig in cmah_jax/models/variants.py)")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

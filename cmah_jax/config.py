@@ -19,6 +19,7 @@ import json
 from typing import Any, Mapping
 
 import ml_collections
+from ml_collections import config_dict
 
 from cmah_jax.input.spec import InputSpec
 from cmah_jax.losses import LossSpec
@@ -175,6 +176,7 @@ ADDED_LATER = {
     "loss.sinkhorn_iterations": 3,
     "loss.prototype_queue_size": 0,
     "loss.ucch_temperature": 0.9,
+    "model.masked_views": 1,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -210,9 +212,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.num_points = None   # None: the model variant's [ours]
   c.input.image_size = None   # None: the model variant's [ours]
   c.model = ml_collections.ConfigDict(dict(
-      variant="small", bits=64,
-      overrides=ml_collections.ConfigDict()))  # any ModelConfig field, e.g. depth=6
+      variant="small", bits=64, overrides=model_override_slots()))
   return c
+
+
+def model_override_slots() -> ml_collections.ConfigDict:
+  """`config.model.overrides`: one unset (None) slot per `ModelConfig` field but `bits`,
+  typed by its default, so `--config.model.overrides.depth=6` works on a locked config;
+  an unset slot leaves the variant's value (`resolve` drops them)."""
+  slots = {f.name: config_dict.placeholder(type(f.default))
+           for f in dataclasses.fields(ModelConfig) if f.name != "bits"}
+  return ml_collections.ConfigDict(slots)
 
 
 def _as_dict(node: Any) -> dict:
@@ -256,7 +266,8 @@ def resolve(config: Any) -> ExperimentConfig:
     raise ValueError(f"unknown key(s) {bad} in config.model; valid: "
                      "['bits', 'overrides', 'variant'] (sizes go in config.model.overrides)")
   variant = model_raw.get("variant", "small")
-  overrides = dict(_as_dict(model_raw.get("overrides")))
+  overrides = {k: v for k, v in _as_dict(model_raw.get("overrides")).items()
+               if v is not None}  # None: an unset slot (`model_override_slots`)
   input_raw = dict(_as_dict(raw.get("input")))
   for field in ("num_points", "image_size"):
     value = input_raw.get(field)

@@ -3,6 +3,8 @@ import dataclasses
 import glob
 import importlib
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -158,3 +160,33 @@ def test_an_inert_weight_leaves_the_loss_bit_identical():
       total, _ = losses.cmah_loss(outputs, spec)
       totals.append(np.asarray(total))
     assert totals[0] == totals[1] == totals[2], off
+
+
+def test_model_overrides_are_settable_on_the_command_line():
+  """Every ModelConfig field but `bits` has an unset slot under `config.model.overrides`,
+  so `--config.model.overrides.FIELD=V` parses against the locked config; unset slots
+  leave the variant's values (and every fingerprint) alone; a misspelt key exits with
+  one line naming the flag, not ml_collections' traceback."""
+  from cmah_jax.models.variants import field_names  # pylint: disable=import-outside-toplevel
+  c = importlib.import_module("configs.default").get_config()
+  assert sorted(c.model.overrides) == sorted(set(field_names()) - {"bits"})
+  assert all(v is None for v in c.model.overrides.values())
+  plain = importlib.import_module("configs.default").get_config()
+  with plain.unlocked():
+    plain.model.overrides = {}
+  assert config_lib.resolve(c) == config_lib.resolve(plain)
+  assert config_lib.resolve(c).fingerprint() == config_lib.resolve(plain).fingerprint()
+  c.lock()
+  c.model.overrides.masked_views = 2
+  c.model.overrides.point_mask_ratio = 0.4
+  cfg = config_lib.resolve(c)
+  assert (cfg.model.masked_views, cfg.model.point_mask_ratio) == (2, 0.4)
+
+  cmd = [sys.executable, "main.py", "--config=configs/default.py:runlocal",
+         "--workdir=/nonexistent/never-written"]
+  bad = subprocess.run(cmd + ["--config.model.overrides.depthh=2"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+  assert bad.stderr.strip().splitlines()[-1].startswith(
+      "main.py: bad config override --config.model.overrides.depthh: no such key. "
+      "Did you mean \"depth\""), bad.stderr

@@ -373,3 +373,27 @@ def test_cmah_loss_code_contrast_ranks_by_hamming_with_straight_through_gradient
   g_codes = jax.grad(lambda c: losses.contrastive_loss(c, jnp.sign(out["image/h"]), tau))(
       jnp.sign(out["point/h"]))
   np.testing.assert_allclose(g, g_codes, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_pair_is_averaged_over_masked_views():
+  """`*/h_masked_extra` `[V-1, B, K]`: the masked-masked pair is the mean of InfoNCE over
+  the V views (NumPy reference); the other pairs read view 0 only."""
+  out = _fake_outputs(seed=9)
+  rng = np.random.default_rng(3)
+  for tower in ("point", "image"):
+    out[f"{tower}/h_masked_extra"] = jnp.asarray(rng.normal(size=(2, 4, 8)), jnp.float32)
+  np_out = {k: np.asarray(v) for k, v in out.items()}
+  tau = 0.2
+  views = [(np_out["point/h_masked"], np_out["image/h_masked"])] + [
+      (np_out["point/h_masked_extra"][v], np_out["image/h_masked_extra"][v]) for v in (0, 1)]
+  masked = np.mean([np_contrastive(p, i, tau) for p, i in views])
+  full = np_contrastive(np_out["point/h"], np_out["image/h"], tau)
+  cross = 0.5 * (np_contrastive(np_out["point/h"], np_out["image/h_masked"], tau)
+                 + np_contrastive(np_out["point/h_masked"], np_out["image/h"], tau))
+  spec = losses.LossSpec(temperature=tau, pairs="full_full,masked_masked,full_masked",
+                         lambda_r=0.0)
+  _, terms = losses.cmah_loss(out, spec)
+  np.testing.assert_allclose(terms["loss/contrastive"], full + masked + cross, rtol=1e-5)
+  lopsided = dict(out, **{"image/h_masked_extra": out["image/h_masked_extra"][:1]})
+  with pytest.raises(ValueError, match="2 extra masked point views but 1 image"):
+    losses.cmah_loss(lopsided, spec)

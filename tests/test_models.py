@@ -519,3 +519,28 @@ def test_embed_dim_adds_linear_embeddings_and_leaves_the_rest(tiny):
       "point/h", "point/code", "image/h", "image/code"}
   with pytest.raises(ValueError, match="embed_dim"):
     resolve_config("tiny", BITS, {"embed_dim": -1})
+
+
+def test_extra_masked_views_are_independent_masked_passes(tiny):
+  """`masked_views=3`: the same parameters; view 0 and everything else as with one view;
+  views 1-2 are exactly the one-view model's masked pass under the documented keys
+  `split(fold_in(mask_key, 1), 2)` (tiny has no dropout, so passes are deterministic)."""
+  model, variables, fwd, images, points = tiny
+  model3, variables3 = build("tiny", BITS, jax.random.key(0), masked_views=3)
+  assert _equal_trees(variables3, variables)
+  mk, dk = jax.random.key(5), jax.random.key(2)
+  out3 = model3.apply(variables, images, points, train=True, mask_key=mk,
+                      rngs={"dropout": dk})
+  out1 = fwd(variables, images, points, mk, dk)
+  assert set(out3) == set(out1) | {"point/h_masked_extra", "image/h_masked_extra"}
+  for k in out1:
+    np.testing.assert_allclose(out3[k], out1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  for tower in ("point", "image"):
+    extra = np.asarray(out3[f"{tower}/h_masked_extra"])
+    assert extra.shape == (2, B, BITS) and extra.dtype == np.float32
+    for v, key in enumerate(jax.random.split(jax.random.fold_in(mk, 1), 2)):
+      ref = fwd(variables, images, points, key, dk)[f"{tower}/h_masked"]
+      np.testing.assert_allclose(extra[v], ref, atol=1e-5, err_msg=f"{tower} view {v + 1}")
+      assert not np.allclose(extra[v], out1[f"{tower}/h_masked"], atol=1e-3)
+  with pytest.raises(ValueError, match="masked_views must be an int >= 1"):
+    resolve_config("tiny", BITS, {"masked_views": 0})

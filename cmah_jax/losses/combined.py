@@ -31,7 +31,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
 
   `L_c` sums `contrastive_loss` over the selected `spec.pairs`:
     full_full:     (point/h, image/h)
-    masked_masked: (point/h_masked, image/h_masked)
+    masked_masked: (point/h_masked, image/h_masked); with `model.masked_views = V > 1`
+                   the mean of that pair over the V masked views ("*/h_masked_extra"
+                   holds views 1 .. V-1) [ours, after multi-crop]; the other pairs use
+                   view 0.
     full_masked:   the mean of (point/h, image/h_masked) and (point/h_masked, image/h)
                    (both cross pairs, averaged so it weighs as one pair) [ours].
     intra_modal:   the mean of (point/h, point/h_masked) and (image/h, image/h_masked):
@@ -104,6 +107,11 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       if any(p != "full_full" for p in pairs):
         h[tower, "masked"] = transform(_need(outputs, f"{tower}/{name}_masked",
                                              f"pairs={pairs}"))
+      extra = outputs.get(f"{tower}/{name}_masked_extra")  # [V - 1, B, K] or absent
+      h[tower, "extra"] = [] if extra is None else [transform(v) for v in extra]
+    if len(h["point", "extra"]) != len(h["image", "extra"]):
+      raise ValueError(f"cmah_loss: {len(h['point', 'extra'])} extra masked point views "
+                       f"but {len(h['image', 'extra'])} image views ({name!r})")
     total = jnp.zeros((), jnp.float32)
     for pair in pairs:
       if pair == "full_full" and queue is not None:
@@ -111,8 +119,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                          index, temperature)
       elif pair == "full_full":
         total += con(h["point", "full"], h["image", "full"])
-      elif pair == "masked_masked":
-        total += con(h["point", "masked"], h["image", "masked"])
+      elif pair == "masked_masked":  # averaged over the masked views
+        views = zip([h["point", "masked"]] + h["point", "extra"],
+                    [h["image", "masked"]] + h["image", "extra"])
+        total += sum(con(p, i) for p, i in views) / (1 + len(h["point", "extra"]))
       elif pair == "full_masked":
         total += 0.5 * (con(h["point", "full"], h["image", "masked"])
                         + con(h["point", "masked"], h["image", "full"]))

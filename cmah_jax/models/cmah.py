@@ -16,6 +16,10 @@ Output keys (per modality present; shapes for batch B, code length K):
   "point/code", "image/code"  [B, K] float32 +-1 (straight-through sign of h)
 and in training with both modalities also
   "point/h_masked", "image/h_masked"  [B, K] float32 (masked pass)
+  with `config.masked_views = V > 1` also
+  "point/h_masked_extra", "image/h_masked_extra"  [V - 1, B, K] float32: masked views
+                                      1 .. V-1 (independent masks; encoders and hash
+                                      heads only, no decoders)
   "point/pred", "point/target"        [B, G_mask, k, 3] float32 (target: re-centred
                                       masked neighbourhoods)
   "image/pred", "image/target"        [B, T_mask, p*p*3] float32 (target: masked patches
@@ -151,6 +155,9 @@ class CMAH(nn.Module):
     p_vis_pooled, i_vis_pooled = global_pool(p_vis), global_pool(i_vis)
     out["point/h_masked"], _ = self.point_hash(p_vis_pooled)
     out["image/h_masked"], _ = self.image_hash(i_vis_pooled)
+    if cfg.masked_views > 1:
+      out["point/h_masked_extra"], out["image/h_masked_extra"] = self._extra_masked_views(
+          mask_key, p_tok, p_pos, i_tok, i_pos, det)
     if cfg.embed_dim:
       out["point/z"] = self.point_embed(p_pooled).astype(jnp.float32)
       out["image/z"] = self.image_embed(i_pooled).astype(jnp.float32)
@@ -170,6 +177,34 @@ class CMAH(nn.Module):
     out["point/mask"], out["image/mask"] = mask_p, mask_i
     out["point/pooled"], out["image/pooled"] = p_pooled, i_pooled
     return out
+
+
+  def _extra_masked_views(self, mask_key, p_tok, p_pos, i_tok, i_pos, det):
+    """Codes of masked views 1 .. V-1 (`config.masked_views = V`), for L_c only.
+
+    View v >= 1 masks with `split(split(fold_in(mask_key, 1), V - 1)[v - 1])` (points,
+    images), as view 0 masks with `split(mask_key)`; all views go through each encoder in
+    one call, stacked on the batch axis.
+
+    Returns:
+      (point h, image h): `[V - 1, B, K]` float32 each.
+    """
+    cfg = self.config
+    b, views = p_tok.shape[0], cfg.masked_views - 1
+    p_vis, p_vis_pos, i_vis, i_vis_pos = [], [], [], []
+    for key in jax.random.split(jax.random.fold_in(mask_key, 1), views):
+      key_p, key_i = jax.random.split(key)
+      keep_p, _, _ = random_mask(key_p, b, cfg.num_groups, cfg.point_mask_ratio)
+      keep_i, _, _ = random_mask(key_i, b, cfg.num_patches, cfg.image_mask_ratio)
+      p_vis.append(take_tokens(p_tok, keep_p))
+      p_vis_pos.append(take_tokens(p_pos, keep_p))
+      i_vis.append(take_tokens(i_tok, keep_i))
+      i_vis_pos.append(take_tokens(i_pos, keep_i))
+    cat = functools.partial(jnp.concatenate, axis=0)
+    p_h, _ = self.point_hash(global_pool(self.point_encoder(cat(p_vis), cat(p_vis_pos), det)))
+    i_h, _ = self.image_hash(global_pool(self.image_encoder(cat(i_vis), cat(i_vis_pos), det)))
+    return (p_h.reshape(views, b, -1).astype(jnp.float32),
+            i_h.reshape(views, b, -1).astype(jnp.float32))
 
 
 # -- construction ------------------------------------------------------------------------

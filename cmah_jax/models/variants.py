@@ -55,6 +55,11 @@ class ModelConfig:
   num_prototypes: int = 0              # > 0: P learned prototypes [P, K] for the swapped
                                        # prototype loss (loss.prototype_weight); 0: none
                                        # (the paper's network) [ours, after SwAV]
+  masked_views: int = 1                # independent masked views of each object per
+                                       # training step; view 0 feeds the fusion decoders,
+                                       # every view joins the masked-masked pair of L_c
+                                       # (averaged); 1: the paper's single view [ours,
+                                       # after multi-crop, Caron et al. NeurIPS 2020]
   dtype: str = "float32"               # compute dtype; params stay float32 [ours]
 
   @property
@@ -108,6 +113,9 @@ class ModelConfig:
     need(isinstance(self.num_prototypes, int) and not isinstance(self.num_prototypes, bool)
          and self.num_prototypes >= 0,
          f"num_prototypes must be an int >= 0, got {self.num_prototypes!r}")
+    need(isinstance(self.masked_views, int) and not isinstance(self.masked_views, bool)
+         and self.masked_views >= 1,
+         f"masked_views must be an int >= 1, got {self.masked_views!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(self.dtype in ("float32", "bfloat16", "float16"),
          f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
