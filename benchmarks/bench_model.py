@@ -17,6 +17,8 @@ Prints a markdown table.
 
   .venv/bin/python benchmarks/bench_model.py                      # tiny, small, base
   .venv/bin/python benchmarks/bench_model.py --variants small --batch small=32
+  .venv/bin/python benchmarks/bench_model.py --variants small,small:masked_views=2 \
+      --batch small=64                                            # a switch's cost
   .venv/bin/python benchmarks/bench_model.py --variants base --batch base=128 \
       --dtype bfloat16                                            # on an accelerator
 
@@ -27,6 +29,7 @@ updates (~G * N * 8 FLOPs per example) are not included.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import statistics
 import sys
@@ -112,8 +115,22 @@ def _memory(compiled) -> tuple[float, float | None]:
   return total, peak
 
 
-def bench_variant(variant: str, batch: int, bits: int, iters: int, dtype: str) -> dict:
-  model, variables = build(variant, bits, jax.random.key(0), dtype=dtype)
+def parse_variant(spec: str) -> tuple[str, dict]:
+  """`"small"` or `"small:masked_views=2:point_mask_ratio=0.4"` -> (variant, ModelConfig
+  overrides); values are Python literals."""
+  name, *items = spec.split(":")
+  overrides = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--variants: {item!r} in {spec!r} is not FIELD=VALUE")
+    overrides[key] = ast.literal_eval(value)
+  return name, overrides
+
+
+def bench_variant(spec: str, batch: int, bits: int, iters: int, dtype: str) -> dict:
+  variant, overrides = parse_variant(spec)
+  model, variables = build(variant, bits, jax.random.key(0), dtype=dtype, **overrides)
   params = variables["params"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
   s, n = model.config.image_size, model.config.num_points
@@ -135,7 +152,7 @@ def bench_variant(variant: str, batch: int, bits: int, iters: int, dtype: str) -
   flops = _flops(compiled)
   step_s, median_s = _time(compiled, args, iters)
   mem_bytes, peak_bytes = _memory(compiled)
-  return dict(variant=variant, params=n_params, batch=batch, flops_per_example=flops / batch,
+  return dict(variant=spec, params=n_params, batch=batch, flops_per_example=flops / batch,
               step_s=step_s, median_s=median_s, flops_per_s=flops / step_s,
               compile_s=compile_s, mem_bytes=mem_bytes, peak_bytes=peak_bytes)
 
@@ -156,7 +173,7 @@ def main(argv=None):
     name, value = item.split("=")
     batch[name] = int(value)
 
-  rows = [bench_variant(v, batch.get(v, 8), args.bits, args.iters, args.dtype)
+  rows = [bench_variant(v, batch.get(v.split(":")[0], 8), args.bits, args.iters, args.dtype)
           for v in args.variants.split(",")]
   device = jax.devices()[0]
   if args.peak_tflops:
