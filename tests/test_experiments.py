@@ -267,14 +267,28 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   # report's (scored there by the evaluator's own path).
   run = next(r for r in data["runs"] if r["method"] == "cmah_sign")
   rep = subprocess.run([sys.executable, "-m", "cmah_jax.experiments.representation",
-                        f"--workdir={run['workdir']}"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+                        f"--workdir={run['workdir']}", "--quantizer_seeds=2"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
   assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
   maps = json.load(open(os.path.join(run["workdir"], "representation.json")))["map"]
   report = json.load(open(os.path.join(run["workdir"], "report.json")))
   for d in ("i2p", "p2i"):
     assert maps[d]["code"] == pytest.approx(report["map"][d]["16"], abs=1e-12)
   assert all(0 < m[k] <= 1 for m in maps.values() for k in ("code", "continuous"))
+  # The quantiser refitted with the run's own seed is the run's quantiser: its tie-aware
+  # mAP is the report's learned-quantiser figure (scored by the evaluator's path).
+  spread = json.load(open(os.path.join(run["workdir"], "representation.json")))[
+      "quantizer_seeds"]
+  run_seed = str(json.load(open(os.path.join(run["workdir"], "config.json")))["config"]["seed"])
+  assert sorted(spread["per_seed"]) == ["0", "1"] and run_seed in spread["per_seed"]
+  for d in ("i2p", "p2i"):
+    assert spread["per_seed"][run_seed][d] == pytest.approx(
+        report["itq"]["map_tie_aware"][d]["16"], abs=1e-12)
+    values = [spread["per_seed"][s][d] for s in ("0", "1")]
+    assert spread[d]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert spread[d]["range"] == pytest.approx(abs(values[0] - values[1]), abs=1e-12)
+    assert spread[d]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+  assert "learned quantiser over 2 ITQ seeds" in rep.stdout
   spectra = json.load(open(os.path.join(run["workdir"], "representation.json")))[
       "spectrum_dims"]
   assert sorted(spectra) == ["image/h", "image/pre_tanh", "point/h", "point/pre_tanh"]

@@ -14,7 +14,9 @@ within-modality directions say which tower is the weaker. Also, per tower, how m
 directions carry the database's codes (`spectrum_dims`): of h, and of atanh(h), the hash
 head's LayerNorm output, which is linear in the pooled feature (so its rank is at most the
 model width, whatever the code length). Written to `<workdir>/representation.json` and
-printed.
+printed. With `--quantizer_seeds=N`, also the spread of the learned quantiser's
+tie-aware mAP over ITQ seeds 0..N-1 (`quantizer_seed_spread`): how much of a run's mAP is
+its quantiser's random start rather than its training.
 """
 from __future__ import annotations
 
@@ -90,11 +92,45 @@ def representation_maps(query: dict, database: dict) -> dict:
   return out
 
 
-def encode_run(workdir: str) -> tuple[dict, dict, str]:
-  """Codes and continuous codes of the run's query and database splits, on its protocol.
+def quantizer_seed_spread(train: dict, query: dict, database: dict, seeds) -> dict:
+  """How much the learned quantiser's random initial rotation moves the run's mAP.
+
+  For each seed, `quantizer.fit_quantizer` on the training split's continuous codes (as
+  the evaluator fits it, with that seed in place of the run's), then the tie-aware mAP of
+  the requantised query and database codes.
+
+  Args:
+    train, query, database: {"image/h", "point/h": [n, K] float, "label": [n] int}.
+    seeds: ITQ seeds.
+  Returns:
+    {"per_seed": {str(seed): {"i2p", "p2i"}}, and per direction "mean", "std" (ddof 1;
+    0 for one seed), "range" (max - min)}.
+  """
+  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
+  per_seed = {}
+  for seed in seeds:
+    fitted = quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=int(seed))
+    codes = lambda h: np.asarray(quantizer_lib.quantize(np.asarray(h), fitted))
+    per_seed[str(seed)] = {
+        name: metrics.tie_aware_mean_average_precision(
+            codes(query[f"{src}/h"]), codes(database[f"{dst}/h"]), query["label"],
+            database["label"])
+        for name, (src, dst) in DIRECTIONS.items() if src != dst}
+  out = {"per_seed": per_seed}
+  for name in ("i2p", "p2i"):
+    values = np.array([m[name] for m in per_seed.values()])
+    out[name] = {"mean": float(values.mean()),
+                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                 "range": float(values.max() - values.min())}
+  return out
+
+
+def encode_run(workdir: str, splits=("query", "database")) -> tuple[dict, ...]:
+  """Codes and continuous codes of the run's `splits` ("query", "database", "train"), on
+  its protocol.
 
   Returns:
-    (query, database, protocol description); query/database as `representation_maps` takes.
+    (one dict per split, as `representation_maps` takes..., protocol description).
   """
   from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
@@ -103,19 +139,26 @@ def encode_run(workdir: str) -> tuple[dict, dict, str]:
   # The evaluator's batching, sharding and ordering, with both outputs of the hash heads.
   evaluator = RetrievalEvaluator.for_run(
       trained, outputs=[(k, k) for k in ("image/code", "point/code", "image/h", "point/h")])
-  return (evaluator.encode(trained.params, "query"),
-          evaluator.encode(trained.params, "database"), evaluator.sources.description)
+  return (*(evaluator.encode(trained.params, split) for split in splits),
+          evaluator.sources.description)
 
 
 def main(argv):
   del argv
   for workdir in flags.FLAGS.workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    query, database, protocol = encode_run(workdir)
+    seeds = range(flags.FLAGS.quantizer_seeds)
+    if seeds:
+      query, database, train, protocol = encode_run(workdir, ("query", "database", "train"))
+    else:
+      query, database, protocol = encode_run(workdir)
     maps = representation_maps(query, database)
     spectra = code_spectra(database)
+    record = {"protocol": protocol, "map": maps, "spectrum_dims": spectra}
+    if seeds:
+      record["quantizer_seeds"] = quantizer_seed_spread(train, query, database, seeds)
     with open(os.path.join(workdir, "representation.json"), "w") as f:
-      json.dump({"protocol": protocol, "map": maps, "spectrum_dims": spectra}, f, indent=2)
+      json.dump(record, f, indent=2)
     print(f"{workdir}\n  {protocol}\n  direction  code   continuous  cost of binarising")
     for name, m in maps.items():
       print(f"  {name:9}  {m['code']:.3f}  {m['continuous']:.3f}       "
@@ -125,10 +168,17 @@ def main(argv):
           f"database codes' variance ({bits} bits)")
     for name, dims in spectra.items():
       print(f"  {name:16} {' / '.join(str(v) for v in dims.values())}")
+    if seeds:
+      spread = record["quantizer_seeds"]
+      print(f"  learned quantiser over {len(seeds)} ITQ seeds (tie-aware mAP): " + ", ".join(
+          f"{d} {spread[d]['mean']:.4f} +- {spread[d]['std']:.4f} (range {spread[d]['range']:.4f})"
+          for d in ("i2p", "p2i")))
 
 
 if __name__ == "__main__":
   # Defined here, not at import: `gradients` (imported beside this module) owns --workdir.
   flags.DEFINE_list("workdir", None, "Finished (or checkpointed) training runs, comma-separated.")
+  flags.DEFINE_integer("quantizer_seeds", 0, "Also refit the learned quantiser with ITQ seeds "
+                       "0..N-1 and report the spread of its tie-aware mAP (0: skip).")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
