@@ -241,6 +241,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        "0.4 (points) / 0.5 (image)", "candidate", "[ours]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
        model__overrides__point_mask_ratio=0.4, model__overrides__image_mask_ratio=0.5),
+    # Round 14: more masked pairs rather than milder ones. The masked-masked pair carries
+    # CMAH's lead over contrastive-only (docs/tuning.md); two independent masked views of
+    # each object per step, their pairs averaged (`model.masked_views`; +14% FLOPs) [ours,
+    # after multi-crop, Caron et al. NeurIPS 2020].
+    _c("cmah_t0.2_iso_img0.1_views2", "CMAH, t 0.2, isotropic, L_2D weight 0.1, two masked "
+       "views", "candidate", "[ours; after multi-crop]", loss__temperature=0.2,
+       input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
+       model__overrides__masked_views=2),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is
