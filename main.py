@@ -54,11 +54,27 @@ def main(argv):
     sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
 
 
+def _flag_error(error: Exception) -> str:
+  """absl's flag error on one line: a config file that raised is reported by its flag and
+  the error it raised (the last line of the traceback ml_collections embeds)."""
+  lines = [line for line in str(error).splitlines() if line.strip()]
+  if len(lines) > 1 and any(line.startswith("Traceback") for line in lines):
+    return f"{lines[0].split(': ')[0]}: {lines[-1].strip()}"
+  return " ".join(line.strip() for line in lines)
+
+
 def parse_flags(argv):
-  """absl's flag parsing, with a `--config.KEY=VALUE` that names no config key (or whose
-  value does not fit it) reported on one line instead of ml_collections' traceback."""
+  """absl's flag parsing, with every bad `--config` reported on one line instead of a
+  traceback: a config file that is missing or raises, and a `--config.KEY=VALUE` that
+  names no config key (or whose value does not fit it)."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a config file that failed to load raises on first use
+    return rest
+  except flags.Error as e:
+    sys.exit(f"main.py: {_flag_error(e)}\nPass --helpshort or --helpfull to see help on flags.")
+  except OSError as e:
+    sys.exit(f"main.py: --config: {' '.join(str(e).split())}")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     lines = str(e).replace("\\n", "\n").replace("\\'", "'").strip("'\"").splitlines()

@@ -166,7 +166,8 @@ def test_model_overrides_are_settable_on_the_command_line():
   """Every ModelConfig field but `bits` has an unset slot under `config.model.overrides`,
   so `--config.model.overrides.FIELD=V` parses against the locked config; unset slots
   leave the variant's values (and every fingerprint) alone; a misspelt key exits with
-  one line naming the flag, not ml_collections' traceback."""
+  one line naming the flag, not ml_collections' traceback (as do a missing config file
+  and a config argument the file refuses)."""
   from cmah_jax.models.variants import field_names  # pylint: disable=import-outside-toplevel
   c = importlib.import_module("configs.default").get_config()
   assert sorted(c.model.overrides) == sorted(set(field_names()) - {"bits"})
@@ -190,3 +191,12 @@ def test_model_overrides_are_settable_on_the_command_line():
   assert bad.stderr.strip().splitlines()[-1].startswith(
       "main.py: bad config override --config.model.overrides.depthh: no such key. "
       "Did you mean \"depth\""), bad.stderr
+  # A config file that is missing, or whose argument it refuses: one line each, too.
+  for config, want in (("configs/nope.py", "main.py: --config: Configuration is not "
+                        "available"), ("configs/default.py:bogus=1", "main.py: flag --config="
+                        "configs/default.py:bogus=1: ValueError: Unknown config argument")):
+    bad = subprocess.run([sys.executable, "main.py", f"--config={config}",
+                          "--workdir=/nonexistent/never-written"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+    assert want in bad.stderr, bad.stderr

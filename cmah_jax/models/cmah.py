@@ -178,7 +178,6 @@ class CMAH(nn.Module):
     out["point/pooled"], out["image/pooled"] = p_pooled, i_pooled
     return out
 
-
   def _extra_masked_views(self, mask_key, p_tok, p_pos, i_tok, i_pos, det):
     """Codes of masked views 1 .. V-1 (`config.masked_views = V`), for L_c only.
 
