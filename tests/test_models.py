@@ -542,5 +542,7 @@ def test_extra_masked_views_are_independent_masked_passes(tiny):
       ref = fwd(variables, images, points, key, dk)[f"{tower}/h_masked"]
       np.testing.assert_allclose(extra[v], ref, atol=1e-5, err_msg=f"{tower} view {v + 1}")
       assert not np.allclose(extra[v], out1[f"{tower}/h_masked"], atol=1e-3)
-  with pytest.raises(ValueError, match="masked_views must be an int >= 1"):
-    resolve_config("tiny", BITS, {"masked_views": 0})
+  for field, bad, want in (("masked_views", 0, ">= 1"), ("masked_views", 2.0, ">= 1"),
+                           ("embed_dim", -1, ">= 0"), ("num_prototypes", True, ">= 0")):
+    with pytest.raises(ValueError, match=f"{field} must be an int {want}, got {bad!r}"):
+      resolve_config("tiny", BITS, {field: bad})

@@ -108,14 +108,10 @@ class ModelConfig:
     for name in ("drop_path", "dropout"):
       r = getattr(self, name)
       need(0.0 <= r < 1.0, f"{name} must be in [0, 1), got {r!r}")
-    need(isinstance(self.embed_dim, int) and not isinstance(self.embed_dim, bool)
-         and self.embed_dim >= 0, f"embed_dim must be an int >= 0, got {self.embed_dim!r}")
-    need(isinstance(self.num_prototypes, int) and not isinstance(self.num_prototypes, bool)
-         and self.num_prototypes >= 0,
-         f"num_prototypes must be an int >= 0, got {self.num_prototypes!r}")
-    need(isinstance(self.masked_views, int) and not isinstance(self.masked_views, bool)
-         and self.masked_views >= 1,
-         f"masked_views must be an int >= 1, got {self.masked_views!r}")
+    for name, least in (("embed_dim", 0), ("num_prototypes", 0), ("masked_views", 1)):
+      v = getattr(self, name)
+      need(isinstance(v, int) and not isinstance(v, bool) and v >= least,
+           f"{name} must be an int >= {least}, got {v!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(self.dtype in ("float32", "bfloat16", "float16"),
          f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
