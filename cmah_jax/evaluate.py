@@ -163,10 +163,8 @@ class RetrievalEvaluator:
     database = self.encode(params, "database")
     res = self._score(query, database)
     if quantizer is not None:
-      requantized = [{"label": split["label"],
-                      **{m: np.asarray(quantizer_lib.quantize(split[f"{m}/h"], quantizer))
-                         for m in ("image", "point")}} for split in (query, database)]
-      res["itq"] = self._score(*requantized)
+      res["itq"] = self._score(quantizer_lib.quantize_split(query, quantizer),
+                               quantizer_lib.quantize_split(database, quantizer))
     res["arrays"] = {"query": query, "database": database}
     return res
 

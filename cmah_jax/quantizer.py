@@ -10,7 +10,8 @@ carve it raised mAP in 18 of 20 directions across the 10 tuning runs (README); t
 codes stay reported beside it.
 
 - `fit_quantizer(h_points, h_images, seed)`: NumPy, on the host, once per run.
-- `quantize(h, quantizer)`: pure JAX (works under `jit` / `vmap`).
+- `quantize(h, quantizer)`: pure JAX (works under `jit` / `vmap`); `quantize_split` of an
+  encoded split's continuous codes.
 - `save` / `load`: `quantizer.npz` in a run's workdir (with the checkpoint step it fits).
 """
 from __future__ import annotations
@@ -75,6 +76,18 @@ def quantize(h: jax.Array, quantizer: Quantizer) -> jax.Array:
   z = (jnp.asarray(h, jnp.float32) - jnp.asarray(quantizer.mean, jnp.float32)) @ \
       jnp.asarray(quantizer.rotation, jnp.float32)
   return jnp.where(z >= 0, 1.0, -1.0).astype(jnp.float32)
+
+
+def quantize_split(split: dict, quantizer: Quantizer) -> dict:
+  """An encoded split's learned-quantiser codes, as the evaluator scores them.
+
+  Args:
+    split: {"image/h", "point/h": [n, K] float continuous codes, "label": [n] int}.
+  Returns:
+    {"image", "point": [n, K] float32 +-1 `quantize(h)` (host NumPy), "label"}.
+  """
+  return {"label": split["label"],
+          **{m: np.asarray(quantize(split[f"{m}/h"], quantizer)) for m in ("image", "point")}}
 
 
 def digest(quantizer: Quantizer) -> str:

@@ -70,6 +70,13 @@ def test_quantize_matches_numpy_under_jit_and_vmap():
   np.testing.assert_array_equal(np.asarray(per_item), want)
   with pytest.raises(ValueError, match="4 bits, quantizer of 5"):
     quantizer_lib.quantize(jnp.zeros((2, 4)), q)
+  # An encoded split: each tower's codes of its h (NumPy reference), labels carried over.
+  split = {"image/h": h[0], "point/h": h[1], "label": np.arange(7), "image": None}
+  codes = quantizer_lib.quantize_split(split, q)
+  assert sorted(codes) == ["image", "label", "point"]
+  np.testing.assert_array_equal(codes["image"], want[0])
+  np.testing.assert_array_equal(codes["point"], want[1])
+  assert codes["label"] is split["label"] and isinstance(codes["point"], np.ndarray)
 
 
 def test_file_round_trip_and_errors(tmp_path):

@@ -110,16 +110,14 @@ def quantizer_seed_spread(train: dict, query: dict, database: dict, seeds) -> di
   """
   from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
   from cmah_jax.baselines.itq import quantization_loss  # pylint: disable=import-outside-toplevel
+  pooled = np.concatenate([train["point/h"], train["image/h"]]).astype(np.float64)
   per_seed = {}
   for seed in seeds:
     fitted = quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=int(seed))
-    codes = lambda h: np.asarray(quantizer_lib.quantize(np.asarray(h), fitted))
+    q, d = (quantizer_lib.quantize_split(split, fitted) for split in (query, database))
     per_seed[str(seed)] = {
-        name: metrics.tie_aware_mean_average_precision(
-            codes(query[f"{src}/h"]), codes(database[f"{dst}/h"]), query["label"],
-            database["label"])
+        name: metrics.tie_aware_mean_average_precision(q[src], d[dst], q["label"], d["label"])
         for name, (src, dst) in DIRECTIONS.items() if src != dst}
-    pooled = np.concatenate([train["point/h"], train["image/h"]]).astype(np.float64)
     per_seed[str(seed)]["quantization_loss"] = quantization_loss(
         pooled - np.asarray(fitted.mean, np.float64), np.asarray(fitted.rotation, np.float64))
   out = {"per_seed": per_seed}
@@ -154,18 +152,16 @@ def encode_run(workdir: str, splits=("query", "database")) -> tuple[dict, ...]:
 
 def main(argv):
   del argv
+  seeds = range(flags.FLAGS.quantizer_seeds)
   for workdir in flags.FLAGS.workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    seeds = range(flags.FLAGS.quantizer_seeds)
-    if seeds:
-      query, database, train, protocol = encode_run(workdir, ("query", "database", "train"))
-    else:
-      query, database, protocol = encode_run(workdir)
+    query, database, *train, protocol = encode_run(
+        workdir, ("query", "database") + (("train",) if seeds else ()))
     maps = representation_maps(query, database)
     spectra = code_spectra(database)
     record = {"protocol": protocol, "map": maps, "spectrum_dims": spectra}
     if seeds:
-      record["quantizer_seeds"] = quantizer_seed_spread(train, query, database, seeds)
+      record["quantizer_seeds"] = quantizer_seed_spread(train[0], query, database, seeds)
     with open(os.path.join(workdir, "representation.json"), "w") as f:
       json.dump(record, f, indent=2)
     print(f"{workdir}\n  {protocol}\n  direction  code   continuous  cost of binarising")
