@@ -77,11 +77,15 @@ def parse_flags(argv):
     sys.exit(f"main.py: --config: {' '.join(str(e).split())}")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    lines = str(e).replace("\\n", "\n").replace("\\'", "'").strip("'\"").splitlines()
-    if isinstance(e, (AttributeError, KeyError)):  # ml_collections: key, then a suggestion
-      reason = " ".join(["no such key."] + [line.strip() for line in lines[1:]])
+    # ml_collections raises AttributeError from a KeyError whose message is the quoted
+    # key, then a suggestion line.
+    missing = e if isinstance(e, KeyError) else e.__context__
+    if isinstance(missing, KeyError) and missing.args:
+      key, *suggestion = str(missing.args[0]).splitlines()
+      given = [g for g in given if g.endswith("." + key.strip("'\""))] or given
+      reason = " ".join(["no such key."] + [line.strip() for line in suggestion])
     else:
-      reason = " ".join(" ".join(lines).split())
+      reason = " ".join(str(e).split())
     sys.exit(f"main.py: bad config override {' / '.join(given) or '(none given)'}: {reason} "
              "(keys are the fields of cmah_jax/config.py; model sizes and switches go under "
              "config.model.overrides: ModelConfig in cmah_jax/models/variants.py)")

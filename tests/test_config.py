@@ -185,7 +185,9 @@ def test_model_overrides_are_settable_on_the_command_line():
 
   cmd = [sys.executable, "main.py", "--config=configs/default.py:runlocal",
          "--workdir=/nonexistent/never-written"]
-  bad = subprocess.run(cmd + ["--config.model.overrides.depthh=2"], cwd=REPO,
+  # Among several overrides, the one with the missing key is named.
+  bad = subprocess.run(cmd + ["--config.loss.temperature=0.3",
+                              "--config.model.overrides.depthh=2"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith(
