@@ -128,8 +128,10 @@ def parse_variant(spec: str) -> tuple[str, dict]:
   return name, overrides
 
 
-def bench_variant(spec: str, batch: int, bits: int, iters: int, dtype: str) -> dict:
+def bench_variant(spec: str, batch: dict, bits: int, iters: int, dtype: str) -> dict:
+  """One row of the table; `batch`: {variant name: batch size} (default 8)."""
   variant, overrides = parse_variant(spec)
+  batch = batch.get(variant, 8)
   model, variables = build(variant, bits, jax.random.key(0), dtype=dtype, **overrides)
   params = variables["params"]
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -173,7 +175,7 @@ def main(argv=None):
     name, value = item.split("=")
     batch[name] = int(value)
 
-  rows = [bench_variant(v, batch.get(v.split(":")[0], 8), args.bits, args.iters, args.dtype)
+  rows = [bench_variant(v, batch, args.bits, args.iters, args.dtype)
           for v in args.variants.split(",")]
   device = jax.devices()[0]
   if args.peak_tflops:
