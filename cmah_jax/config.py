@@ -134,12 +134,18 @@ class ExperimentConfig:
     identifies a config (here and in a suite's run fingerprints). So a changed default
     weight of a reconstruction term does not re-run contrastive-only, which has none.
     `trains=False` (a method computed without training, e.g. a classic baseline): no
-    loss weight is read, so all of `INERT_WHEN` are."""
+    loss weight is read and no model is built, so all of `INERT_WHEN` are, and so are the
+    model fields of `ADDED_LATER`."""
     d = self.to_dict()
     loss = d["loss"]
     for field, (_, inert) in INERT_WHEN.items():
       if not trains or inert(loss):
         loss[field] = ADDED_LATER[f"loss.{field}"]
+    if not trains:
+      for path, neutral in ADDED_LATER.items():
+        section, field = path.split(".")
+        if section == "model":
+          d["model"][field] = neutral
     for path, neutral in ADDED_LATER.items():
       *parents, leaf = path.split(".")
       node = d
@@ -249,6 +255,10 @@ def _section(cls, values: Mapping[str, Any], where: str):
 def resolve(config: Any) -> ExperimentConfig:
   """`ConfigDict` (or mapping, or an `ExperimentConfig`) -> validated `ExperimentConfig`.
 
+  `model.masked_views` resolves to 1 where `loss.pairs` has no masked-masked pair (the
+  only reader of the extra views), so such a run (contrastive-only, say) trains and is
+  fingerprinted as the one-view run it is.
+
   Raises:
     ValueError: an unknown key (named with the valid ones), an inconsistent size, or
       `input.num_points` / `image_size` disagreeing with `model.overrides`.
@@ -309,6 +319,10 @@ def resolve(config: Any) -> ExperimentConfig:
   if float(spec.loss.prototype_weight) > 0 and not spec.model.num_prototypes:
     raise ValueError(f"config.loss.prototype_weight={spec.loss.prototype_weight} needs "
                      "prototypes to predict: set config.model.overrides.num_prototypes > 0")
+  if spec.model.masked_views > 1 and "masked_masked" not in spec.loss.pairs:
+    # Only the masked-masked pair of L_c reads views 1 .. V-1: without it they would be
+    # computed and thrown away. One view is the run this config trains.
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, masked_views=1))
   return spec
 
 

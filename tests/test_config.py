@@ -162,6 +162,27 @@ def test_an_inert_weight_leaves_the_loss_bit_identical():
     assert totals[0] == totals[1] == totals[2], off
 
 
+def test_extra_masked_views_resolve_away_without_the_masked_pair():
+  """Only the masked-masked pair reads masked views 1 .. V-1: without that pair a config
+  asking for V > 1 resolves to the one-view run (same config, same fingerprint); with it,
+  V stays and is fingerprinted."""
+  def cfg(views, pairs):
+    c = importlib.import_module("configs.default").get_config()
+    c.loss.pairs = pairs
+    if views is not None:
+      c.model.overrides.masked_views = views
+    return config_lib.resolve(c)
+
+  for pairs in ("full_full", "full_full,intra_modal"):
+    one, two = cfg(None, pairs), cfg(2, pairs)
+    assert (one.model.masked_views, two.model.masked_views) == (1, 1), pairs
+    assert two == one and two.fingerprint() == one.fingerprint(), pairs
+  for pairs in ("full_full,masked_masked", "masked_masked"):
+    assert cfg(2, pairs).model.masked_views == 2, pairs
+    assert cfg(2, pairs).fingerprint() != cfg(None, pairs).fingerprint(), pairs
+    assert cfg(1, pairs).fingerprint() == cfg(None, pairs).fingerprint(), pairs
+
+
 def test_model_overrides_are_settable_on_the_command_line():
   """Every ModelConfig field but `bits` has an unset slot under `config.model.overrides`,
   so `--config.model.overrides.FIELD=V` parses against the locked config; unset slots

@@ -531,3 +531,28 @@ def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
     method = Method("c", "c", "baseline", "[test]", "classic")
     classic.append(plan_lib.run_fingerprint(method, config_lib.resolve(c)))
   assert classic[0] == classic[1]
+  # Nor does it build a model: a model field added later is not fingerprinted either.
+  c = default.get_config()
+  c.model.overrides.masked_views = 3
+  assert plan_lib.run_fingerprint(method, config_lib.resolve(c)) == classic[0]
+
+
+def test_pinning_a_later_model_field_through_its_override_slot():
+  """`model.overrides.masked_views` pinned at 1 (the neutral value of `model.masked_views`
+  in config.ADDED_LATER) is the same run as not pinning it, whatever the base config's
+  number of views; pinned at 2 it is another run."""
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  def fp(pinned, base_views=None):
+    c = default.get_config()
+    if base_views is not None:
+      c.model.overrides.masked_views = base_views
+    method = Method("m", "m", "ablation", "[test]", "train",
+                    (("loss.temperature", 0.2),) + pinned)
+    plan_lib.apply_overrides(c, method.overrides)
+    return plan_lib.run_fingerprint(method, config_lib.resolve(c))
+
+  one_view = (("model.overrides.masked_views", 1),)
+  assert fp(one_view) == fp(()) == fp(one_view, base_views=2)
+  assert fp((), base_views=2) != fp(())
+  assert fp((("model.overrides.masked_views", 2),)) != fp(())
