@@ -553,6 +553,6 @@ def test_pinning_a_later_model_field_through_its_override_slot():
     return plan_lib.run_fingerprint(method, config_lib.resolve(c))
 
   one_view = (("model.overrides.masked_views", 1),)
-  assert fp(one_view) == fp(()) == fp(one_view, base_views=2)
-  assert fp((), base_views=2) != fp(())
-  assert fp((("model.overrides.masked_views", 2),)) != fp(())
+  assert fp(one_view, 1) == fp((), 1) == fp(one_view, base_views=2)
+  assert fp((), base_views=2) != fp((), 1)
+  assert fp((("model.overrides.masked_views", 2),), 1) != fp((), 1)
