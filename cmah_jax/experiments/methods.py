@@ -244,7 +244,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # Round 14: more masked pairs rather than milder ones. The masked-masked pair carries
     # CMAH's lead over contrastive-only (docs/tuning.md); two independent masked views of
     # each object per step, their pairs averaged (`model.masked_views`; +14% FLOPs) [ours,
-    # after multi-crop, Caron et al. NeurIPS 2020].
+    # after multi-crop, Caron et al. NeurIPS 2020]. Not kept: ahead at 64 bits, level at
+    # 16 (docs/tuning.md, round 14).
     _c("cmah_t0.2_iso_img0.1_views2", "CMAH, t 0.2, isotropic, L_2D weight 0.1, two masked "
        "views", "candidate", "[ours; after multi-crop]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
