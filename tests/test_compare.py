@@ -22,7 +22,7 @@ def _row(method, seed, i2p, p2i, bits=64):
 
 ROWS = [_row("a", 0, 0.70, 0.60), _row("a", 1, 0.50, 0.70), _row("a", 2, 0.90, 0.90),
         _row("b", 0, 0.60, 0.65), _row("b", 1, 0.55, 0.50),
-        _row("a", 0, 0.10, 0.10, bits=16)]
+        _row("a", 0, 0.10, 0.10, bits=16), _row("b", 0, 0.20, 0.05, bits=16)]
 
 
 def test_paired_differences_on_the_shared_seeds():
@@ -54,6 +54,27 @@ def test_markdown_table_and_clear_errors():
     compare.seed_values(ROWS + [_row("a", 0, 0.1, 0.1)], "a", 64, "map_tie_aware")
 
 
+def test_several_code_lengths_pool_every_shared_pair():
+  """By hand: 64 bits, seeds 0-1: +0.10 / -0.05 and -0.05 / +0.20; 16 bits, seed 0:
+  -0.10 / +0.05. Pooled over the three pairs: -0.05 / 3 and +0.20 / 3, A ahead in one of
+  three i2p and two of three p2i."""
+  pairings = [compare.paired(compare.seed_values(ROWS, "a", k, "map_tie_aware"),
+                             compare.seed_values(ROWS, "b", k, "map_tie_aware"))
+              for k in (64, 16)]
+  pool = compare.pooled(pairings)
+  assert pool["pairs"] == 3
+  assert pool["delta"] == pytest.approx({"i2p": -0.05 / 3, "p2i": 0.20 / 3})
+  assert pool["ahead"] == {"i2p": 1, "p2i": 2}
+  text = compare.markdown(ROWS, "a", "b", [64, 16])
+  assert text.startswith(compare.markdown(ROWS, "a", "b", 64))
+  assert "| A - B | -0.100 / +0.050 | -0.100 / +0.050 |" in text  # the 16-bit table
+  assert text.endswith("Over all 3 shared (code length, seed) pairs at 64, 16 bits: mean "
+                       "A - B -0.017 / +0.067; A is ahead in 1 of 3 i2p, 2 of 3 p2i.")
+  assert compare.markdown(ROWS, "a", "b", [64]) == compare.markdown(ROWS, "a", "b", 64)
+  with pytest.raises(ValueError, match="no 32-bit run of 'a'"):
+    compare.markdown(ROWS, "a", "b", [64, 32])
+
+
 def test_importing_beside_the_readme_tool_defines_no_clashing_flag():
   """Imported (not run), compare defines no flag, so `experiments.readme`'s `--results`
   (defined at its import) does not clash with it in one process, as in the test run."""
@@ -75,4 +96,11 @@ def test_command_line(tmp_path):
   bad = subprocess.run(cmd + ["a", "zz"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
   assert bad.returncode == 1 and "no 64-bit run of 'zz'" in bad.stderr
+  assert "Traceback" not in bad.stderr
+  both = subprocess.run(cmd[:-1] + ["--bits=64,16", "a", "b"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert both.returncode == 0 and "Over all 3 shared" in both.stdout, both.stderr[-2000:]
+  bad = subprocess.run(cmd[:-1] + ["--bits=64,x", "a", "b"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert bad.returncode == 1 and "code lengths are integers" in bad.stderr
   assert "Traceback" not in bad.stderr

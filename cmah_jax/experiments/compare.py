@@ -5,7 +5,10 @@
 
 prints a markdown table: each method's mAP at each seed (image -> points / points ->
 image), their mean over the seeds they share, and the difference A - B per seed and on
-average, with how many shared seeds A is ahead in. A seed fixes a trained run's
+average, with how many shared seeds A is ahead in. With several code lengths
+(`--bits=64,16`) one table each, then the difference pooled over every shared (code
+length, seed) pair: the figure a tuning round's rule reads (docs/tuning.md). A seed fixes
+a trained run's
 initialisation and data order, so between two variants of one model it pairs like with
 like; the suite's verdict table (`results.verdicts`) is the unpaired criterion.
 """
@@ -45,6 +48,18 @@ def paired(a: dict[int, dict], b: dict[int, dict]) -> dict:
   return {"seeds": seeds, "delta": delta, "mean": mean, "ahead": ahead}
 
 
+def pooled(pairings: list[dict]) -> dict:
+  """The differences of several `paired` results (one per code length) pooled over every
+  shared (code length, seed) pair: `{"pairs": n, "delta": {d: mean}, "ahead": {d: count}}`
+  (mean nan where no pair)."""
+  deltas = [p["delta"][s] for p in pairings for s in p["seeds"]]
+  n = len(deltas)
+  return {"pairs": n,
+          "delta": {d: (sum(x[d] for x in deltas) / n if n else float("nan"))
+                    for d in DIRECTIONS},
+          "ahead": {d: sum(x[d] > 0 for x in deltas) for d in DIRECTIONS}}
+
+
 def _pair(v: dict | None, signed: bool = False) -> str:
   if v is None:
     return ""
@@ -52,13 +67,32 @@ def _pair(v: dict | None, signed: bool = False) -> str:
   return " / ".join(fmt.format(v[d]) for d in DIRECTIONS)
 
 
-def markdown(rows: list[dict], method_a: str, method_b: str, bits: int,
+def markdown(rows: list[dict], method_a: str, method_b: str, bits,
              metric: str = "map_tie_aware") -> str:
-  """The table for `method_a` against `method_b` at `bits` (see the module docstring).
+  """The table for `method_a` against `method_b` at `bits`, an int or a sequence of them
+  (a table each, then the pooled line; see the module docstring).
 
   Raises:
-    ValueError: a method without rows at `bits` (named, with the methods that have some).
+    ValueError: a method without rows at a code length (named, with the methods that have
+      some there).
   """
+  if not isinstance(bits, int):
+    tables, pairings = zip(*(_table(rows, method_a, method_b, int(k), metric)
+                             for k in bits))
+    if len(bits) == 1:
+      return tables[0]
+    pool = pooled(list(pairings))
+    n = pool["pairs"]
+    return "\n\n".join(tables) + (
+        f"\n\nOver all {n} shared (code length, seed) pairs at "
+        f"{', '.join(str(int(k)) for k in bits)} bits: mean A - B "
+        f"{_pair(pool['delta'], signed=True)}; A is ahead in "
+        + ", ".join(f"{pool['ahead'][d]} of {n} {d}" for d in DIRECTIONS) + ".")
+  return _table(rows, method_a, method_b, bits, metric)[0]
+
+
+def _table(rows, method_a, method_b, bits, metric):
+  """(the markdown table at one code length, its `paired` result)."""
   a, b = (seed_values(rows, m, bits, metric) for m in (method_a, method_b))
   for name, values in ((method_a, a), (method_b, b)):
     if not values:
@@ -81,29 +115,35 @@ def markdown(rows: list[dict], method_a: str, method_b: str, bits: int,
             + ", ".join(f"{p['ahead'][d]} of {n} shared seeds {d}" for d in DIRECTIONS)
             + (f"; seeds without a partner: {sorted(set(seeds) - set(p['seeds']))}"
                if n < len(seeds) else "") + "."]
-  return "\n".join(lines)
+  return "\n".join(lines), p
 
 
 def _define_flags() -> None:
   """The command line's flags; defined only when run as a program, so that importing this
   module beside another tool's (`experiments.readme` also has `--results`) is no clash."""
   flags.DEFINE_string("results", None, "A suite's results.json.")
-  flags.DEFINE_integer("bits", None, "The code length.")
+  flags.DEFINE_list("bits", None, "The code length, or several (e.g. 64,16: a table "
+                    "each, then the difference pooled over every (code length, seed) pair).")
   flags.DEFINE_enum("metric", "map_tie_aware", sorted(METRICS), "Which mAP.")
   flags.mark_flags_as_required(["results", "bits"])
 
 
 def main(argv):
   if len(argv) != 3:
-    raise app.UsageError("name two methods: compare --results=... --bits=K A B")
+    raise app.UsageError("name two methods: compare --results=... --bits=K[,K...] A B")
   args = flags.FLAGS
+  try:
+    bits = [int(k) for k in args.bits]
+  except ValueError:
+    raise SystemExit(f"--bits={','.join(args.bits)}: code lengths are integers, "
+                     "e.g. --bits=64,16") from None
   try:
     with open(args.results) as f:
       rows = json.load(f)["runs"]
   except (OSError, ValueError, KeyError) as e:
     raise SystemExit(f"{args.results}: not a suite's results.json ({e})") from None
   try:
-    print(markdown(rows, argv[1], argv[2], args.bits, args.metric))
+    print(markdown(rows, argv[1], argv[2], bits, args.metric))
   except ValueError as e:
     raise SystemExit(str(e)) from None
 
