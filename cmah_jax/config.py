@@ -183,6 +183,7 @@ ADDED_LATER = {
     "loss.prototype_queue_size": 0,
     "loss.ucch_temperature": 0.9,
     "model.masked_views": 1,
+    "model.hash_sharpness_end": 1.0,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips

@@ -40,14 +40,19 @@ from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
 from cmah_jax.input import TrainPipeline
 from cmah_jax.metric_writer import JsonlWriter
 from cmah_jax.models import CMAH, init_variables
+from cmah_jax.models.hash_head import hash_sharpness
 from cmah_jax.objectives import get_objective
 from cmah_jax.optim import make_optimizer
 from cmah_jax.protocol import retrieval_sources
 
 
 # ----------------------------------------------------------------------------- train step
-def make_train_step(model: CMAH, tx, schedule, objective, root_key):
+def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=None):
   """`(state, batch) -> (state, metrics)`, a pure function to be jitted.
+
+  With `model.config.hash_sharpness_end > 1` the hash heads' beta follows HashNet's
+  continuation (`models.hash_head.hash_sharpness`) over `total_steps`, logged as
+  "hash_sharpness".
 
   state: `{"step": int32 [], "params": ..., "opt_state": ...}` plus `"loss_state"` when
   the objective carries one (`cmah_jax.objectives`);
@@ -55,13 +60,21 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key):
   "index": [B] int32}`.
   """
 
+  sharpness_end = float(model.config.hash_sharpness_end)
+  if sharpness_end != 1 and not total_steps:
+    raise ValueError(f"make_train_step: hash_sharpness_end={sharpness_end} needs the run's "
+                     f"total_steps (got {total_steps!r})")
+
   def train_step(state, batch):
     step = state["step"]
     mask_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, step))
+    sharp = {} if sharpness_end == 1 else {
+        "hash_sharpness": hash_sharpness(step, total_steps, sharpness_end)}
 
     def loss_fn(params):
       out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
-                        train=True, mask_key=mask_key, rngs={"dropout": dropout_key})
+                        train=True, mask_key=mask_key, rngs={"dropout": dropout_key},
+                        **sharp)
       total, terms, loss_state = objective(out, batch, state.get("loss_state"), step)
       return total, (terms, loss_state)
 
@@ -72,6 +85,8 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key):
     metrics = dict(terms)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = schedule(step)
+    if sharp:
+      metrics["hash_sharpness"] = sharp["hash_sharpness"]
     new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
     if "loss_state" in state:
       new_state["loss_state"] = loss_state
@@ -426,7 +441,8 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
                                start_step=start_step)
     it = iter(train_pipe)
     first_batch = next(it)  # shapes for compilation (and the first step's batch)
-    step_fn = compile_train_step(make_train_step(model, tx, schedule, objective, train_key),
+    step_fn = compile_train_step(make_train_step(model, tx, schedule, objective, train_key,
+                                                 total_steps=cfg.total_steps),
                                  state, first_batch, mesh)
 
     total = cfg.total_steps

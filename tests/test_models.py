@@ -546,3 +546,76 @@ def test_extra_masked_views_are_independent_masked_passes(tiny):
                            ("embed_dim", -1, ">= 0"), ("num_prototypes", True, ">= 0")):
     with pytest.raises(ValueError, match=f"{field} must be an int {want}, got {bad!r}"):
       resolve_config("tiny", BITS, {field: bad})
+
+
+def test_hash_sharpness_schedule_by_hand():
+  """HashNet's beta_t = sqrt(1 + gamma t), gamma fixed by the end value and run length:
+  end 5 over 4,800 steps is HashNet's gamma 0.005."""
+  from cmah_jax.models.hash_head import hash_sharpness  # pylint: disable=import-outside-toplevel
+  got = [float(hash_sharpness(t, 4800, 5.0)) for t in (0, 200, 2400, 4800, 9600)]
+  want = [1.0, math.sqrt(1 + 0.005 * 200), math.sqrt(13.0), 5.0, 5.0]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert float(hash_sharpness(jnp.int32(3000), 4800, 1.0)) == 1.0
+  jitted = jax.jit(hash_sharpness, static_argnums=(1, 2))
+  assert float(jitted(jnp.int32(2400), 4800, 5.0)) == pytest.approx(math.sqrt(13.0))
+
+
+def test_hash_sharpness_scales_the_tanh_not_the_codes(tiny):
+  """h = tanh(beta LayerNorm(pooled W + b)), in NumPy, for the configured end value (at
+  evaluation) and for a beta passed to apply; the codes (signs) are beta's at 1. The
+  LayerNorm output y is recovered from beta 1's h = tanh(y) (checked against NumPy in
+  test_outputs_and_shapes)."""
+  _, variables, _, images, points = tiny
+  sharp, sharp_vars = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=3.0)
+  plain, _ = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=1.0)
+  assert _equal_trees(sharp_vars, variables)
+  base = plain.apply(variables, images, points, train=False)
+  for beta, out in ((3.0, sharp.apply(variables, images, points, train=False)),
+                    (2.0, plain.apply(variables, images, points, train=False,
+                                      hash_sharpness=jnp.float32(2.0)))):
+    for t in ("point", "image"):
+      y = np.arctanh(np.asarray(base[f"{t}/h"], np.float64))
+      np.testing.assert_allclose(out[f"{t}/h"], np.tanh(beta * y), atol=2e-5,
+                                 err_msg=f"{t} beta {beta}")
+      np.testing.assert_array_equal(out[f"{t}/code"], base[f"{t}/code"])
+  for bad in (0.5, True, "2"):
+    with pytest.raises(ValueError, match="hash_sharpness_end must be a number >= 1"):
+      resolve_config("tiny", BITS, {"hash_sharpness_end": bad})
+
+
+def test_train_step_follows_the_sharpness_schedule():
+  """With end 5 over 10 steps, a train step at step 0 (beta 1) gives the same loss as
+  without the switch, and at step 10 (beta 5) the loss of the model applied at beta 5
+  directly; the step logs beta."""
+  from cmah_jax.config import OptimSpec  # pylint: disable=import-outside-toplevel
+  from cmah_jax.objectives import get_objective  # pylint: disable=import-outside-toplevel
+  from cmah_jax.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  from cmah_jax.train import make_train_step  # pylint: disable=import-outside-toplevel
+  images, points = _inputs(build("tiny", BITS, jax.random.key(0))[0], b=8)
+  batch = {"points": points, "images": images, "label": jnp.arange(8, dtype=jnp.int32),
+           "index": jnp.arange(8, dtype=jnp.int32)}
+  objective = get_objective(losses.LossSpec(), BITS)
+  root = jax.random.key(1)
+  results = {}
+  for end in (1.0, 5.0):
+    model, variables = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=end)
+    tx, schedule = make_optimizer(OptimSpec(warmup_steps=1), 8, 10)
+    step_fn = jax.jit(make_train_step(model, tx, schedule, objective, root, total_steps=10))
+    params = variables["params"]
+    for t in (0, 10):
+      state = {"step": jnp.int32(t), "params": params, "opt_state": tx.init(params)}
+      results[end, t] = jax.device_get(step_fn(state, batch)[1])
+  assert "hash_sharpness" not in results[1.0, 0]
+  assert [float(results[5.0, t]["hash_sharpness"]) for t in (0, 10)] == [1.0, 5.0]
+  np.testing.assert_allclose(results[5.0, 0]["loss/total"], results[1.0, 0]["loss/total"],
+                             rtol=1e-6)
+  # Step 10 by hand: the model at beta 5 under the step's keys, then the objective.
+  model, variables = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=5.0)
+  mask_key, dropout_key = jax.random.split(jax.random.fold_in(root, 10))
+  out = model.apply(variables, images, points, train=True, mask_key=mask_key,
+                    rngs={"dropout": dropout_key}, hash_sharpness=jnp.float32(5.0))
+  total, _, _ = objective(out, batch, None, jnp.int32(10))
+  np.testing.assert_allclose(results[5.0, 10]["loss/total"], total, rtol=1e-5)
+  assert abs(results[5.0, 10]["loss/total"] - results[1.0, 10]["loss/total"]) > 1e-3
+  with pytest.raises(ValueError, match="needs the run's total_steps"):
+    make_train_step(model, tx, schedule, objective, root)

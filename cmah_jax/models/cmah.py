@@ -109,10 +109,14 @@ class CMAH(nn.Module):
     return jnp.asarray(points, jnp.float32)
 
   # -- forward -------------------------------------------------------------------------
-  def __call__(self, images=None, points=None, *, train: bool, mask_key=None):
+  def __call__(self, images=None, points=None, *, train: bool, mask_key=None,
+               hash_sharpness=None):
     """images: `[B, S, S, 3]` float32 normalised (or uint8, normalised here);
-    points: `[B, N, 3]` float32. See the module docstring for the outputs."""
+    points: `[B, N, 3]` float32; hash_sharpness: beta of the hash heads' tanh (a float or
+    float32 `[]`; the train step passes HashNet's schedule), None: the trained network's
+    `config.hash_sharpness_end`. See the module docstring for the outputs."""
     cfg = self.config
+    beta = cfg.hash_sharpness_end if hash_sharpness is None else hash_sharpness
     if images is None and points is None:
       raise ValueError("CMAH: pass images, points, or both")
     if train and cfg.uses_dropout_rng and not self.has_rng("dropout"):
@@ -126,13 +130,13 @@ class CMAH(nn.Module):
       points = self._check_points(points)
       p_tok, p_pos, neighborhoods, centers = self.point_tokenizer(points)
       p_pooled = global_pool(self.point_encoder(p_tok, p_pos, det))
-      h, code = self.point_hash(p_pooled)
+      h, code = self.point_hash(p_pooled, beta)
       out["point/h"], out["point/code"] = h, code
     if images is not None:
       images = self._check_images(images)
       i_tok, i_pos, patches = self.image_tokenizer(images)
       i_pooled = global_pool(self.image_encoder(i_tok, i_pos, det))
-      h, code = self.image_hash(i_pooled)
+      h, code = self.image_hash(i_pooled, beta)
       out["image/h"], out["image/code"] = h, code
 
     if not (train and images is not None and points is not None):
@@ -153,11 +157,11 @@ class CMAH(nn.Module):
     p_vis = self.point_encoder(take_tokens(p_tok, keep_p), take_tokens(p_pos, keep_p), det)
     i_vis = self.image_encoder(take_tokens(i_tok, keep_i), take_tokens(i_pos, keep_i), det)
     p_vis_pooled, i_vis_pooled = global_pool(p_vis), global_pool(i_vis)
-    out["point/h_masked"], _ = self.point_hash(p_vis_pooled)
-    out["image/h_masked"], _ = self.image_hash(i_vis_pooled)
+    out["point/h_masked"], _ = self.point_hash(p_vis_pooled, beta)
+    out["image/h_masked"], _ = self.image_hash(i_vis_pooled, beta)
     if cfg.masked_views > 1:
       out["point/h_masked_extra"], out["image/h_masked_extra"] = self._extra_masked_views(
-          mask_key, p_tok, p_pos, i_tok, i_pos, det)
+          mask_key, p_tok, p_pos, i_tok, i_pos, det, beta)
     if cfg.embed_dim:
       out["point/z"] = self.point_embed(p_pooled).astype(jnp.float32)
       out["image/z"] = self.image_embed(i_pooled).astype(jnp.float32)
@@ -178,7 +182,7 @@ class CMAH(nn.Module):
     out["point/pooled"], out["image/pooled"] = p_pooled, i_pooled
     return out
 
-  def _extra_masked_views(self, mask_key, p_tok, p_pos, i_tok, i_pos, det):
+  def _extra_masked_views(self, mask_key, p_tok, p_pos, i_tok, i_pos, det, beta):
     """Codes of masked views 1 .. V-1 (`config.masked_views = V`), for L_c only.
 
     View v >= 1 masks with `split(split(fold_in(mask_key, 1), V - 1)[v - 1])` (points,
@@ -200,8 +204,10 @@ class CMAH(nn.Module):
       i_vis.append(take_tokens(i_tok, keep_i))
       i_vis_pos.append(take_tokens(i_pos, keep_i))
     cat = functools.partial(jnp.concatenate, axis=0)
-    p_h, _ = self.point_hash(global_pool(self.point_encoder(cat(p_vis), cat(p_vis_pos), det)))
-    i_h, _ = self.image_hash(global_pool(self.image_encoder(cat(i_vis), cat(i_vis_pos), det)))
+    p_h, _ = self.point_hash(
+        global_pool(self.point_encoder(cat(p_vis), cat(p_vis_pos), det)), beta)
+    i_h, _ = self.image_hash(
+        global_pool(self.image_encoder(cat(i_vis), cat(i_vis_pos), det)), beta)
     return (p_h.reshape(views, b, -1).astype(jnp.float32),
             i_h.reshape(views, b, -1).astype(jnp.float32))
 

@@ -60,6 +60,11 @@ class ModelConfig:
                                        # every view joins the masked-masked pair of L_c
                                        # (averaged); 1: the paper's single view [ours,
                                        # after multi-crop, Caron et al. NeurIPS 2020]
+  hash_sharpness_end: float = 1.0      # beta of h = tanh(beta LayerNorm(.)) at the last
+                                       # training step, reached by HashNet's continuation
+                                       # (`hash_head.hash_sharpness`) and kept at
+                                       # evaluation; 1: none (the paper's tanh) [ours,
+                                       # after HashNet, Cao et al. ICCV 2017]
   dtype: str = "float32"               # compute dtype; params stay float32 [ours]
 
   @property
@@ -113,6 +118,9 @@ class ModelConfig:
       need(isinstance(v, int) and not isinstance(v, bool) and v >= least,
            f"{name} must be an int >= {least}, got {v!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+    need(isinstance(self.hash_sharpness_end, (int, float))
+         and not isinstance(self.hash_sharpness_end, bool) and self.hash_sharpness_end >= 1,
+         f"hash_sharpness_end must be a number >= 1, got {self.hash_sharpness_end!r}")
     need(self.dtype in ("float32", "bfloat16", "float16"),
          f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
     return self
