@@ -10,6 +10,9 @@
   (the `"dropout"` stream only when `drop_path > 0` or `dropout > 0`): a full (unmasked)
   encoder pass gives `h` and codes; a masked pass (visible tokens only) gives `h_masked`;
   the fusion decoders reconstruct the masked point groups and image patches.
+- `hash_sharpness=beta` (either call): the hash heads compute `tanh(beta * LayerNorm(.))`;
+  the train step passes HashNet's schedule when `config.hash_sharpness_end > 1`, other
+  calls get that end value (the codes, signs of h, do not depend on beta).
 
 Output keys (per modality present; shapes for batch B, code length K):
   "point/h", "image/h"        [B, K] float32 tanh (continuous codes, full pass)
