@@ -254,7 +254,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # 16 and 64 bits, but at 16 bits the sign lost the gain. HashNet's continuation
     # sharpens the hash heads' tanh during training (beta 1 -> 5, HashNet's gamma 0.005
     # at 4,800 steps) so that h nears its sign; alone, and with round 14's second view
-    # [HashNet, Cao et al. ICCV 2017; ours].
+    # [HashNet, Cao et al. ICCV 2017; ours]. Not kept: -0.06 at 16 bits (docs/tuning.md).
     _c("cmah_t0.2_iso_img0.1_sharp5", "CMAH, t 0.2, isotropic, L_2D weight 0.1, tanh "
        "sharpened to 5", "candidate", "[HashNet's continuation]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
