@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -31,7 +30,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cmah_jax import checkpointing, resume
+from cmah_jax import checkpointing, collectives, resume
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax import quantizer as quantizer_lib
@@ -309,56 +308,13 @@ def compile_train_step(train_step, state, batch, mesh):
   compiled = jitted.lower(state, batch).compile()
   log("Compiled the train step in %.1fs", time.perf_counter() - t0)
   if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
-    check_collectives_for_gloo(compiled.as_text())
+    collectives.check_for_gloo(compiled.as_text())
   mem = compiled.memory_analysis()
   if mem is not None:
     log("Train step memory per device: args %.1f MB, temps %.1f MB, outputs %.1f MB",
         mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
         mem.output_size_in_bytes / 2**20)
   return compiled
-
-
-_COLLECTIVE = re.compile(r"=\s.*?\b(all-gather|all-reduce|reduce-scatter|all-to-all|"
-                         r"collective-permute|collective-broadcast)(-start)?\(")
-
-
-def collectives_outside_entry(hlo_text: str) -> list[str]:
-  """Collectives of an optimized HLO module that sit outside its ENTRY computation (in a
-  conditional branch, while body or called computation): `"kind (op_name)"` each."""
-  found, in_entry = [], False
-  for line in hlo_text.splitlines():
-    if line.endswith("{") and not line.startswith(" "):
-      in_entry = line.startswith("ENTRY ")
-      continue
-    m = _COLLECTIVE.search(line)
-    if m and not in_entry:
-      name = re.search(r'op_name="([^"]*)"', line)
-      found.append(f"{m.group(1)} ({name.group(1)[-120:] if name else '?'})")
-  return found
-
-
-def check_collectives_for_gloo(hlo_text: str) -> None:
-  """Refuse a multi-process CPU train step with collectives inside control flow.
-
-  XLA:CPU runs a conditional's / loop's body in a nested executor, concurrently with the
-  step's top-level collectives, and its gloo collectives use one tag for every operation:
-  two in flight between the same processes take each other's messages. The run then
-  aborts ("Received data size doesn't match expected size ... collective mismatch") or,
-  when the sizes agree, silently exchanges the wrong data.
-
-  Raises:
-    RuntimeError: naming the offending collectives and their source ops.
-  """
-  found = collectives_outside_entry(hlo_text)
-  if found:
-    listing = "\n  ".join(found[:8]) + ("\n  ..." if len(found) > 8 else "")
-    raise RuntimeError(
-        f"The compiled train step has {len(found)} collective(s) inside control flow "
-        f"(conditional / while / call bodies):\n  {listing}\nWith several CPU processes "
-        "XLA:CPU runs them concurrently with the step's other collectives and gloo mixes up "
-        "their messages (an abort with 'collective mismatch', or wrong data). Rewrite the "
-        "op without control flow (e.g. jnp.diagonal of a square matrix -> "
-        "cmah_jax.losses.square_diagonal), or train in one process.")
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmah_jax import checkpointing, losses, optim, resume, run, train
+from cmah_jax import checkpointing, collectives, losses, optim, resume, run, train
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import load_trained
@@ -580,11 +580,11 @@ def test_no_collectives_inside_control_flow_for_gloo():
       return jnp.mean(jax.nn.logsumexp(logits, axis=1) - d)
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_p, h_i).compile().as_text()
 
-  bad = train.collectives_outside_entry(compiled_text(jnp.diagonal))
+  bad = collectives.collectives_outside_entry(compiled_text(jnp.diagonal))
   assert bad and all("diagonal" in b for b in bad)
   with pytest.raises(RuntimeError, match="collective mismatch"):
-    train.check_collectives_for_gloo(compiled_text(jnp.diagonal))
-  assert train.collectives_outside_entry(compiled_text(losses.square_diagonal)) == []
+    collectives.check_for_gloo(compiled_text(jnp.diagonal))
+  assert collectives.collectives_outside_entry(compiled_text(losses.square_diagonal)) == []
   x = rng.normal(size=(8, 8)).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(losses.square_diagonal(put(x))), np.diagonal(x))
 
@@ -600,4 +600,4 @@ def test_ucch_losses_have_no_collectives_inside_control_flow():
   for name, fn in [("in_batch", lambda a, b: deep.in_batch_contrastive_loss(a, b, 0.2)),
                    ("ranking", lambda a, b: deep.cross_modal_ranking_loss(a, b, 0.2, 0.1))]:
     text = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(u_x, u_y).compile().as_text()
-    assert train.collectives_outside_entry(text) == [], name
+    assert collectives.collectives_outside_entry(text) == [], name
