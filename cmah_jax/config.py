@@ -141,17 +141,12 @@ class ExperimentConfig:
     for field, (_, inert) in INERT_WHEN.items():
       if not trains or inert(loss):
         loss[field] = ADDED_LATER[f"loss.{field}"]
-    if not trains:
-      for path, neutral in ADDED_LATER.items():
-        section, field = path.split(".")
-        if section == "model":
-          d["model"][field] = neutral
     for path, neutral in ADDED_LATER.items():
       *parents, leaf = path.split(".")
       node = d
       for p in parents:
         node = node.get(p, {})
-      if leaf in node and node[leaf] == neutral:
+      if leaf in node and (node[leaf] == neutral or (not trains and parents == ["model"])):
         del node[leaf]
     return d
 
