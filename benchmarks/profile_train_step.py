@@ -96,7 +96,8 @@ def build_step(cfg):
            "images": jax.random.normal(k2, (b, s, s, 3), jnp.float32),
            "label": jnp.arange(b, dtype=jnp.int32) % 20,
            "index": jnp.arange(b, dtype=jnp.int32)}
-  step = jax.jit(make_train_step(model, tx, schedule, objective, train_key), donate_argnums=0)
+  step = jax.jit(make_train_step(model, tx, schedule, objective, train_key,
+                                 total_steps=cfg.total_steps), donate_argnums=0)
   return step, state, batch
 
 

@@ -565,10 +565,9 @@ def test_hash_sharpness_scales_the_tanh_not_the_codes(tiny):
   evaluation) and for a beta passed to apply; the codes (signs) are beta's at 1. The
   LayerNorm output y is recovered from beta 1's h = tanh(y) (checked against NumPy in
   test_outputs_and_shapes)."""
-  _, variables, _, images, points = tiny
+  plain, variables, _, images, points = tiny
   sharp, sharp_vars = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=3.0)
-  plain, _ = build("tiny", BITS, jax.random.key(0), hash_sharpness_end=1.0)
-  assert _equal_trees(sharp_vars, variables)
+  assert plain.config.hash_sharpness_end == 1.0 and _equal_trees(sharp_vars, variables)
   base = plain.apply(variables, images, points, train=False)
   for beta, out in ((3.0, sharp.apply(variables, images, points, train=False)),
                     (2.0, plain.apply(variables, images, points, train=False,
