@@ -41,7 +41,6 @@ CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_iso_img0.3", "cmah_t0.2_iso_img0.1_fm",
               "cmah_t0.2_iso_img0.1_no3d", "cmah_t0.2_iso_img0.1_mask0.4_0.5",
               "cmah_t0.2_iso_img0.1_views2", "cmah_t0.2_iso_img0.1_sharp5",
-              "cmah_t0.2_iso_img0.1_views2_sharp5",
               "ucch_t0.07", "ucch_t0.2", "ucch_t0.5")
 
 SUITES = {s.name: s for s in [
