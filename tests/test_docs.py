@@ -74,3 +74,22 @@ def test_named_config_switches_exist(rel):
   assert named, f"{rel} names no config switch: the pattern no longer matches the docs"
   missing = sorted(k for k in named if k.split(".")[1] not in keys[k.split(".")[0]])
   assert not missing, f"{rel} names config keys the default config lacks: {missing}"
+
+
+def test_readme_results_block_is_generated_from_the_committed_results():
+  """The table between the README's results markers is exactly what
+  `python -m cmah_jax.experiments.readme` makes of docs/results/results.json (with the
+  command line the block names), so no figure in it was typed or left behind by a merge."""
+  import json  # pylint: disable=import-outside-toplevel
+  from cmah_jax.experiments import readme  # pylint: disable=import-outside-toplevel
+  text = _text("README.md")
+  block = text.split(readme.BEGIN, 1)[1].split(readme.END, 1)[0].strip("\n")
+  commands = [line[1:-1] for line in block.splitlines()
+              if line.startswith("`python -m cmah_jax.experiments") and line.endswith("`")]
+  assert len(commands) == 1, "the README's results block names no (or several) commands"
+  with open(os.path.join(REPO, "docs", "results", "results.json"), encoding="utf-8") as f:
+    data = json.load(f)
+  assert block == readme.table(data, commands[0]), (
+      "README.md's results block differs from docs/results/results.json: regenerate it with "
+      "python -m cmah_jax.experiments.readme --results=docs/results/results.json "
+      "--readme=README.md --command=...")

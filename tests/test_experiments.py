@@ -367,7 +367,7 @@ def test_readme_block_is_generated_from_results():
   data = {"suite": "main", "protocol": "P", "runs": rows,
           "aggregate": results_lib.aggregate(rows)}
   text = "intro\n<!-- results:begin -->\nold typed table\n<!-- results:end -->\noutro\n"
-  out = readme.replace_block(text, readme.table(data, "python -m cmah_jax.experiments"))
+  out = readme.replace_block(text, readme.table(data, "python -m cmah_jax.experiments", seeds=2))
   assert out.startswith("intro\n<!-- results:begin -->\n") and out.endswith("outro\n")
   assert "old typed table" not in out
   assert "training time summed over runs 2.0 h" in out
@@ -380,6 +380,20 @@ def test_readme_block_is_generated_from_results():
   assert readme.runs_listing(listed) == (
       "`a`: 16 and 32 bits seed 0, 64 bits seeds 1-2; `b`: 128 bits seeds 0, 2")
   assert "| CMAH | 0.255 ± 0.007 / 0.125 ± 0.000 | 0.255 ± 0.007 / 0.125 ± 0.000 |" in out
+  # The planned runs not yet in the results, hand-worked on the `smoke` suite (cmah, random,
+  # cca_itq, contrastive at 16 bits) at 2 seeds: cmah has both, random seed 0 only.
+  smoke = {"suite": "smoke", "aggregate": [{"method": "cmah", "bits": 16, "seeds": [0, 1]},
+                                           {"method": "random", "bits": 16, "seeds": [0]},
+                                           {"method": "cmah", "bits": 64, "seeds": [3]}]}
+  assert readme.missing_listing(smoke, 2) == (
+      "`random`: 16 bits seed 1; `cca_itq`: 16 bits seeds 0-1; "
+      "`contrastive`: 16 bits seeds 0-1", 5)
+  assert readme.missing_listing(smoke, 1) == (
+      "`cca_itq`: 16 bits seed 0; `contrastive`: 16 bits seed 0", 2)
+  assert readme.missing_listing({**smoke, "suite": "not registered"}, 2) == ("", 0)
+  # In the block: the `main` suite at 2 seeds lacks, say, contrastive at every length.
+  assert "Not yet run (" in out and "`contrastive`: 16, 32, 64 and 128 bits seeds 0-1" in out
+  assert "Not yet run" not in readme.table({**data, "suite": "not registered"})
   with pytest.raises(ValueError, match="markers"):
     readme.replace_block("no markers", "x")
 

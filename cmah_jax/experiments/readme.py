@@ -14,12 +14,15 @@ import sys
 from absl import app, flags
 
 from cmah_jax.experiments import results as results_lib
+from cmah_jax.experiments.suites import SUITES
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 _RESULTS = flags.DEFINE_string("results", None, "results.json of a suite.")
 _README = flags.DEFINE_string("readme", "README.md", "Markdown file with the markers.")
 _COMMAND = flags.DEFINE_string("command", "", "The command that produced the results.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of the suite's plan (its --seeds): "
+                              "the planned runs the results lack are listed.")
 
 
 def _seed_span(seeds: list[int]) -> str:
@@ -31,21 +34,14 @@ def _seed_span(seeds: list[int]) -> str:
   return "seeds " + ", ".join(map(str, seeds))
 
 
-def runs_listing(aggs: list[dict]) -> str:
-  """Which runs a table holds, from its aggregates (`results.aggregate`: one per method and
-  code length, with the seeds it averages), methods in table order: code lengths that share
-  their seeds are named together, e.g. "cmah: 16 and 64 bits seeds 0-2, 32 bits seed 0".
-  A sign(h) row (`results.SIGN_ROWS`) scores runs listed under their own method: skipped."""
-  sign_rows = {name for name, _ in results_lib.SIGN_ROWS.values()}
-  by_method: dict[str, list[dict]] = {}
-  for agg in aggs:
-    if agg["method"] not in sign_rows:
-      by_method.setdefault(agg["method"], []).append(agg)
+def _listing(seeds_by_method: dict[str, dict[int, list[int]]]) -> str:
+  """{method: {bits: seeds}} -> "`a`: 16 and 32 bits seed 0, 64 bits seeds 1-2; `b`: ...",
+  methods in the given order, code lengths that share their seeds named together."""
   parts = []
-  for method, method_aggs in by_method.items():
+  for method, seeds_by_bits in seeds_by_method.items():
     by_span: dict[str, list[int]] = {}  # seed span -> the code lengths that have it
-    for agg in sorted(method_aggs, key=lambda a: a["bits"]):
-      by_span.setdefault(_seed_span(agg["seeds"]), []).append(agg["bits"])
+    for bits in sorted(seeds_by_bits):
+      by_span.setdefault(_seed_span(seeds_by_bits[bits]), []).append(bits)
     groups = []
     for span, bits in by_span.items():
       names = [str(b) for b in bits]
@@ -55,8 +51,42 @@ def runs_listing(aggs: list[dict]) -> str:
   return "; ".join(parts)
 
 
-def table(data: dict, command: str = "") -> str:
-  """The generated block (without markers)."""
+def runs_listing(aggs: list[dict]) -> str:
+  """Which runs a table holds, from its aggregates (`results.aggregate`: one per method and
+  code length, with the seeds it averages), methods in table order: code lengths that share
+  their seeds are named together, e.g. "cmah: 16 and 64 bits seeds 0-2, 32 bits seed 0".
+  A sign(h) row (`results.SIGN_ROWS`) scores runs listed under their own method: skipped."""
+  sign_rows = {name for name, _ in results_lib.SIGN_ROWS.values()}
+  seeds_by_method: dict[str, dict[int, list[int]]] = {}
+  for agg in aggs:
+    if agg["method"] not in sign_rows:
+      seeds_by_method.setdefault(agg["method"], {})[agg["bits"]] = agg["seeds"]
+  return _listing(seeds_by_method)
+
+
+def missing_listing(data: dict, seeds: int) -> tuple[str, int]:
+  """The runs of the suite's plan (`suites.SUITES[data["suite"]]`, seeds 0..seeds-1) that
+  `data` does not hold, as `runs_listing` words them, and how many: `("", 0)` when none is
+  missing or the suite is not a registered one."""
+  suite = SUITES.get(data.get("suite", ""))
+  if suite is None:
+    return "", 0
+  have = {(a["method"], a["bits"]): set(a["seeds"]) for a in data["aggregate"]}
+  wanted = set(range(seeds))
+  missing: dict[str, dict[int, list[int]]] = {}
+  for names, code_lengths in suite.blocks:
+    for method in names:
+      for bits in code_lengths:
+        left = sorted(wanted - have.get((method, bits), set()))
+        if left:
+          missing.setdefault(method, {})[bits] = left
+  count = sum(len(s) for by_bits in missing.values() for s in by_bits.values())
+  return _listing(missing), count
+
+
+def table(data: dict, command: str = "", seeds: int = 3) -> str:
+  """The generated block (without markers); `seeds`: how many seeds the suite's plan runs
+  (its `--seeds`), to list the planned runs not yet in `data`."""
   aggs = data["aggregate"]
   hours = sum(r.get("train_seconds") or 0.0 for r in data["runs"]) / 3600
   # A CMAH run also gives a sign(h) row (`results.SIGN_ROWS`): one run, counted once.
@@ -69,6 +99,10 @@ def table(data: dict, command: str = "") -> str:
               "(`cmah_jax/quantizer.py`); the row *CMAH, sign(h) codes* scores the same CMAH "
               "runs with the network's own sign codes."]
   lines += ["", f"Runs: {runs_listing(aggs)}."]
+  missing, count = missing_listing(data, seeds)
+  if missing:
+    lines += ["", f"Not yet run ({count} of the `{data['suite']}` suite's runs at {seeds} "
+              f"seeds; its rows and verdicts are incomplete until they are): {missing}."]
   if command:
     lines += ["", f"`{command}`"]
   body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")
@@ -98,7 +132,7 @@ def main(argv):
   with open(_README.value) as f:
     text = f.read()
   with open(_README.value, "w") as f:
-    f.write(replace_block(text, table(data, _COMMAND.value)))
+    f.write(replace_block(text, table(data, _COMMAND.value, _SEEDS.value)))
   print(f"updated the results block of {_README.value}", file=sys.stderr)
 
 
