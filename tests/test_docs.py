@@ -3,6 +3,7 @@ switch the README and docs/tuning.md name (`loss.temperature`, ...) is a key of 
 config, so a renamed switch cannot leave the docs behind."""
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 
@@ -80,16 +81,13 @@ def test_readme_results_block_is_generated_from_the_committed_results():
   """The table between the README's results markers is exactly what
   `python -m cmah_jax.experiments.readme` makes of docs/results/results.json (with the
   command line the block names), so no figure in it was typed or left behind by a merge."""
-  import json  # pylint: disable=import-outside-toplevel
   from cmah_jax.experiments import readme  # pylint: disable=import-outside-toplevel
-  text = _text("README.md")
-  block = text.split(readme.BEGIN, 1)[1].split(readme.END, 1)[0].strip("\n")
-  commands = [line[1:-1] for line in block.splitlines()
-              if line.startswith("`python -m cmah_jax.experiments") and line.endswith("`")]
-  assert len(commands) == 1, "the README's results block names no (or several) commands"
+  block = readme.split_block(_text("README.md"))[1]
+  command = readme.command_of(block)
+  assert command.startswith("python -m cmah_jax.experiments"), "the block names no command"
   with open(os.path.join(REPO, "docs", "results", "results.json"), encoding="utf-8") as f:
     data = json.load(f)
-  assert block == readme.table(data, commands[0]), (
+  assert block == readme.table(data, command), (
       "README.md's results block differs from docs/results/results.json: regenerate it with "
       "python -m cmah_jax.experiments.readme --results=docs/results/results.json "
-      "--readme=README.md --command=...")
+      "--readme=README.md")

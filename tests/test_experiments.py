@@ -394,6 +394,11 @@ def test_readme_block_is_generated_from_results():
   # In the block: the `main` suite at 2 seeds lacks, say, contrastive at every length.
   assert "Not yet run (" in out and "`contrastive`: 16, 32, 64 and 128 bits seeds 0-1" in out
   assert "Not yet run" not in readme.table({**data, "suite": "not registered"})
+  # The block's command is read back as written, and the text around the block is kept.
+  head, block, tail = readme.split_block(out)
+  assert (head, tail) == ("intro\n", "\noutro\n")
+  assert readme.command_of(block) == "python -m cmah_jax.experiments"
+  assert readme.command_of(readme.table(data)) == ""
   with pytest.raises(ValueError, match="markers"):
     readme.replace_block("no markers", "x")
 

@@ -20,9 +20,12 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 _RESULTS = flags.DEFINE_string("results", None, "results.json of a suite.")
 _README = flags.DEFINE_string("readme", "README.md", "Markdown file with the markers.")
-_COMMAND = flags.DEFINE_string("command", "", "The command that produced the results.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of the suite's plan (its --seeds): "
-                              "the planned runs the results lack are listed.")
+PLAN_SEEDS = 3  # seeds 0..2 of a suite's plan, as `python -m cmah_jax.experiments` defaults
+
+_COMMAND = flags.DEFINE_string("command", None, "The command that produced the results "
+                               "(default: keep the command the block names now).")
+_SEEDS = flags.DEFINE_integer("seeds", PLAN_SEEDS, "Seeds 0..N-1 of the suite's plan (its "
+                              "--seeds): the planned runs the results lack are listed.")
 
 
 def _seed_span(seeds: list[int]) -> str:
@@ -84,7 +87,7 @@ def missing_listing(data: dict, seeds: int) -> tuple[str, int]:
   return _listing(missing), count
 
 
-def table(data: dict, command: str = "", seeds: int = 3) -> str:
+def table(data: dict, command: str = "", seeds: int = PLAN_SEEDS) -> str:
   """The generated block (without markers); `seeds`: how many seeds the suite's plan runs
   (its `--seeds`), to list the planned runs not yet in `data`."""
   aggs = data["aggregate"]
@@ -116,12 +119,29 @@ def table(data: dict, command: str = "", seeds: int = 3) -> str:
   return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-  """`text` with the content between the markers replaced by `block`."""
+def split_block(text: str) -> tuple[str, str, str]:
+  """`(head, block, tail)` of a Markdown text around the markers (`block` without them and
+  without the newlines next to them).
+
+  Raises:
+    ValueError: the markers are missing or out of order.
+  """
   if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
     raise ValueError(f"the markers {BEGIN} ... {END} are missing or out of order")
   head, rest = text.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
+  block, tail = rest.split(END, 1)
+  return head, block.strip("\n"), tail
+
+
+def command_of(block: str) -> str:
+  """The command a generated block names (the one line `table` writes in backticks), or ""."""
+  return next((line[1:-1] for line in block.splitlines()
+               if len(line) > 1 and line[0] == line[-1] == "`"), "")
+
+
+def replace_block(text: str, block: str) -> str:
+  """`text` with the content between the markers replaced by `block`."""
+  head, _, tail = split_block(text)
   return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
 
@@ -131,8 +151,11 @@ def main(argv):
     data = json.load(f)
   with open(_README.value) as f:
     text = f.read()
+  command = _COMMAND.value
+  if command is None:
+    command = command_of(split_block(text)[1])
   with open(_README.value, "w") as f:
-    f.write(replace_block(text, table(data, _COMMAND.value, _SEEDS.value)))
+    f.write(replace_block(text, table(data, command, _SEEDS.value)))
   print(f"updated the results block of {_README.value}", file=sys.stderr)
 
 
