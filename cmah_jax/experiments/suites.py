@@ -52,7 +52,7 @@ SUITES = {s.name: s for s in [
           ((("cmah",) + ABLATIONS, (16, 64)),)),
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
-          ((("cmah", "cmah_img1", "cmah_paper") + CANDIDATES
+          ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07", "cmah_aniso") + CANDIDATES
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random"), (16, 64)),),
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
