@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmah_jax import config as config_lib
 from cmah_jax import losses
 from cmah_jax.experiments import gradients
 from cmah_jax.experiments import plan as plan_lib
@@ -524,11 +525,42 @@ def test_the_runs_of_the_earlier_l2d_weight_are_cmah_img1s():
       "cmah_img1", "cmah_img1_sign"]
 
 
+def test_a_method_pinned_to_earlier_defaults_is_the_run_it_was_under_them():
+  """`earlier_default`: once a default moves (here the temperature and the point scaling),
+  the method pinned to the old values plans the very run (fingerprint, directory and
+  resolved config) that the method planned under the old defaults, while the method
+  itself now plans a new run; the pins are applied before the method's own overrides."""
+  from cmah_jax.experiments.methods import earlier_default  # pylint: disable=import-outside-toplevel
+  old = {"loss.temperature": 0.5, "input.point_scale_isotropic": False}
+  then = default.get_config("steps=4800")
+  then.loss.temperature, then.input.point_scale_isotropic = 0.5, False
+  now = default.get_config("steps=4800")
+  suite = get_suite("ablations")
+  for name in ("cmah", "no_point_recon"):
+    (before,) = plan_lib.plan(suite, then, "/r", seeds=[1], bits=[64], methods=[name])
+    (today,) = plan_lib.plan(suite, now, "/r", seeds=[1], bits=[64], methods=[name])
+    pinned = earlier_default(get_method(name), "_old", "old defaults", old)
+    assert (pinned.name, pinned.run_name) == (name + "_old", name)
+    assert pinned.label.endswith("(old defaults)")
+    c = now.copy_and_resolve_references()
+    plan_lib.apply_overrides(c, pinned.pinned + pinned.overrides)
+    c.model.bits, c.seed = 64, 1
+    cfg = config_lib.resolve(c)
+    assert cfg.to_dict() == before.config.to_dict()
+    assert plan_lib.run_fingerprint(pinned, cfg) == before.fingerprint
+    assert today.fingerprint != before.fingerprint
+  # The method's own overrides win over a pin of the same key.
+  t07 = Method("t07", "t07", "ablation", "[test]", "train", (("loss.temperature", 0.07),))
+  c = now.copy_and_resolve_references()
+  pinned = earlier_default(t07, "_old", "old", old)
+  plan_lib.apply_overrides(c, pinned.pinned + pinned.overrides)
+  assert (c.loss.temperature, c.input.point_scale_isotropic) == (0.07, False)
+
+
 def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
   """A method that pins a field added later (config.ADDED_LATER) at the value its runs had
   before the field existed is the same run; pinned elsewhere, or the default moved, it is
   not."""
-  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
 
   def fp(pinned, default_weight=1.0):
     c = default.get_config()
@@ -560,7 +592,6 @@ def test_pinning_a_later_model_field_through_its_override_slot():
   """`model.overrides.masked_views` pinned at 1 (the neutral value of `model.masked_views`
   in config.ADDED_LATER) is the same run as not pinning it, whatever the base config's
   number of views; pinned at 2 it is another run."""
-  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
 
   def fp(pinned, base_views=None):
     c = default.get_config()

@@ -25,6 +25,11 @@ class Method:
   # earlier defaults, kept as an ablation once a default moves): its fingerprint and run
   # directory use that name, so its finished runs still count. "" = `name`.
   recorded_as: str = ""
+  # Settings that were the defaults when its runs were recorded (dotted keys), applied
+  # before `overrides` and left out of the fingerprint's list of overrides (the resolved
+  # config there records their values), so its runs keep their fingerprints when a
+  # default moves (`earlier_default`). () = today's defaults.
+  pinned: tuple[tuple[str, Any], ...] = ()
 
   @property
   def run_name(self) -> str:
@@ -32,9 +37,20 @@ class Method:
     return self.recorded_as or self.name
 
 
-def _m(name, label, group, source, kind="train", recorded_as="", **overrides):
+def _m(name, label, group, source, kind="train", recorded_as="", pinned=None, **overrides):
   items = tuple((k.replace("__", "."), v) for k, v in overrides.items())
-  return Method(name, label, group, source, kind, items, recorded_as)
+  return Method(name, label, group, source, kind, items, recorded_as,
+                tuple((pinned or {}).items()))
+
+
+def earlier_default(method: Method, suffix: str, when: str, defaults: dict) -> Method:
+  """`method` as it ran under earlier `defaults` (dotted keys -> values): named
+  `method.name + suffix`, labelled with `when`, and the same run (fingerprint and
+  directory) as those recorded under its name then, so they stay in the tables beside
+  today's once the default moves."""
+  return dataclasses.replace(
+      method, name=method.name + suffix, label=f"{method.label} ({when})",
+      recorded_as=method.run_name, pinned=tuple(defaults.items()) + method.pinned)
 
 
 # The paper-faithful settings where our defaults depart from them, as `_m` keywords.

@@ -83,7 +83,8 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   that pins such a field to that neutral value is left out too: it is the run its method
   was before the field existed (a tuning candidate that pins a weight whose default has
   since changed keeps its runs). A method that does not train reads no loss weight: none
-  is fingerprinted (`fingerprint_dict(trains=False)`)."""
+  is fingerprinted (`fingerprint_dict(trains=False)`). A method's `pinned` settings (the
+  defaults its runs were recorded under) are not listed: the resolved config holds them."""
   def pins_neutral(key, value):
     field = key.replace("model.overrides.", "model.")  # a model field's override slot
     return field in config_lib.ADDED_LATER and value == config_lib.ADDED_LATER[field]
@@ -129,7 +130,7 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
           continue
         for seed in seeds:
           c = base_config.copy_and_resolve_references()
-          apply_overrides(c, method.overrides)
+          apply_overrides(c, method.pinned + method.overrides)
           c.model.bits, c.seed = int(b), int(seed)
           c.eval.protocol = suite.protocol
           cfg = config_lib.resolve(c)
