@@ -25,7 +25,6 @@ from cmah_jax.experiments import results as results_lib
 from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments import suites as suites_lib
 from cmah_jax.experiments.suites import get_suite
-from cmah_jax.config import PAPER_OBJECTIVE
 from cmah_jax.models import CMAH, init_variables, resolve_config
 from cmah_jax.objectives import get_objective
 from configs import default
@@ -35,11 +34,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 5 ablations x 2 code lengths, then the earlier defaults:
+  # 6 methods x 4 code lengths + 6 ablations x 2 code lengths, then the earlier defaults:
   # CMAH, contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1
   # at 3, the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, and UCCH
   # at its published temperature at 16 and 32 bits; 3 seeds each.
-  assert len(runs) == (6 * 4 + 5 * 2 + 3 * 4 + 3 + 7 + 2) * 3
+  assert len(runs) == (6 * 4 + 6 * 2 + 3 * 4 + 3 + 7 + 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -58,12 +57,14 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   assert "ucch_temperature" not in paper.config.fingerprint_dict()["loss"]
   assert paper.fingerprint == plan_lib.run_fingerprint(ucch_then, paper.config)
   assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
-  # Today's defaults (the paper's objective, round 16), and those of rounds 10-16.
+  # Today's defaults (per-axis scaling since round 16b), the paper's objective, and the
+  # defaults of rounds 10-16.
   def objective(run):
     c = run.config
     return c.loss.temperature, c.input.point_scale_isotropic, c.loss.image_recon_weight
   assert objective(by["cmah", 16, 0]) == objective(by["no_point_recon", 64, 1]) == (
-      0.07, False, 1.0)
+      0.2, False, 0.1)
+  assert objective(by["cmah_paper", 16, 0]) == (0.07, False, 1.0)
   for name in ("cmah_r10", "contrastive_r10", "supervised_r10", "no_point_recon_r10"):
     assert objective(by[name, 64, 1]) == (0.2, True, 0.1), name
   assert objective(by["cmah_img1", 16, 0]) == (0.2, True, 1.0)
@@ -101,7 +102,7 @@ def test_changed_config_is_never_reused(tmp_path):
     json.dump({"run_fingerprint": run.fingerprint}, f)
   assert run.finished()
   changed = default.get_config()
-  changed.loss.temperature = 0.3  # the default is 0.07
+  changed.loss.temperature = 0.3  # the default is 0.2
   (other,) = plan_lib.plan(suite, changed, str(tmp_path), seeds=[0], bits=[16],
                            methods=["cmah"])
   assert other.fingerprint != run.fingerprint and other.workdir != run.workdir
@@ -527,34 +528,33 @@ def _defaults(temperature, isotropic, image_weight, arg="steps=4800"):
 
 def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch):
   """Round 10 moved the L_2D weight from 1 to 0.1 (temperature 0.2, isotropic scaling);
-  round 16 moved all three to the paper's objective (0.07, per-axis, 1). CMAH planned
-  under each earlier default is the run its pinned method plans today (`cmah_img1`,
-  `cmah_r10`: same fingerprint, directory and config), not today's CMAH; the ablation
-  `cmah_paper` of rounds 10-16 is today's CMAH; and under the old defaults `cmah` and
-  `cmah_img1` would be one run, which a plan refuses."""
+  round 16b moved the point scaling to per-axis. CMAH planned under each earlier default
+  is the run its pinned method plans today (`cmah_img1`, `cmah_r10`: same fingerprint,
+  directory and config), not today's CMAH; the ablation `cmah_aniso` of round 16b is
+  today's CMAH; and under the old defaults `cmah` and `cmah_img1` would be one run, which
+  a plan refuses."""
   suite = get_suite("main")
   now = {r.method.name: r for r in plan_lib.plan(
       suite, default.get_config("steps=4800"), "/r", seeds=[1], bits=[64],
       methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10"])}
-  paper_items = tuple(PAPER_OBJECTIVE.items())
   with monkeypatch.context() as m:
     _as_then(m, "cmah")
     _as_then(m, "contrastive", (("loss.pairs", "full_full"), ("loss.lambda_r", 0.0)))
-    _as_then(m, "cmah_paper", paper_items)
+    _as_then(m, "cmah_aniso", (("input.point_scale_isotropic", False),))
     then = suites_lib.Suite("main", "then",
-                            ((("cmah", "contrastive", "cmah_paper"), (64,)),))
+                            ((("cmah", "contrastive", "cmah_aniso"), (64,)),))
     (before_r10,) = plan_lib.plan(then, _defaults(0.2, True, 1.0), "/r", seeds=[1],
                                   bits=[64], methods=["cmah"])
     r10 = {r.method.name: r for r in plan_lib.plan(then, _defaults(0.2, True, 0.1), "/r",
                                                    seeds=[1])}
   for today, then in ((now["cmah_img1"], before_r10), (now["cmah_r10"], r10["cmah"]),
                       (now["contrastive_r10"], r10["contrastive"]),
-                      (now["cmah"], r10["cmah_paper"])):
+                      (now["cmah"], r10["cmah_aniso"])):
     assert (today.fingerprint, today.workdir) == (then.fingerprint, then.workdir)
     assert today.config.to_dict() == then.config.to_dict()
-  assert now["cmah"].workdir.split("/runs/")[1].startswith("cmah_paper/")
-  assert (now["cmah"].config.loss.temperature, now["cmah_r10"].config.loss.temperature) == (
-      0.07, 0.2)
+  assert now["cmah"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
+  assert (now["cmah"].config.input.point_scale_isotropic,
+          now["cmah_r10"].config.input.point_scale_isotropic) == (False, True)
   with monkeypatch.context() as m:
     _as_then(m, "cmah")
     both = suites_lib.Suite("main", "then", ((("cmah", "cmah_img1"), (16,)),))
