@@ -321,7 +321,7 @@ def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(t
     deadline = time.time() + 600
     log = None
     while time.time() < deadline and proc.poll() is None:  # until the run is training
-      logs = glob.glob(str(tmp_path / "suite" / "runs" / "cmah" / "*" / "log.txt"))
+      logs = glob.glob(str(tmp_path / "suite" / "runs" / "*" / "*" / "log.txt"))
       if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
         log = logs[0]
         break
