@@ -40,7 +40,7 @@ def test_default_config_values():
   cfg = config_lib.resolve(importlib.import_module("configs.default").get_config())
   assert (cfg.variant, cfg.model.bits, cfg.input.num_points, cfg.input.image_size) == (
       "small", 64, 512, 64)
-  assert (cfg.input.batch_size, cfg.input.eval_batch_size, cfg.total_steps) == (64, 128, 4800)
+  assert (cfg.input.batch_size, cfg.input.eval_batch_size, cfg.total_steps) == (64, 128, 2400)
   assert cfg.loss.pairs == ("full_full", "masked_masked")
   assert cfg.dataset.config == "default"
   # Our validated departures from the paper (temperature, L_2D weight; the point scaling
