@@ -317,18 +317,27 @@ def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(t
          f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-    deadline = time.time() + 600
-    log = None
-    while time.time() < deadline and proc.poll() is None:  # until the run is training
-      logs = glob.glob(str(tmp_path / "suite" / "runs" / "*" / "*" / "log.txt"))
-      if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
-        log = logs[0]
-        break
-      time.sleep(0.5)
-    assert log is not None, (tmp_path / "out.txt").read_text()[-2000:]
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=300)
+    # Its own process group, so that a failure below kills the suite and its run as
+    # well instead of leaving a 100,000-step run training behind the test session.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err,
+                            start_new_session=True)
+    try:
+      deadline = time.time() + 600
+      log = None
+      while time.time() < deadline and proc.poll() is None:  # until the run is training
+        logs = glob.glob(str(tmp_path / "suite" / "runs" / "*" / "*" / "log.txt"))
+        if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
+          log = logs[0]
+          break
+        time.sleep(0.5)
+      assert log is not None, (tmp_path / "out.txt").read_text()[-2000:]
+      proc.send_signal(signal.SIGTERM)
+      code = proc.wait(timeout=300)
+    finally:
+      try:  # whatever is left of the group (nothing, when it stopped as it should)
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
   stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
   assert code == 130, stdout[-2000:] + stderr[-2000:]
   assert "Traceback" not in stderr, stderr[-3000:]
