@@ -5,8 +5,8 @@
 
 Arguments (`:key=value,...`): bits, variant, supervised, runlocal (a smoke run in seconds),
 steps, batch, seed, data_dir, dataset_config, paper (the paper-faithful objective:
-temperature 0.07, per-axis point scaling and an L_2D weight of 1 instead of our validated
-0.2, isotropic and 0.1).
+temperature 0.07 and an L_2D weight of 1 instead of our validated 0.2 and 0.1; the point
+scaling is per-axis, Point-MAE's, in both).
 Every field and its default is in `cmah_jax/config.py`; this file sets only what the
 CPU-sized setting changes.
 """

@@ -19,9 +19,11 @@ from cmah_jax import config as config_lib
 from cmah_jax import losses
 from cmah_jax.experiments import gradients
 from cmah_jax.experiments import plan as plan_lib
+from cmah_jax.experiments import methods as methods_lib
 from cmah_jax.experiments import representation
 from cmah_jax.experiments import results as results_lib
 from cmah_jax.experiments.methods import Method, get_method
+from cmah_jax.experiments import suites as suites_lib
 from cmah_jax.experiments.suites import get_suite
 from cmah_jax.models import CMAH, init_variables, resolve_config
 from cmah_jax.objectives import get_objective
@@ -32,10 +34,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 9 ablations x 2 code lengths + the earlier defaults'
-  # CMAH at 32 bits and bound at 64, and UCCH at its published temperature at 16 and 32
-  # bits, 3 seeds each.
-  assert len(runs) == (6 * 4 + 9 * 2 + 2 + 2) * 3
+  # 6 methods x 4 code lengths + 6 ablations x 2 code lengths, then the earlier defaults:
+  # CMAH, contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1
+  # at 3, the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, and UCCH
+  # at its published temperature at 16 and 32 bits; 3 seeds each.
+  assert len(runs) == (6 * 4 + 6 * 2 + 3 * 4 + 3 + 7 + 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -54,12 +57,20 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   assert "ucch_temperature" not in paper.config.fingerprint_dict()["loss"]
   assert paper.fingerprint == plan_lib.run_fingerprint(ucch_then, paper.config)
   assert by["cmah", 128, 2].config.model.bits == 128 and by["cmah", 128, 2].config.seed == 2
-  # Our defaults, and the ablations that undo them.
-  ours, paper = by["cmah", 16, 0].config, by["cmah_paper", 16, 0].config
-  assert (ours.loss.temperature, ours.input.point_scale_isotropic) == (0.2, True)
-  assert (paper.loss.temperature, paper.input.point_scale_isotropic) == (0.07, False)
-  assert by["cmah_t0.07", 64, 1].config.input.point_scale_isotropic is True
-  assert by["cmah_aniso", 64, 1].config.loss.temperature == 0.2
+  # Today's defaults (per-axis scaling since round 16b), the paper's objective, and the
+  # defaults of rounds 10-16.
+  def objective(run):
+    c = run.config
+    return c.loss.temperature, c.input.point_scale_isotropic, c.loss.image_recon_weight
+  assert objective(by["cmah", 16, 0]) == objective(by["no_point_recon", 64, 1]) == (
+      0.2, False, 0.1)
+  assert objective(by["cmah_paper", 16, 0]) == (0.07, False, 1.0)
+  for name in ("cmah_r10", "contrastive_r10", "supervised_r10", "no_point_recon_r10"):
+    assert objective(by[name, 64, 1]) == (0.2, True, 0.1), name
+  assert objective(by["cmah_img1", 16, 0]) == (0.2, True, 1.0)
+  assert by["no_point_recon_r10", 64, 1].config.loss.use_point_recon is False
+  assert by["no_point_recon_r10", 64, 1].workdir.split("/runs/")[1].startswith(
+      "no_point_recon/")
 
 
 def test_a_subset_runs_in_the_order_listed_and_unknown_names_are_refused(tmp_path):
@@ -68,9 +79,9 @@ def test_a_subset_runs_in_the_order_listed_and_unknown_names_are_refused(tmp_pat
   # The suite's own order: its blocks, each method at each of its lengths.
   assert whole[:4] == [("cmah", 16), ("cmah", 32), ("cmah", 64), ("cmah", 128)]
   runs = plan_lib.plan(suite, base, "/r", seeds=[0, 1], bits=[64, 16],
-                       methods=["no_image_recon", "cmah_paper", "cmah"])
+                       methods=["no_image_recon", "cmah_r10", "cmah"])
   assert [(r.method.name, r.bits, r.seed) for r in runs] == [
-      (m, b, s) for m in ("no_image_recon", "cmah_paper", "cmah") for b in (64, 16)
+      (m, b, s) for m in ("no_image_recon", "cmah_r10", "cmah") for b in (64, 16)
       for s in (0, 1)]
   with pytest.raises(ValueError, match=r"suite 'main' has no method 'contrastiv'; its "
                      r"methods: cmah, random, "):
@@ -306,18 +317,27 @@ def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(t
          f"--workdir={tmp_path / 'suite'}", "--seeds=1", "--methods=cmah"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err)
-    deadline = time.time() + 600
-    log = None
-    while time.time() < deadline and proc.poll() is None:  # until the run is training
-      logs = glob.glob(str(tmp_path / "suite" / "runs" / "cmah" / "*" / "log.txt"))
-      if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
-        log = logs[0]
-        break
-      time.sleep(0.5)
-    assert log is not None, (tmp_path / "out.txt").read_text()[-2000:]
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=300)
+    # Its own process group, so that a failure below kills the suite and its run as
+    # well instead of leaving a 100,000-step run training behind the test session.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err,
+                            start_new_session=True)
+    try:
+      deadline = time.time() + 600
+      log = None
+      while time.time() < deadline and proc.poll() is None:  # until the run is training
+        logs = glob.glob(str(tmp_path / "suite" / "runs" / "*" / "*" / "log.txt"))
+        if logs and re.search(r"step \d+/100000", open(logs[0]).read()):
+          log = logs[0]
+          break
+        time.sleep(0.5)
+      assert log is not None, (tmp_path / "out.txt").read_text()[-2000:]
+      proc.send_signal(signal.SIGTERM)
+      code = proc.wait(timeout=300)
+    finally:
+      try:  # whatever is left of the group (nothing, when it stopped as it should)
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
   stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
   assert code == 130, stdout[-2000:] + stderr[-2000:]
   assert "Traceback" not in stderr, stderr[-3000:]
@@ -500,61 +520,59 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
     assert len(planned) == 1, (run["method"], run["bits"], run["seed"], names)
 
 
-def test_the_runs_of_the_earlier_l2d_weight_are_cmah_img1s():
-  """Round 10 moved the L_2D weight from 1 to 0.1: CMAH planned under the old default is
-  the run `cmah_img1` plans today (same fingerprint and directory), not today's CMAH; under
-  the old default the two would be one run, which a plan refuses."""
-  suite = get_suite("ablations")
-  old_default = default.get_config("steps=4800")
-  old_default.loss.image_recon_weight = 1.0
-  (before,) = plan_lib.plan(suite, old_default, "/r", seeds=[1], bits=[16], methods=["cmah"])
-  now = {r.method.name: r for r in plan_lib.plan(suite, default.get_config("steps=4800"),
-                                                 "/r", seeds=[1], bits=[16],
-                                                 methods=["cmah", "cmah_img1"])}
-  assert now["cmah"].config.loss.image_recon_weight == 0.1
-  assert now["cmah_img1"].config.loss.image_recon_weight == 1.0
-  assert (now["cmah_img1"].fingerprint, now["cmah_img1"].workdir) == (before.fingerprint,
-                                                                      before.workdir)
-  assert now["cmah"].fingerprint != before.fingerprint
-  with pytest.raises(ValueError, match="methods cmah and cmah_img1 are one run"):
-    plan_lib.plan(suite, old_default, "/r", seeds=[1], bits=[16],
-                  methods=["cmah", "cmah_img1"])
+def _as_then(monkeypatch, name, overrides=(), run_name=None):
+  """Make `name` plan as the method of that name was defined before a default moved: no
+  pins, `overrides`, recorded under its own name."""
+  monkeypatch.setitem(methods_lib.METHODS, name,
+                      Method(run_name or name, name, "ours", "[test]", "train",
+                             tuple(overrides)))
+
+
+def _defaults(temperature, isotropic, image_weight, arg="steps=4800"):
+  c = default.get_config(arg)
+  c.loss.temperature, c.input.point_scale_isotropic = temperature, isotropic
+  c.loss.image_recon_weight = image_weight
+  return c
+
+
+def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch):
+  """Round 10 moved the L_2D weight from 1 to 0.1 (temperature 0.2, isotropic scaling);
+  round 16b moved the point scaling to per-axis. CMAH planned under each earlier default
+  is the run its pinned method plans today (`cmah_img1`, `cmah_r10`: same fingerprint,
+  directory and config), not today's CMAH; the ablation `cmah_aniso` of round 16b is
+  today's CMAH; and under the old defaults `cmah` and `cmah_img1` would be one run, which
+  a plan refuses."""
+  suite = get_suite("main")
+  now = {r.method.name: r for r in plan_lib.plan(
+      suite, default.get_config("steps=4800"), "/r", seeds=[1], bits=[64],
+      methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10"])}
+  with monkeypatch.context() as m:
+    _as_then(m, "cmah")
+    _as_then(m, "contrastive", (("loss.pairs", "full_full"), ("loss.lambda_r", 0.0)))
+    _as_then(m, "cmah_aniso", (("input.point_scale_isotropic", False),))
+    then = suites_lib.Suite("main", "then",
+                            ((("cmah", "contrastive", "cmah_aniso"), (64,)),))
+    (before_r10,) = plan_lib.plan(then, _defaults(0.2, True, 1.0), "/r", seeds=[1],
+                                  bits=[64], methods=["cmah"])
+    r10 = {r.method.name: r for r in plan_lib.plan(then, _defaults(0.2, True, 0.1), "/r",
+                                                   seeds=[1])}
+  for today, then in ((now["cmah_img1"], before_r10), (now["cmah_r10"], r10["cmah"]),
+                      (now["contrastive_r10"], r10["contrastive"]),
+                      (now["cmah"], r10["cmah_aniso"])):
+    assert (today.fingerprint, today.workdir) == (then.fingerprint, then.workdir)
+    assert today.config.to_dict() == then.config.to_dict()
+  assert now["cmah"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
+  assert (now["cmah"].config.input.point_scale_isotropic,
+          now["cmah_r10"].config.input.point_scale_isotropic) == (False, True)
+  with monkeypatch.context() as m:
+    _as_then(m, "cmah")
+    both = suites_lib.Suite("main", "then", ((("cmah", "cmah_img1"), (16,)),))
+    with pytest.raises(ValueError, match="methods cmah and cmah_img1 are one run"):
+      plan_lib.plan(both, _defaults(0.2, True, 1.0), "/r", seeds=[1])
   # Their rows recorded as CMAH's (learned quantiser and sign(h)) show as cmah_img1's.
   recorded = [{"method": "cmah", "codes": "itq"}, {"method": "cmah_sign", "codes": "sign"}]
   assert [r["method"] for r in results_lib.relabel(now["cmah_img1"], recorded)] == [
       "cmah_img1", "cmah_img1_sign"]
-
-
-def test_a_method_pinned_to_earlier_defaults_is_the_run_it_was_under_them():
-  """`earlier_default`: once a default moves (here the temperature and the point scaling),
-  the method pinned to the old values plans the very run (fingerprint, directory and
-  resolved config) that the method planned under the old defaults, while the method
-  itself now plans a new run; the pins are applied before the method's own overrides."""
-  from cmah_jax.experiments.methods import earlier_default  # pylint: disable=import-outside-toplevel
-  old = {"loss.temperature": 0.5, "input.point_scale_isotropic": False}
-  then = default.get_config("steps=4800")
-  then.loss.temperature, then.input.point_scale_isotropic = 0.5, False
-  now = default.get_config("steps=4800")
-  suite = get_suite("ablations")
-  for name in ("cmah", "no_point_recon"):
-    (before,) = plan_lib.plan(suite, then, "/r", seeds=[1], bits=[64], methods=[name])
-    (today,) = plan_lib.plan(suite, now, "/r", seeds=[1], bits=[64], methods=[name])
-    pinned = earlier_default(get_method(name), "_old", "old defaults", old)
-    assert (pinned.name, pinned.run_name) == (name + "_old", name)
-    assert pinned.label.endswith("(old defaults)")
-    c = now.copy_and_resolve_references()
-    plan_lib.apply_overrides(c, pinned.pinned + pinned.overrides)
-    c.model.bits, c.seed = 64, 1
-    cfg = config_lib.resolve(c)
-    assert cfg.to_dict() == before.config.to_dict()
-    assert plan_lib.run_fingerprint(pinned, cfg) == before.fingerprint
-    assert today.fingerprint != before.fingerprint
-  # The method's own overrides win over a pin of the same key.
-  t07 = Method("t07", "t07", "ablation", "[test]", "train", (("loss.temperature", 0.07),))
-  c = now.copy_and_resolve_references()
-  pinned = earlier_default(t07, "_old", "old", old)
-  plan_lib.apply_overrides(c, pinned.pinned + pinned.overrides)
-  assert (c.loss.temperature, c.input.point_scale_isotropic) == (0.07, False)
 
 
 def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():

@@ -1,4 +1,5 @@
 """`--merge`: runs finished elsewhere count as finished and join the tables, by fingerprint."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -145,8 +146,8 @@ def test_a_renamed_method_keeps_its_runs_and_shows_its_own_name(tmp_path):
   base = default.get_config("steps=100")
   (old,) = plan_lib.plan(get_suite("smoke"), base, str(tmp_path), seeds=[0], bits=[16],
                          methods=["cmah"])
-  renamed = methods.Method("cmah_before", "CMAH, earlier defaults", "ablation", "[test]",
-                           recorded_as="cmah")
+  renamed = dataclasses.replace(old.method, name="cmah_before", label="CMAH, earlier defaults",
+                                group="ablation", recorded_as=old.method.run_name)
   methods.register(renamed)
   try:
     suite = Suite("t", "test", ((("cmah_before",), (16,)),))

@@ -5,6 +5,7 @@ Training runs use the tiny `runlocal` config (6 steps, checkpoints at 3 and 6); 
 kills happen in subprocesses (`_DRIVER`), everything else in-process.
 """
 import asyncio
+import dataclasses
 import gc
 import glob
 import json
@@ -230,16 +231,18 @@ def test_config_diff_and_policy():
   del old["epochs"]
   defaults = config_lib.resolve(config_lib.base_config()).to_dict()
   assert resume.check_config(old, a, where="x", defaults=defaults) == []
-  # ... except a field whose absence stands for the old behaviour: per-axis scaling.
+  # ... except a field whose absence stands for the old behaviour (per-axis scaling,
+  # resume.ABSENT_MEANS), which is a change where isotropic scaling is asked for now.
   old = a.to_dict()
   del old["input"]["point_scale_isotropic"]
+  assert a.input.point_scale_isotropic is False  # per-axis: the default since round 16b
+  assert resume.check_config(old, a, where="x", defaults=defaults) == []
+  iso = config_lib.resolve(default.get_config("runlocal"))
+  iso = dataclasses.replace(iso, input=dataclasses.replace(iso.input,
+                                                           point_scale_isotropic=True))
   with pytest.raises(resume.ConfigChangedError,
                      match="input.point_scale_isotropic: False -> True"):
-    resume.check_config(old, a, where="x", defaults=defaults)
-  paper = config_lib.resolve(default.get_config("runlocal,paper"))
-  old = paper.to_dict()
-  del old["input"]["point_scale_isotropic"]
-  assert resume.check_config(old, paper, where="x", defaults=defaults) == []
+    resume.check_config(old, iso, where="x", defaults=defaults)
   with pytest.raises(resume.ConfigChangedError, match="model.bits: 64 -> 32"):
     resume.check_config(a.to_dict(), b, where="x")
   assert resume.check_config(a.to_dict(), b, where="x", allow_change=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cmah_jax.config import PAPER_OBJECTIVE
+from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,12 @@ class Method:
   # config there records their values), so its runs keep their fingerprints when a
   # default moves (`earlier_default`). () = today's defaults.
   pinned: tuple[tuple[str, Any], ...] = ()
+  # The overrides its runs were fingerprinted with, where they were departures from the
+  # defaults then that are the defaults now (e.g. today's CMAH, recorded as the ablation
+  # `cmah_paper` before round 16 made its objective the default): listed in the
+  # fingerprint instead of `overrides`, so those runs stay its own, while a changed base
+  # config still changes the run. None = `overrides`.
+  recorded_overrides: tuple[tuple[str, Any], ...] | None = None
 
   @property
   def run_name(self) -> str:
@@ -37,10 +43,12 @@ class Method:
     return self.recorded_as or self.name
 
 
-def _m(name, label, group, source, kind="train", recorded_as="", pinned=None, **overrides):
+def _m(name, label, group, source, kind="train", recorded_as="", pinned=None,
+       recorded_overrides=None, **overrides):
   items = tuple((k.replace("__", "."), v) for k, v in overrides.items())
   return Method(name, label, group, source, kind, items, recorded_as,
-                tuple((pinned or {}).items()))
+                tuple((pinned or {}).items()),
+                None if recorded_overrides is None else tuple(recorded_overrides.items()))
 
 
 def earlier_default(method: Method, suffix: str, when: str, defaults: dict) -> Method:
@@ -72,14 +80,23 @@ def _c(name, label, group, source, **overrides):
   return _m(name, label, group, source, **items)
 
 
-METHODS: dict[str, Method] = {m.name: m for m in [
-    # -- CMAH: the paper's method with our validated defaults (temperature 0.2, isotropic
-    #    point scaling; cmah_jax/config.py, losses/spec.py, input/spec.py) [paper; ours].
-    _m("cmah", "CMAH (ours)", "ours", "[paper] arXiv 2408.05711, [ours] defaults"),
-    # -- baselines
-    _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic"),
+# The defaults before round 16, as a `pinned` argument: what the runs recorded then ran.
+R10 = DEFAULTS_ROUND10
+R10_WHEN = "defaults of rounds 10-16"
+
+_CMAH_AND_BASELINES = [
+    # -- CMAH: the paper's method with our validated defaults (temperature 0.2, L_2D weight
+    #    0.1, Point-MAE's per-axis point scaling since round 16b; docs/tuning.md); its
+    #    runs made before the switch, as `cmah_aniso` (which set the scaling by an
+    #    override), are its own.
+    _m("cmah", "CMAH (ours)", "ours", "[paper] arXiv 2408.05711, [ours] defaults",
+       recorded_as="cmah_aniso",
+       recorded_overrides={"input.point_scale_isotropic": False}),
+    # -- baselines. The classic ones read no loss or augmentation setting; they are pinned
+    #    to the defaults their runs were recorded under, which leaves those runs theirs.
+    _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic", pinned=R10),
     _m("cca_itq", "CCA-ITQ, hand-crafted features", "baseline",
-       "[Gong & Lazebnik, TPAMI 2013]", kind="classic"),
+       "[Gong & Lazebnik, TPAMI 2013]", kind="classic", pinned=R10),
     _m("contrastive", "contrastive only (L_c, no reconstruction)", "baseline",
        "[CLIP-style; ours]", loss__pairs="full_full", loss__lambda_r=0.0),
     # UCCH at the temperature the validation carve chose among 0.07 / 0.2 / 0.5 / 0.9
@@ -88,26 +105,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _m("ucch", "UCCH (point tower for text)", "baseline",
        "[Hu et al., TPAMI 2023; temperature ours: validation carve]", **UCCH,
        loss__ucch_temperature=0.2),
-    # UCCH at its published temperature: the runs made before the screen (recorded as
-    # "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
-    _m("ucch_paper", "UCCH, its published temperature 0.9", "baseline",
-       "[Hu et al., TPAMI 2023]", recorded_as="ucch", **UCCH, loss__ucch_temperature=0.9),
     _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
        loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper
     _m("cmah_paper", "CMAH, paper objective (t 0.07, per-axis scaling, L_2D weight 1)",
        "ablation", "[paper; Point-MAE]", **PAPER),
-    # The defaults before round 10 moved the L_2D weight to 0.1: their runs were recorded
-    # as "cmah" and "supervised", and stay in the table under these names.
-    _m("cmah_img1", "CMAH, L_2D weight 1 (paper; the default before round 10)", "ablation",
-       "[paper]", recorded_as="cmah", loss__image_recon_weight=1.0),
-    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", "bound",
-       "[ours, SupCon-style]", recorded_as="supervised", loss__supervised=True,
-       loss__image_recon_weight=1.0),
-    _m("cmah_t0.07", "CMAH, temperature 0.07", "ablation", "[ours]",
-       loss__temperature=0.07),
-    _m("cmah_aniso", "CMAH, per-axis point scaling", "ablation", "[Point-MAE]",
-       input__point_scale_isotropic=False),
     _m("no_point_recon", "CMAH without L_3D", "ablation", "[ours]",
        loss__use_point_recon=False),
     _m("no_image_recon", "CMAH without L_2D", "ablation", "[ours]",
@@ -118,6 +120,33 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        loss__pairs="full_full"),
     _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
        loss__pairs="full_full,masked_masked,full_masked"),
+]
+# Those trained methods as they ran under the round-10 defaults (rounds 10-16), each
+# recorded under the name above: its published runs, kept in the tables as `<name>_r10`.
+_ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_BASELINES
+                  if m.kind == "train" and m.name not in ("cmah", "cmah_paper")]
+
+METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
+    _m("cmah_r10", "CMAH, defaults of rounds 10-16 (t 0.2, isotropic, L_2D weight 0.1)",
+       "ablation", "[ours: validation carve, rounds 1-10]",
+       recorded_as="cmah", pinned=R10),
+    # -- earlier defaults kept in the tables under these names, pinned to what they ran
+    # UCCH at its published temperature: the runs made before the carve's screen
+    # (recorded as "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
+    _m("ucch_paper", "UCCH, its published temperature 0.9", "baseline",
+       "[Hu et al., TPAMI 2023]", recorded_as="ucch", pinned=R10, **UCCH,
+       loss__ucch_temperature=0.9),
+    # The defaults before round 10 (L_2D weight 1 with temperature 0.2 and isotropic
+    # scaling): their runs were recorded as "cmah" and "supervised".
+    _m("cmah_img1", "CMAH, L_2D weight 1 (the default before round 10)", "ablation",
+       "[paper]", recorded_as="cmah", pinned=R10, loss__image_recon_weight=1.0),
+    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", "bound",
+       "[ours, SupCon-style]", recorded_as="supervised", pinned=R10, loss__supervised=True,
+       loss__image_recon_weight=1.0),
+    # Round 16b: the defaults of rounds 10-16 with the paper's temperature (validation
+    # carve; docs/tuning.md; its twin with per-axis scaling is today's `cmah`).
+    _m("cmah_t0.07", "CMAH, defaults of rounds 10-16 with temperature 0.07", "ablation",
+       "[ours]", pinned=R10, loss__temperature=0.07),
     # -- candidate remedies for short codes, compared on the validation carve only
     #    (suite `tuning`); winners become defaults, ablated in the main table [ours].
     #    Each pins every setting it was run with (PAPER: temperature 0.07 and per-axis
@@ -281,7 +310,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     # pretrained features, and our towers train from scratch [ours]. The reference is
     # `ucch` itself (t 0.9) on the same carve. Only UCCH's rows read the result.
     *[_m(f"ucch_t{t}", f"UCCH, temperature {t}", "candidate",
-         "[Hu et al., TPAMI 2023; the temperature ours]", **UCCH, loss__ucch_temperature=t)
+         "[Hu et al., TPAMI 2023; the temperature ours]", pinned=R10, **UCCH,
+         loss__ucch_temperature=t)
       for t in (0.07, 0.2, 0.5)],
 ]}
 

@@ -84,14 +84,15 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   was before the field existed (a tuning candidate that pins a weight whose default has
   since changed keeps its runs). A method that does not train reads no loss weight: none
   is fingerprinted (`fingerprint_dict(trains=False)`). A method's `pinned` settings (the
-  defaults its runs were recorded under) are not listed: the resolved config holds them."""
+  defaults its runs were recorded under) are not listed: the resolved config holds them.
+  A method's `recorded_overrides`, where set, are listed instead of its overrides."""
   def pins_neutral(key, value):
     field = key.replace("model.overrides.", "model.")  # a model field's override slot
     return field in config_lib.ADDED_LATER and value == config_lib.ADDED_LATER[field]
 
+  listed = method.overrides if method.recorded_overrides is None else method.recorded_overrides
   payload = {"method": method.run_name, "kind": method.kind,
-             "overrides": [[k, repr(v)] for k, v in method.overrides
-                           if not pins_neutral(k, v)],
+             "overrides": [[k, repr(v)] for k, v in listed if not pins_neutral(k, v)],
              "config": cfg.fingerprint_dict(trains=method.kind == "train")}
   text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -18,6 +18,7 @@ USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"
 # The network's own sign(h) codes of these methods, tabled beside the learned quantiser's
 # as an ablation row: method -> (row name, label).
 SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)"),
+             "cmah_r10": ("cmah_r10_sign", "CMAH, defaults of rounds 10-16, sign(h) codes"),
              "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes")}
 
 

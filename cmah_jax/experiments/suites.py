@@ -23,13 +23,19 @@ class Suite:
 
 
 MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
-ABLATIONS = ("cmah_paper", "cmah_img1", "cmah_t0.07", "cmah_aniso", "no_point_recon",
-             "no_image_recon", "no_cross_attention", "full_full_only", "with_full_masked")
-# Earlier defaults at lengths beyond the ablations' (`Method.recorded_as`), so their
-# finished runs stay in the table beside today's CMAH, bound and UCCH (UCCH at its
-# published temperature was run at 16 and 32 bits before the carve chose another).
-EARLIER_DEFAULTS = ((("cmah_img1",), (32,)), (("supervised_img1",), (64,)),
-                    (("ucch_paper",), (16, 32)))
+PARTS = ("no_point_recon", "no_image_recon", "no_cross_attention", "full_full_only",
+         "with_full_masked")
+ABLATIONS = ("cmah_paper",) + PARTS  # the paper's objective, then CMAH's parts
+# Earlier defaults (`Method.recorded_as`, `Method.pinned`), at the lengths they were run, so
+# their finished runs stay in the table beside today's: the round-10 defaults (rounds
+# 10-16b: t 0.2, isotropic, L_2D 0.1) of CMAH, the baselines, the bound and the ablations;
+# CMAH and the bound at L_2D weight 1 (before round 10); UCCH at its published temperature
+# (before the carve chose another).
+EARLIER_DEFAULTS = (
+    (("cmah_r10", "contrastive_r10", "ucch_r10"), (16, 32, 64, 128)),
+    (("cmah_img1",), (16, 32, 64)),
+    (("supervised_r10", "supervised_img1") + tuple(f"{m}_r10" for m in PARTS), (64,)),
+    (("ucch_paper",), (16, 32)))
 CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_balance", "cmah_t0.2_iso", "cmah_t0.2_iso_soft",
               "cmah_t0.2_iso_embed", "cmah_t0.2_iso_code", "cmah_t0.2_iso_balance",
@@ -52,7 +58,7 @@ SUITES = {s.name: s for s in [
           ((("cmah",) + ABLATIONS, (16, 64)),)),
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
-          ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07", "cmah_aniso") + CANDIDATES
+          ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random"), (16, 64)),),
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",

@@ -18,10 +18,11 @@ class InputSpec:
   eval_view: int = 0                   # fixed view for retrieval [ours]
   num_train_views: int | None = None   # None: all stored views [ours]
   point_scale: tuple[float, float] = (2 / 3, 3 / 2)  # per-axis scale [Point-MAE]
-  point_scale_isotropic: bool = True   # one factor for all three axes, so the cloud keeps
-                                       # the proportions its paired image shows [ours:
-                                       # chosen on the validation carve]; False: per-axis
-                                       # factors [Point-MAE] (`configs/default.py:paper`)
+  point_scale_isotropic: bool = False  # False: per-axis factors [Point-MAE; the carve
+                                       # chose them back at 4,800 steps, round 16b]; True:
+                                       # one factor for all three axes, so the cloud keeps
+                                       # the proportions its paired image shows [ours: the
+                                       # default of rounds 1-16, docs/tuning.md]
   point_translate: float = 0.2         # translate U[-0.2, 0.2] [Point-MAE]
   hflip: bool = True                   # [ours]
   color_jitter: float = 0.4            # [ours]
