@@ -18,12 +18,12 @@ import pytest
 from cmah_jax import config as config_lib
 from cmah_jax import losses
 from cmah_jax.experiments import gradients
-from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import methods as methods_lib
+from cmah_jax.experiments import plan as plan_lib
 from cmah_jax.experiments import representation
 from cmah_jax.experiments import results as results_lib
-from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments import suites as suites_lib
+from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments.suites import get_suite
 from cmah_jax.models import CMAH, init_variables, resolve_config
 from cmah_jax.objectives import get_objective
@@ -520,16 +520,16 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
     assert len(planned) == 1, (run["method"], run["bits"], run["seed"], names)
 
 
-def _as_then(monkeypatch, name, overrides=(), run_name=None):
+def _as_then(monkeypatch, name, overrides=()):
   """Make `name` plan as the method of that name was defined before a default moved: no
   pins, `overrides`, recorded under its own name."""
   monkeypatch.setitem(methods_lib.METHODS, name,
-                      Method(run_name or name, name, "ours", "[test]", "train",
-                             tuple(overrides)))
+                      Method(name, name, "ours", "[test]", "train", tuple(overrides)))
 
 
-def _defaults(temperature, isotropic, image_weight, arg="steps=4800"):
-  c = default.get_config(arg)
+def _defaults(temperature, isotropic, image_weight):
+  """The 4,800-step default config with these three (earlier) defaults."""
+  c = default.get_config("steps=4800")
   c.loss.temperature, c.input.point_scale_isotropic = temperature, isotropic
   c.loss.image_recon_weight = image_weight
   return c

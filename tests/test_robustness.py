@@ -237,9 +237,7 @@ def test_config_diff_and_policy():
   del old["input"]["point_scale_isotropic"]
   assert a.input.point_scale_isotropic is False  # per-axis: the default since round 16b
   assert resume.check_config(old, a, where="x", defaults=defaults) == []
-  iso = config_lib.resolve(default.get_config("runlocal"))
-  iso = dataclasses.replace(iso, input=dataclasses.replace(iso.input,
-                                                           point_scale_isotropic=True))
+  iso = dataclasses.replace(a, input=dataclasses.replace(a.input, point_scale_isotropic=True))
   with pytest.raises(resume.ConfigChangedError,
                      match="input.point_scale_isotropic: False -> True"):
     resume.check_config(old, iso, where="x", defaults=defaults)

@@ -32,7 +32,7 @@ class Method:
   pinned: tuple[tuple[str, Any], ...] = ()
   # The overrides its runs were fingerprinted with, where they were departures from the
   # defaults then that are the defaults now (e.g. today's CMAH, recorded as the ablation
-  # `cmah_paper` before round 16 made its objective the default): listed in the
+  # `cmah_aniso` before round 16b made its per-axis scaling the default): listed in the
   # fingerprint instead of `overrides`, so those runs stay its own, while a changed base
   # config still changes the run. None = `overrides`.
   recorded_overrides: tuple[tuple[str, Any], ...] | None = None
@@ -80,7 +80,8 @@ def _c(name, label, group, source, **overrides):
   return _m(name, label, group, source, **items)
 
 
-# The defaults before round 16, as a `pinned` argument: what the runs recorded then ran.
+# The defaults of rounds 10-16 (until 16b), as a `pinned` argument: what the runs
+# recorded then ran.
 R10 = DEFAULTS_ROUND10
 R10_WHEN = "defaults of rounds 10-16"
 
@@ -121,16 +122,18 @@ _CMAH_AND_BASELINES = [
     _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
        loss__pairs="full_full,masked_masked,full_masked"),
 ]
-# Those trained methods as they ran under the round-10 defaults (rounds 10-16), each
-# recorded under the name above: its published runs, kept in the tables as `<name>_r10`.
+# Those trained methods as they ran under the defaults of rounds 10-16, each recorded
+# under the name above: its published runs, kept in the tables as `<name>_r10`. Not CMAH,
+# which is recorded as `cmah_aniso` today and as "cmah" then (`cmah_r10` below), nor
+# `cmah_paper`, whose overrides set every pinned key (it is the same run either way).
 _ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_BASELINES
                   if m.kind == "train" and m.name not in ("cmah", "cmah_paper")]
 
 METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
+    # -- earlier defaults kept in the tables under these names, pinned to what they ran
     _m("cmah_r10", "CMAH, defaults of rounds 10-16 (t 0.2, isotropic, L_2D weight 0.1)",
        "ablation", "[ours: validation carve, rounds 1-10]",
        recorded_as="cmah", pinned=R10),
-    # -- earlier defaults kept in the tables under these names, pinned to what they ran
     # UCCH at its published temperature: the runs made before the carve's screen
     # (recorded as "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
     _m("ucch_paper", "UCCH, its published temperature 0.9", "baseline",
