@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +159,8 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
       + rows("a", "baseline", [0.45, 0.45, 0.45], [0.3, 0.3, 0.3])     # i2p +0.15 > 0.1
       + rows("b", "baseline", [0.55, 0.55, 0.55], [0.3, 0.3, 0.3])     # i2p +0.05 < 0.1
       + rows("c", "ablation", [0.1, 0.1, 0.1], [0.48, 0.5, 0.52])      # p2i +0.0 < 0.02
-      + rows("sup", "bound", [0.8, 0.8, 0.8], [1.0, 1.0, 1.0]))
+      + rows("sup", "bound", [0.8, 0.8, 0.8], [1.0, 1.0, 1.0])
+      + rows("old", "earlier", [0.9, 0.9, 0.9], [0.9, 0.9, 0.9]))   # tabled, not judged
   by = {r["method"]: r for r in results_lib.verdicts(aggs)}
   assert set(by) == {"a", "b", "c", "sup"}
   assert by["a"]["wins"] and not by["b"]["wins"] and not by["c"]["wins"]
@@ -175,6 +177,24 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
   assert "| 16 | B | -0.000 (0.100)" not in md and "**does not win**" in md
   assert "| 16 | C | +0.500 (0.100) | +0.000 (0.020) | 3/3; 1/3 | **does not win** |" in md
   assert "75.0% / 50.0%" in md
+
+
+def test_the_trained_methods_of_earlier_defaults_are_the_ones_not_judged():
+  """A trained method pinned to earlier defaults is in group "earlier" (tabled beside
+  today's runs, left out of the verdicts), and every method of that group is one; tuning
+  candidates (the carve's suite, decided by `compare`) keep their own group."""
+  earlier = {n for n, m in methods_lib.METHODS.items() if m.group == "earlier"}
+  pinned = {n for n, m in methods_lib.METHODS.items()
+            if m.kind == "train" and m.pinned and m.group != "candidate"}
+  assert earlier == pinned
+  assert {"cmah_r10", "contrastive_r10", "supervised_r10", "cmah_img1"} <= earlier
+  assert not {"cmah", "contrastive", "supervised", "cmah_paper", "cca_itq"} & earlier
+  # The sign(h) row of such a method is not judged either; today's CMAH's is an ablation.
+  sign = {"method": "cmah", "label": "CMAH", "group": "ours", "codes": "sign"}
+  def shown_group(name):
+    (row,) = results_lib.relabel(types.SimpleNamespace(method=get_method(name)), [sign])
+    return row["group"]
+  assert (shown_group("cmah_r10"), shown_group("cmah")) == ("earlier", "ablation")
 
 
 def test_one_seed_has_no_spread_and_never_wins():

@@ -17,7 +17,9 @@ from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE
 class Method:
   name: str
   label: str                    # for tables and plots
-  group: str                    # "ours" | "baseline" | "ablation" | "bound"
+  # "ours" | "baseline" | "ablation" | "bound" | "candidate" (tuning only) | "earlier": a
+  # trained method pinned to earlier defaults, shown but not judged against today's CMAH
+  group: str
   source: str                   # where it comes from
   kind: str = "train"           # "train" | "classic"
   overrides: tuple[tuple[str, Any], ...] = ()
@@ -55,9 +57,10 @@ def earlier_default(method: Method, suffix: str, when: str, defaults: dict) -> M
   """`method` as it ran under earlier `defaults` (dotted keys -> values): named
   `method.name + suffix`, labelled with `when`, and the same run (fingerprint and
   directory) as those recorded under its name then, so they stay in the tables beside
-  today's once the default moves."""
+  today's once the default moves; in group "earlier", so the verdicts, which compare
+  today's CMAH with today's baselines and ablations, leave it out."""
   return dataclasses.replace(
-      method, name=method.name + suffix, label=f"{method.label} ({when})",
+      method, name=method.name + suffix, label=f"{method.label} ({when})", group="earlier",
       recorded_as=method.run_name, pinned=tuple(defaults.items()) + method.pinned)
 
 
@@ -132,23 +135,23 @@ _ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_B
 METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
     # -- earlier defaults kept in the tables under these names, pinned to what they ran
     _m("cmah_r10", "CMAH, defaults of rounds 10-16 (t 0.2, isotropic, L_2D weight 0.1)",
-       "ablation", "[ours: validation carve, rounds 1-10]",
+       "earlier", "[ours: validation carve, rounds 1-10]",
        recorded_as="cmah", pinned=R10),
     # UCCH at its published temperature: the runs made before the carve's screen
     # (recorded as "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
-    _m("ucch_paper", "UCCH, its published temperature 0.9", "baseline",
+    _m("ucch_paper", "UCCH, its published temperature 0.9", "earlier",
        "[Hu et al., TPAMI 2023]", recorded_as="ucch", pinned=R10, **UCCH,
        loss__ucch_temperature=0.9),
     # The defaults before round 10 (L_2D weight 1 with temperature 0.2 and isotropic
     # scaling): their runs were recorded as "cmah" and "supervised".
-    _m("cmah_img1", "CMAH, L_2D weight 1 (the default before round 10)", "ablation",
+    _m("cmah_img1", "CMAH, L_2D weight 1 (the default before round 10)", "earlier",
        "[paper]", recorded_as="cmah", pinned=R10, loss__image_recon_weight=1.0),
-    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", "bound",
+    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", "earlier",
        "[ours, SupCon-style]", recorded_as="supervised", pinned=R10, loss__supervised=True,
        loss__image_recon_weight=1.0),
     # Round 16b: the defaults of rounds 10-16 with the paper's temperature (validation
     # carve; docs/tuning.md; its twin with per-axis scaling is today's `cmah`).
-    _m("cmah_t0.07", "CMAH, defaults of rounds 10-16 with temperature 0.07", "ablation",
+    _m("cmah_t0.07", "CMAH, defaults of rounds 10-16 with temperature 0.07", "earlier",
        "[ours]", pinned=R10, loss__temperature=0.07),
     # -- candidate remedies for short codes, compared on the validation carve only
     #    (suite `tuning`); winners become defaults, ablated in the main table [ours].

@@ -10,7 +10,9 @@ import numpy as np
 DIRECTIONS = ("i2p", "p2i")
 METRICS = {"map": "mAP@all (ties by database index)",
            "map_tie_aware": "mAP@all, tie-aware (McSherry & Najork 2008)"}
-GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation")
+GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation", "earlier")
+# Trained methods pinned to earlier defaults (`methods.earlier_default`): tabled, not judged.
+EARLIER = "earlier"
 MODALITIES = ("image", "point")
 USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"}
 
@@ -24,13 +26,15 @@ SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's qua
 
 def _shown_as(row: dict, method) -> dict | None:
   """`row` under `method`'s name, label and group; a sign(h) row under the name and label
-  `SIGN_ROWS` gives the method, as an ablation, or None where it gives none."""
+  `SIGN_ROWS` gives the method, as an ablation (of earlier defaults where the method is),
+  or None where it gives none."""
   if row["codes"] != "sign":
     return dict(row, method=method.name, label=method.label, group=method.group)
   if method.name not in SIGN_ROWS:
     return None
   name, label = SIGN_ROWS[method.name]
-  return dict(row, method=name, label=label, group="ablation")
+  return dict(row, method=name, label=label,
+              group=EARLIER if method.group == EARLIER else "ablation")
 
 
 def run_rows(run, report: dict) -> list[dict]:
@@ -181,7 +185,9 @@ def usage_markdown(aggs: list[dict]) -> list[str]:
 
 def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[dict]:
   """Does `ours` beat each other method at each code length, in both directions, by more
-  than the larger of the two seed standard deviations (the issue's criterion)?
+  than the larger of the two seed standard deviations (the issue's criterion)? Methods of
+  group "earlier" (trained under earlier defaults) are not judged: against them a margin
+  would measure the defaults' change as much as the method.
 
   Returns one dict per (other method, bits) present for both: margins and needed gaps
   per direction, `spread` (both sides have >= 2 seeds, so a std exists), `wins` (a spread
@@ -196,7 +202,7 @@ def verdicts(aggs: list[dict], ours: str = "cmah", metric: str = "map") -> list[
   out = []
   for (method, bits), other in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     mine = by.get((ours, bits))
-    if method == ours or mine is None:
+    if method == ours or mine is None or other["group"] == EARLIER:
       continue
     row = {"method": method, "label": other["label"], "group": other["group"], "bits": bits,
            "n": (mine["n"], other["n"])}
@@ -229,7 +235,8 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
            "positive margin is only \"ahead\"). Against the supervised bound: ours / "
            "bound. Seeds ahead: in how many of the seeds both have ours scores higher, "
            "i2p; p2i (a seed fixes a trained run's initialisation and data order, so "
-           "between methods on the same model it pairs like with like).", "",
+           "between methods on the same model it pairs like with like). Rows of earlier "
+           "defaults are not judged.", "",
            "| bits | other | margin i2p (needed) | margin p2i (needed) | seeds ahead | verdict |",
            "|---|---|---|---|---|---|"]
   for r in rows:
