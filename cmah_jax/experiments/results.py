@@ -248,7 +248,9 @@ def verdict_markdown(aggs: list[dict], ours: str = "cmah", metric: str = "map") 
       verdict = "wins" if r["wins"] else "**does not win**"
     else:
       verdict = "ahead, not yet a win" if r["ahead"] else "**behind**"
-    n = "" if min(r["n"]) > 1 else f" ({min(r['n'])} seed)"
+    ours_n, other_n = r["n"]
+    n = "" if min(r["n"]) > 1 else (
+        f" ({other_n} seed{'s' * (other_n > 1)}; ours {ours_n})")
     paired = ("; ".join(f"{r[f'paired/{d}'][0]}/{r[f'paired/{d}'][1]}" for d in DIRECTIONS)
               if "paired/i2p" in r and r["paired/i2p"][1] else "")
     lines.append(f"| {r['bits']} | {r['label']}{n} | {cells[0]} | {cells[1]} | {paired} "
