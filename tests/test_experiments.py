@@ -1,5 +1,6 @@
 """The comparison suite: plan, fingerprints that refuse a changed config, aggregation, and
 a runlocal suite end to end (resumes by skipping finished runs)."""
+import dataclasses
 import functools
 import glob
 import json
@@ -195,6 +196,22 @@ def test_the_trained_methods_of_earlier_defaults_are_the_ones_not_judged():
     (row,) = results_lib.relabel(types.SimpleNamespace(method=get_method(name)), [sign])
     return row["group"]
   assert (shown_group("cmah_r10"), shown_group("cmah")) == ("earlier", "ablation")
+
+
+def test_no_reconstruction_is_cmah_without_lambda_r_and_contrastive_with_the_masked_pair(
+    tmp_path):
+  """Round 17's ablation differs from CMAH only in the reconstruction weight and from
+  contrastive-only only in L_c's pairs (resolved configs, field by field)."""
+  runs = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"), str(tmp_path),
+                       seeds=[0], bits=[64],
+                       methods=["no_reconstruction", "cmah", "contrastive"])
+  ablation, cmah, contrastive = (dataclasses.asdict(r.config) for r in runs)
+  def differing(a, b):
+    return {(section, k) for section in a if isinstance(a[section], dict)
+            for k in a[section] if a[section][k] != b[section][k]}
+  assert differing(ablation, cmah) == {("loss", "lambda_r")}
+  assert differing(ablation, contrastive) == {("loss", "pairs")}
+  assert ablation["loss"]["pairs"] == ("full_full", "masked_masked")
 
 
 def test_one_seed_has_no_spread_and_never_wins():

@@ -124,13 +124,19 @@ _CMAH_AND_BASELINES = [
        loss__pairs="full_full"),
     _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
        loss__pairs="full_full,masked_masked,full_masked"),
+    # Round 17 (docs/tuning.md): both reconstruction terms off, both pairs of L_c kept;
+    # between CMAH and contrastive-only (which also drops the masked-masked pair).
+    _m("no_reconstruction", "CMAH without L_3D and L_2D (both pairs of L_c)", "ablation",
+       "[ours]", loss__lambda_r=0.0),
 ]
-# Those trained methods as they ran under the defaults of rounds 10-16, each recorded
-# under the name above: its published runs, kept in the tables as `<name>_r10`. Not CMAH,
-# which is recorded as `cmah_aniso` today and as "cmah" then (`cmah_r10` below), nor
-# `cmah_paper`, whose overrides set every pinned key (it is the same run either way).
+# The trained methods that ran under the defaults of rounds 10-16, each recorded under its
+# name: its published runs, kept in the tables as `<name>_r10`. Not CMAH, which is recorded
+# as `cmah_aniso` today and as "cmah" then (`cmah_r10` below), nor `cmah_paper`, whose
+# overrides set every pinned key (it is the same run either way).
+_RAN_UNDER_ROUND10 = ("contrastive", "ucch", "supervised", "no_point_recon", "no_image_recon",
+                      "no_cross_attention", "full_full_only", "with_full_masked")
 _ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_BASELINES
-                  if m.kind == "train" and m.name not in ("cmah", "cmah_paper")]
+                  if m.name in _RAN_UNDER_ROUND10]
 
 METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
     # -- earlier defaults kept in the tables under these names, pinned to what they ran

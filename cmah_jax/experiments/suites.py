@@ -59,7 +59,8 @@ SUITES = {s.name: s for s in [
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
           ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
-            + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random"), (16, 64)),),
+            + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random")
+            + ("full_full_only", "no_reconstruction"), (16, 64)),),  # round 17, step 2
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),
