@@ -19,6 +19,7 @@ import pytest
 
 from cmah_jax import config as config_lib
 from cmah_jax import losses
+from cmah_jax import resume
 from cmah_jax.experiments import gradients
 from cmah_jax.experiments import methods as methods_lib
 from cmah_jax.experiments import plan as plan_lib
@@ -206,11 +207,9 @@ def test_no_reconstruction_is_cmah_without_lambda_r_and_contrastive_with_the_mas
                        seeds=[0], bits=[64],
                        methods=["no_reconstruction", "cmah", "contrastive"])
   ablation, cmah, contrastive = (dataclasses.asdict(r.config) for r in runs)
-  def differing(a, b):
-    return {(section, k) for section in a if isinstance(a[section], dict)
-            for k in a[section] if a[section][k] != b[section][k]}
-  assert differing(ablation, cmah) == {("loss", "lambda_r")}
-  assert differing(ablation, contrastive) == {("loss", "pairs")}
+  assert resume.config_diff(cmah, ablation) == [("loss.lambda_r", 1.0, 0.0)]
+  assert resume.config_diff(contrastive, ablation) == [
+      ("loss.pairs", ("full_full",), ("full_full", "masked_masked"))]
   assert ablation["loss"]["pairs"] == ("full_full", "masked_masked")
 
 
