@@ -228,8 +228,8 @@ def test_one_seed_has_no_spread_and_never_wins():
   assert not by["a"]["spread"] and by["a"]["ahead"] and not by["a"]["wins"]
   assert not by["b"]["ahead"] and not by["b"]["wins"]
   md = results_lib.verdict_markdown(aggs)
-  assert ("| 16 | A (3 seeds; ours 1) | +0.490 (no spread) | +0.400 (no spread) | 1/1; 1/1 | ahead, "
-          "not yet a win |") in md
+  assert ("| 16 | A (3 seeds; ours 1) | +0.490 (no spread) | +0.400 (no spread) | 1/1; 1/1 | "
+          "ahead, not yet a win |") in md
   assert ("| 16 | B (1 seed; ours 1) | -0.100 (no spread) | +0.500 (no spread) | 0/1; 1/1 | "
           "**behind** |") in md
   table = results_lib.markdown(aggs, "t", "p")

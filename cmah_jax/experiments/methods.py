@@ -13,6 +13,11 @@ from typing import Any
 from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE
 
 
+# The group of a trained method pinned to earlier defaults: tabled beside today's runs, not
+# judged against today's CMAH (`results.verdicts`).
+EARLIER = "earlier"
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   name: str
@@ -57,10 +62,10 @@ def earlier_default(method: Method, suffix: str, when: str, defaults: dict) -> M
   """`method` as it ran under earlier `defaults` (dotted keys -> values): named
   `method.name + suffix`, labelled with `when`, and the same run (fingerprint and
   directory) as those recorded under its name then, so they stay in the tables beside
-  today's once the default moves; in group "earlier", so the verdicts, which compare
+  today's once the default moves; in group `EARLIER`, so the verdicts, which compare
   today's CMAH with today's baselines and ablations, leave it out."""
   return dataclasses.replace(
-      method, name=method.name + suffix, label=f"{method.label} ({when})", group="earlier",
+      method, name=method.name + suffix, label=f"{method.label} ({when})", group=EARLIER,
       recorded_as=method.run_name, pinned=tuple(defaults.items()) + method.pinned)
 
 
@@ -141,23 +146,23 @@ _ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_B
 METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
     # -- earlier defaults kept in the tables under these names, pinned to what they ran
     _m("cmah_r10", "CMAH, defaults of rounds 10-16 (t 0.2, isotropic, L_2D weight 0.1)",
-       "earlier", "[ours: validation carve, rounds 1-10]",
+       EARLIER, "[ours: validation carve, rounds 1-10]",
        recorded_as="cmah", pinned=R10),
     # UCCH at its published temperature: the runs made before the carve's screen
     # (recorded as "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
-    _m("ucch_paper", "UCCH, its published temperature 0.9", "earlier",
+    _m("ucch_paper", "UCCH, its published temperature 0.9", EARLIER,
        "[Hu et al., TPAMI 2023]", recorded_as="ucch", pinned=R10, **UCCH,
        loss__ucch_temperature=0.9),
     # The defaults before round 10 (L_2D weight 1 with temperature 0.2 and isotropic
     # scaling): their runs were recorded as "cmah" and "supervised".
-    _m("cmah_img1", "CMAH, L_2D weight 1 (the default before round 10)", "earlier",
+    _m("cmah_img1", "CMAH, L_2D weight 1 (the default before round 10)", EARLIER,
        "[paper]", recorded_as="cmah", pinned=R10, loss__image_recon_weight=1.0),
-    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", "earlier",
+    _m("supervised_img1", "supervised upper bound, L_2D weight 1 (before round 10)", EARLIER,
        "[ours, SupCon-style]", recorded_as="supervised", pinned=R10, loss__supervised=True,
        loss__image_recon_weight=1.0),
     # Round 16b: the defaults of rounds 10-16 with the paper's temperature (validation
     # carve; docs/tuning.md; its twin with per-axis scaling is today's `cmah`).
-    _m("cmah_t0.07", "CMAH, defaults of rounds 10-16 with temperature 0.07", "earlier",
+    _m("cmah_t0.07", "CMAH, defaults of rounds 10-16 with temperature 0.07", EARLIER,
        "[ours]", pinned=R10, loss__temperature=0.07),
     # -- candidate remedies for short codes, compared on the validation carve only
     #    (suite `tuning`); winners become defaults, ablated in the main table [ours].

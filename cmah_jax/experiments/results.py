@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 
+from cmah_jax.experiments.methods import EARLIER
+
 DIRECTIONS = ("i2p", "p2i")
 METRICS = {"map": "mAP@all (ties by database index)",
            "map_tie_aware": "mAP@all, tie-aware (McSherry & Najork 2008)"}
-GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation", "earlier")
-# Trained methods pinned to earlier defaults (`methods.earlier_default`): tabled, not judged.
-EARLIER = "earlier"
+GROUP_ORDER = ("ours", "candidate", "baseline", "bound", "ablation", EARLIER)
 MODALITIES = ("image", "point")
 USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"}
 
