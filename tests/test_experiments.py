@@ -213,6 +213,16 @@ def test_no_reconstruction_is_cmah_without_lambda_r_and_contrastive_with_the_mas
   assert ablation["loss"]["pairs"] == ("full_full", "masked_masked")
 
 
+def test_round18_candidate_differs_from_cmah_only_in_the_masked_pair(tmp_path):
+  """`masked_point_full_image` is today's CMAH with L_c's masked-masked pair replaced by
+  the masked point view against the full image (resolved configs, field by field)."""
+  runs = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"), str(tmp_path),
+                       seeds=[0], bits=[64], methods=["masked_point_full_image", "cmah"])
+  candidate, cmah = (dataclasses.asdict(r.config) for r in runs)
+  assert resume.config_diff(cmah, candidate) == [
+      ("loss.pairs", ("full_full", "masked_masked"), ("full_full", "masked_point_full_image"))]
+
+
 def test_one_seed_has_no_spread_and_never_wins():
   def rows(method, group, seeds, i2p, p2i):
     return [{"method": method, "label": method.upper(), "group": group, "bits": 16,

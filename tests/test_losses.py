@@ -169,6 +169,13 @@ def test_cmah_loss_combines_terms():
                 + np_contrastive(np_out["image/h"], np_out["image/h_masked"], tau))
   _, terms = losses.cmah_loss(out, dataclasses.replace(cfg, pairs="intra_modal"))
   np.testing.assert_allclose(terms["loss/contrastive"], want, rtol=1e-5)
+  # masked_point_full_image: the masked point view against the full image, one direction
+  # pair of the symmetric InfoNCE (NumPy reference), added to full_full like any pair.
+  want = (np_contrastive(np_out["point/h"], np_out["image/h"], tau)
+          + np_contrastive(np_out["point/h_masked"], np_out["image/h"], tau))
+  _, terms = losses.cmah_loss(
+      out, dataclasses.replace(cfg, pairs="full_full,masked_point_full_image"))
+  np.testing.assert_allclose(terms["loss/contrastive"], want, rtol=1e-5)
   # Only full_full: masked outputs are not needed.
   only_full = {k: v for k, v in out.items() if "masked" not in k}
   total, terms = losses.cmah_loss(

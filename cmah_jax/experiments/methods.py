@@ -133,6 +133,10 @@ _CMAH_AND_BASELINES = [
     # between CMAH and contrastive-only (which also drops the masked-masked pair).
     _m("no_reconstruction", "CMAH without L_3D and L_2D (both pairs of L_c)", "ablation",
        "[ours]", loss__lambda_r=0.0),
+    # Round 18 (docs/tuning.md): the masked pair of L_c keeps the masked point view but
+    # pairs it with the full image, so the image tower is contrasted on full views only.
+    _m("masked_point_full_image", "CMAH, masked points paired with the full image",
+       "candidate", "[ours]", loss__pairs="full_full,masked_point_full_image"),
 ]
 # The trained methods that ran under the defaults of rounds 10-16, each recorded under its
 # name: its published runs, kept in the tables as `<name>_r10`. Not CMAH, which is recorded

@@ -60,7 +60,8 @@ SUITES = {s.name: s for s in [
           "of the train split (chooses hyper-parameters; never sees query/database)",
           ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random")
-            + ("full_full_only", "no_reconstruction"), (16, 64)),),  # round 17, step 2
+            + ("full_full_only", "no_reconstruction")  # round 17, step 2
+            + ("masked_point_full_image",), (16, 64)),),  # round 18
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -40,6 +40,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     intra_modal:   the mean of (point/h, point/h_masked) and (image/h, image/h_masked):
                    each tower's full view against its own masked view, as CrossPoint's
                    intra-modal instance discrimination [Afham et al., CVPR 2022].
+    masked_point_full_image: (point/h_masked, image/h): the masked point view against the
+                   full image, so the image tower's codes are contrasted on full views only
+                   (its masked view still feeds L_2D and the decoders) [ours, round 18].
   With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
@@ -126,6 +129,8 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       elif pair == "full_masked":
         total += 0.5 * (con(h["point", "full"], h["image", "masked"])
                         + con(h["point", "masked"], h["image", "full"]))
+      elif pair == "masked_point_full_image":
+        total += con(h["point", "masked"], h["image", "full"])
       else:  # intra_modal
         total += 0.5 * (con(h["point", "full"], h["point", "masked"], cross_modal=False)
                         + con(h["image", "full"], h["image", "masked"], cross_modal=False))

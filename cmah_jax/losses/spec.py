@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal")
+PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal", "masked_point_full_image")
 
 
 def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
