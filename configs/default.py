@@ -10,7 +10,7 @@ scaling is per-axis, Point-MAE's, in both).
 Every field and its default is in `cmah_jax/config.py`; this file sets only what the
 CPU-sized setting changes.
 """
-from cmah_jax.config import PAPER_OBJECTIVE, base_config
+from cmah_jax.config import PAPER_OBJECTIVE, PAPER_PAIRS, base_config
 from cmah_jax.config_args import parse_config_arg
 
 ARGS = dict(bits=64, variant="small", supervised=False, runlocal=False, steps=None,
@@ -44,8 +44,8 @@ def make_config(a: dict):
 def apply_paper_objective(c):
   """The paper-faithful objective and augmentation where our defaults depart from it
   (`cmah_jax.config.PAPER_OBJECTIVE`: temperature 0.07, per-axis point scaling, L_2D
-  weight 1)."""
-  for key, value in PAPER_OBJECTIVE.items():
+  weight 1; `PAPER_PAIRS`: L_c over the full-full and masked-masked pairs)."""
+  for key, value in {**PAPER_OBJECTIVE, **PAPER_PAIRS}.items():
     section, field = key.split(".")
     c[section][field] = value
   return c

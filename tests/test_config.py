@@ -41,19 +41,23 @@ def test_default_config_values():
   assert (cfg.variant, cfg.model.bits, cfg.input.num_points, cfg.input.image_size) == (
       "small", 64, 512, 64)
   assert (cfg.input.batch_size, cfg.input.eval_batch_size, cfg.total_steps) == (64, 128, 2400)
-  assert cfg.loss.pairs == ("full_full", "masked_masked")
+  # L_c's masked pair: the masked point view against the full image (round 18; the
+  # paper's masked-masked pair is the `paper` switch's).
+  assert cfg.loss.pairs == ("full_full", "masked_point_full_image")
   assert cfg.dataset.config == "default"
-  # Our validated departures from the paper (temperature, L_2D weight; the point scaling
-  # is Point-MAE's per-axis since round 16b), and the `paper` switch that undoes them.
+  # Our validated departures from the paper (temperature, L_2D weight, the masked pair;
+  # the point scaling is Point-MAE's per-axis since round 16b), and the `paper` switch
+  # that undoes them.
   assert (cfg.loss.temperature, cfg.input.point_scale_isotropic,
           cfg.loss.image_recon_weight) == (0.2, False, 0.1)
   for name in ("default", "modelnet40"):
     paper = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config("paper"))
     assert (paper.loss.temperature, paper.input.point_scale_isotropic,
             paper.loss.image_recon_weight) == (0.07, False, 1.0)
+    assert paper.loss.pairs == ("full_full", "masked_masked")
     ours = config_lib.resolve(importlib.import_module(f"configs.{name}").get_config())
     assert {k for k in ours.to_dict()["loss"] if ours.to_dict()["loss"][k]
-            != paper.to_dict()["loss"][k]} == {"temperature", "image_recon_weight"}
+            != paper.to_dict()["loss"][k]} == {"temperature", "image_recon_weight", "pairs"}
     assert ours.to_dict()["input"] == paper.to_dict()["input"]
 
 
@@ -200,6 +204,7 @@ def test_model_overrides_are_settable_on_the_command_line():
   assert config_lib.resolve(c) == config_lib.resolve(plain)
   assert config_lib.resolve(c).fingerprint() == config_lib.resolve(plain).fingerprint()
   c.lock()
+  c.loss.pairs = "full_full,masked_masked"  # the pair the masked views multiply
   c.model.overrides.masked_views = 2
   c.model.overrides.point_mask_ratio = 0.4
   cfg = config_lib.resolve(c)

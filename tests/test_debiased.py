@@ -72,10 +72,18 @@ def test_gradient_matches_finite_differences():
 def test_cmah_loss_uses_it_in_every_pair():
   out = {f"{t}/{n}": jnp.asarray(_codes(s, 6)) for s, (t, n) in enumerate(
       [(t, n) for t in ("point", "image") for n in ("h", "h_masked")])}
+  o = {k: np.asarray(v) for k, v in out.items()}
+  # The paper's pairs, full-full and masked-masked.
+  spec = LossSpec(debias_positive_prior=0.1, lambda_r=0.0, pairs="full_full,masked_masked")
+  total, _ = losses.cmah_loss(out, spec)
+  want = sum(np_debiased(o[f"point/{n}"], o[f"image/{n}"], spec.temperature, 0.1)
+             for n in ("h", "h_masked"))
+  np.testing.assert_allclose(float(total), want, rtol=1e-5)
+  # The default since round 18: full-full, and the masked points against the full image.
   spec = LossSpec(debias_positive_prior=0.1, lambda_r=0.0)
   total, _ = losses.cmah_loss(out, spec)
-  want = sum(np_debiased(np.asarray(out[f"point/{n}"]), np.asarray(out[f"image/{n}"]),
-                         spec.temperature, 0.1) for n in ("h", "h_masked"))
+  want = sum(np_debiased(o[f"point/{n}"], o["image/h"], spec.temperature, 0.1)
+             for n in ("h", "h_masked"))
   np.testing.assert_allclose(float(total), want, rtol=1e-5)
 
 

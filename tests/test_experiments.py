@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cmah_jax import config as config_lib
+from cmah_jax.config import PAPER_PAIRS
 from cmah_jax import losses
 from cmah_jax import resume
 from cmah_jax.experiments import gradients
@@ -37,11 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 6 ablations x 2 code lengths, then the earlier defaults:
+  # 6 methods x 4 code lengths + 7 ablations x 2 code lengths, then the earlier defaults:
   # CMAH, contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1
   # at 3, the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, and UCCH
   # at its published temperature at 16 and 32 bits; 3 seeds each.
-  assert len(runs) == (6 * 4 + 6 * 2 + 3 * 4 + 3 + 7 + 2) * 3
+  assert len(runs) == (6 * 4 + 7 * 2 + 3 * 4 + 3 + 7 + 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -182,15 +183,23 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
 
 
 def test_the_trained_methods_of_earlier_defaults_are_the_ones_not_judged():
-  """A trained method pinned to earlier defaults is in group "earlier" (tabled beside
-  today's runs, left out of the verdicts), and every method of that group is one; tuning
-  candidates (the carve's suite, decided by `compare`) keep their own group."""
+  """A trained method pinned to earlier defaults of the objective or augmentation (rounds
+  10-16) is in group "earlier" (tabled beside today's runs, left out of the verdicts), and
+  every method of that group is one; tuning candidates (the carve's suite, decided by
+  `compare`) keep their own group. A pin of L_c's pairs alone (the paper's, until round
+  18) does not make a method earlier: the bound keeps them, and the ablations
+  `paper_masked_pair`, `cmah_paper` and `no_reconstruction` are defined by them."""
   earlier = {n for n, m in methods_lib.METHODS.items() if m.group == "earlier"}
   pinned = {n for n, m in methods_lib.METHODS.items()
-            if m.kind == "train" and m.pinned and m.group != "candidate"}
+            if m.kind == "train" and set(dict(m.pinned)) - set(PAPER_PAIRS)
+            and m.group != "candidate"}
   assert earlier == pinned
+  pairs_only = {n for n, m in methods_lib.METHODS.items()
+                if m.kind == "train" and dict(m.pinned) == PAPER_PAIRS and m.group != "candidate"}
+  assert pairs_only == {"supervised", "cmah_paper", "paper_masked_pair", "no_reconstruction"}
   assert {"cmah_r10", "contrastive_r10", "supervised_r10", "cmah_img1"} <= earlier
-  assert not {"cmah", "contrastive", "supervised", "cmah_paper", "cca_itq"} & earlier
+  assert not {"cmah", "contrastive", "supervised", "cmah_paper", "cca_itq",
+              "paper_masked_pair"} & earlier
   # The sign(h) row of such a method is not judged either; today's CMAH's is an ablation.
   sign = {"method": "cmah", "label": "CMAH", "group": "ours", "codes": "sign"}
   def shown_group(name):
@@ -201,11 +210,12 @@ def test_the_trained_methods_of_earlier_defaults_are_the_ones_not_judged():
 
 def test_no_reconstruction_is_cmah_without_lambda_r_and_contrastive_with_the_masked_pair(
     tmp_path):
-  """Round 17's ablation differs from CMAH only in the reconstruction weight and from
-  contrastive-only only in L_c's pairs (resolved configs, field by field)."""
+  """Round 17's ablation differs from the CMAH of its day (`paper_masked_pair` since
+  round 18) only in the reconstruction weight and from contrastive-only only in L_c's
+  pairs (resolved configs, field by field)."""
   runs = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"), str(tmp_path),
                        seeds=[0], bits=[64],
-                       methods=["no_reconstruction", "cmah", "contrastive"])
+                       methods=["no_reconstruction", "paper_masked_pair", "contrastive"])
   ablation, cmah, contrastive = (dataclasses.asdict(r.config) for r in runs)
   assert resume.config_diff(cmah, ablation) == [("loss.lambda_r", 1.0, 0.0)]
   assert resume.config_diff(contrastive, ablation) == [
@@ -213,14 +223,21 @@ def test_no_reconstruction_is_cmah_without_lambda_r_and_contrastive_with_the_mas
   assert ablation["loss"]["pairs"] == ("full_full", "masked_masked")
 
 
-def test_round18_candidate_differs_from_cmah_only_in_the_masked_pair(tmp_path):
-  """`masked_point_full_image` is today's CMAH with L_c's masked-masked pair replaced by
-  the masked point view against the full image (resolved configs, field by field)."""
+def test_round18_cmah_differs_from_the_paper_masked_pair_only_in_the_masked_pair(tmp_path):
+  """Today's CMAH (round 18) is the CMAH of rounds 16b-17 (`paper_masked_pair`) with
+  L_c's masked-masked pair replaced by the masked point view against the full image
+  (resolved configs, field by field), and is the run its candidate was: the same
+  fingerprint and directory as `masked_point_full_image` planned as it was defined then."""
   runs = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"), str(tmp_path),
-                       seeds=[0], bits=[64], methods=["masked_point_full_image", "cmah"])
-  candidate, cmah = (dataclasses.asdict(r.config) for r in runs)
-  assert resume.config_diff(cmah, candidate) == [
+                       seeds=[0], bits=[64], methods=["paper_masked_pair", "cmah"])
+  ablation, cmah = runs
+  assert resume.config_diff(dataclasses.asdict(ablation.config),
+                            dataclasses.asdict(cmah.config)) == [
       ("loss.pairs", ("full_full", "masked_masked"), ("full_full", "masked_point_full_image"))]
+  candidate = Method("masked_point_full_image", "candidate", "candidate", "[test]", "train",
+                     (("loss.pairs", "full_full,masked_point_full_image"),))
+  assert cmah.fingerprint[:16] == plan_lib.run_fingerprint(candidate, cmah.config)
+  assert os.path.basename(os.path.dirname(cmah.workdir)) == "masked_point_full_image"
 
 
 def test_one_seed_has_no_spread_and_never_wins():
@@ -574,42 +591,55 @@ def _as_then(monkeypatch, name, overrides=()):
 
 
 def _defaults(temperature, isotropic, image_weight):
-  """The 4,800-step default config with these three (earlier) defaults."""
+  """The 4,800-step default config with these three (earlier) defaults, and L_c's pairs
+  as they were until round 18 (the paper's)."""
   c = default.get_config("steps=4800")
   c.loss.temperature, c.input.point_scale_isotropic = temperature, isotropic
   c.loss.image_recon_weight = image_weight
+  c.loss.pairs = PAPER_PAIRS["loss.pairs"]
   return c
 
 
 def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch):
   """Round 10 moved the L_2D weight from 1 to 0.1 (temperature 0.2, isotropic scaling);
-  round 16b moved the point scaling to per-axis. CMAH planned under each earlier default
-  is the run its pinned method plans today (`cmah_img1`, `cmah_r10`: same fingerprint,
-  directory and config), not today's CMAH; the ablation `cmah_aniso` of round 16b is
-  today's CMAH; and under the old defaults `cmah` and `cmah_img1` would be one run, which
-  a plan refuses."""
+  round 16b moved the point scaling to per-axis; round 18 moved L_c's masked pair to the
+  masked point view against the full image. CMAH planned under each earlier default is
+  the run its pinned method plans today (`cmah_img1`, `cmah_r10`, `paper_masked_pair`:
+  same fingerprint, directory and config), not today's CMAH; the ablation `cmah_aniso` of
+  round 16b is today's `paper_masked_pair`, and the candidate `masked_point_full_image`
+  of round 18 today's CMAH; and under the old defaults `cmah` and `cmah_img1` would be
+  one run, which a plan refuses."""
   suite = get_suite("main")
   now = {r.method.name: r for r in plan_lib.plan(
       suite, default.get_config("steps=4800"), "/r", seeds=[1], bits=[64],
-      methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10"])}
+      methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10", "paper_masked_pair"])}
   with monkeypatch.context() as m:
     _as_then(m, "cmah")
     _as_then(m, "contrastive", (("loss.pairs", "full_full"), ("loss.lambda_r", 0.0)))
     _as_then(m, "cmah_aniso", (("input.point_scale_isotropic", False),))
+    _as_then(m, "masked_point_full_image",
+             (("loss.pairs", "full_full,masked_point_full_image"),))
     then = suites_lib.Suite("main", "then",
                             ((("cmah", "contrastive", "cmah_aniso"), (64,)),))
     (before_r10,) = plan_lib.plan(then, _defaults(0.2, True, 1.0), "/r", seeds=[1],
                                   bits=[64], methods=["cmah"])
     r10 = {r.method.name: r for r in plan_lib.plan(then, _defaults(0.2, True, 0.1), "/r",
                                                    seeds=[1])}
+    (candidate,) = plan_lib.plan(
+        suites_lib.Suite("tuning", "then", ((("masked_point_full_image",), (64,)),)),
+        _defaults(0.2, False, 0.1), "/r", seeds=[1])
   for today, then in ((now["cmah_img1"], before_r10), (now["cmah_r10"], r10["cmah"]),
                       (now["contrastive_r10"], r10["contrastive"]),
-                      (now["cmah"], r10["cmah_aniso"])):
+                      (now["paper_masked_pair"], r10["cmah_aniso"]),
+                      (now["cmah"], candidate)):
     assert (today.fingerprint, today.workdir) == (then.fingerprint, then.workdir)
     assert today.config.to_dict() == then.config.to_dict()
-  assert now["cmah"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
+  assert now["paper_masked_pair"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
+  assert now["cmah"].workdir.split("/runs/")[1].startswith("masked_point_full_image/")
   assert (now["cmah"].config.input.point_scale_isotropic,
           now["cmah_r10"].config.input.point_scale_isotropic) == (False, True)
+  assert (now["cmah"].config.loss.pairs, now["paper_masked_pair"].config.loss.pairs) == (
+      ("full_full", "masked_point_full_image"), ("full_full", "masked_masked"))
   with monkeypatch.context() as m:
     _as_then(m, "cmah")
     both = suites_lib.Suite("main", "then", ((("cmah", "cmah_img1"), (16,)),))
@@ -659,6 +689,7 @@ def test_pinning_a_later_model_field_through_its_override_slot():
 
   def fp(pinned, base_views=None):
     c = default.get_config()
+    c.loss.pairs = "full_full,masked_masked"  # the pair the masked views multiply
     if base_views is not None:
       c.model.overrides.masked_views = base_views
     method = Method("m", "m", "ablation", "[test]", "train",

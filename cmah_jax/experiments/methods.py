@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE
+from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE, PAPER_PAIRS
 
 
 # The group of a trained method pinned to earlier defaults: tabled beside today's runs, not
@@ -85,22 +85,23 @@ def _c(name, label, group, source, **overrides):
   items = {k: v for k, v in PAPER.items() if k != image_weight}
   items.update(overrides)
   items.setdefault(image_weight, PAPER[image_weight])
-  return _m(name, label, group, source, **items)
+  return _m(name, label, group, source, pinned=PAPER_PAIRS, **items)
 
 
 # The defaults of rounds 10-16 (until 16b), as a `pinned` argument: what the runs
-# recorded then ran.
-R10 = DEFAULTS_ROUND10
+# recorded then ran (L_c's pairs were the paper's until round 18).
+R10 = {**DEFAULTS_ROUND10, **PAPER_PAIRS}
 R10_WHEN = "defaults of rounds 10-16"
 
 _CMAH_AND_BASELINES = [
     # -- CMAH: the paper's method with our validated defaults (temperature 0.2, L_2D weight
-    #    0.1, Point-MAE's per-axis point scaling since round 16b; docs/tuning.md); its
-    #    runs made before the switch, as `cmah_aniso` (which set the scaling by an
-    #    override), are its own.
+    #    0.1, Point-MAE's per-axis point scaling since round 16b, L_c's masked pair as the
+    #    masked point view against the full image since round 18; docs/tuning.md); its
+    #    runs made before the switch, as the candidate `masked_point_full_image` (which set
+    #    the pairs by an override), are its own.
     _m("cmah", "CMAH (ours)", "ours", "[paper] arXiv 2408.05711, [ours] defaults",
-       recorded_as="cmah_aniso",
-       recorded_overrides={"input.point_scale_isotropic": False}),
+       recorded_as="masked_point_full_image",
+       recorded_overrides={"loss.pairs": "full_full,masked_point_full_image"}),
     # -- baselines. The classic ones read no loss or augmentation setting; they are pinned
     #    to the defaults their runs were recorded under, which leaves those runs theirs.
     _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic", pinned=R10),
@@ -114,11 +115,19 @@ _CMAH_AND_BASELINES = [
     _m("ucch", "UCCH (point tower for text)", "baseline",
        "[Hu et al., TPAMI 2023; temperature ours: validation carve]", **UCCH,
        loss__ucch_temperature=0.2),
+    # The bound keeps the paper's pairs, with which its runs were recorded: its labels,
+    #    not the choice of masked pair, make it the bound.
     _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
-       loss__supervised=True),
+       pinned=PAPER_PAIRS, loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper
     _m("cmah_paper", "CMAH, paper objective (t 0.07, per-axis scaling, L_2D weight 1)",
-       "ablation", "[paper; Point-MAE]", **PAPER),
+       "ablation", "[paper; Point-MAE]", pinned=PAPER_PAIRS, **PAPER),
+    # Round 18's ablation: today's CMAH with the paper's masked-masked pair, i.e. the
+    #    default of rounds 16b-17, whose runs were recorded as `cmah_aniso` (per-axis
+    #    scaling then set by an override).
+    _m("paper_masked_pair", "CMAH, the paper's masked-masked pair (default until round 18)",
+       "ablation", "[paper]", recorded_as="cmah_aniso", pinned=PAPER_PAIRS,
+       recorded_overrides={"input.point_scale_isotropic": False}),
     _m("no_point_recon", "CMAH without L_3D", "ablation", "[ours]",
        loss__use_point_recon=False),
     _m("no_image_recon", "CMAH without L_2D", "ablation", "[ours]",
@@ -127,16 +136,12 @@ _CMAH_AND_BASELINES = [
        model__overrides__fusion_cross_attention=False),
     _m("full_full_only", "CMAH, full-full pair only", "ablation", "[ours]",
        loss__pairs="full_full"),
-    _m("with_full_masked", "CMAH, + full-masked pairs", "ablation", "[ours]",
+    _m("with_full_masked", "CMAH, paper's pairs + full-masked pairs", "ablation", "[ours]",
        loss__pairs="full_full,masked_masked,full_masked"),
     # Round 17 (docs/tuning.md): both reconstruction terms off, both pairs of L_c kept;
     # between CMAH and contrastive-only (which also drops the masked-masked pair).
-    _m("no_reconstruction", "CMAH without L_3D and L_2D (both pairs of L_c)", "ablation",
-       "[ours]", loss__lambda_r=0.0),
-    # Round 18 (docs/tuning.md): the masked pair of L_c keeps the masked point view but
-    # pairs it with the full image, so the image tower is contrasted on full views only.
-    _m("masked_point_full_image", "CMAH, masked points paired with the full image",
-       "candidate", "[ours]", loss__pairs="full_full,masked_point_full_image"),
+    _m("no_reconstruction", "CMAH without L_3D and L_2D (the paper's pairs of L_c)",
+       "ablation", "[ours]", pinned=PAPER_PAIRS, loss__lambda_r=0.0),
 ]
 # The trained methods that ran under the defaults of rounds 10-16, each recorded under its
 # name: its published runs, kept in the tables as `<name>_r10`. Not CMAH, which is recorded

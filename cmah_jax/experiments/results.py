@@ -21,7 +21,9 @@ USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"
 # as an ablation row: method -> (row name, label).
 SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)"),
              "cmah_r10": ("cmah_r10_sign", "CMAH, defaults of rounds 10-16, sign(h) codes"),
-             "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes")}
+             "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes"),
+             "paper_masked_pair": ("paper_masked_pair_sign",
+                                   "CMAH, the paper's masked-masked pair, sign(h) codes")}
 
 
 def _shown_as(row: dict, method) -> dict | None:

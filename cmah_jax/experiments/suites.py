@@ -25,7 +25,8 @@ class Suite:
 MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
 PARTS = ("no_point_recon", "no_image_recon", "no_cross_attention", "full_full_only",
          "with_full_masked")
-ABLATIONS = ("cmah_paper",) + PARTS  # the paper's objective, then CMAH's parts
+# the paper's objective, the paper's masked pair (round 18), then CMAH's parts
+ABLATIONS = ("cmah_paper", "paper_masked_pair") + PARTS
 # Earlier defaults (`Method.recorded_as`, `Method.pinned`), at the lengths they were run, so
 # their finished runs stay in the table beside today's: the round-10 defaults (rounds
 # 10-16b: t 0.2, isotropic, L_2D 0.1) of CMAH, the baselines, the bound and the ablations;
@@ -61,7 +62,7 @@ SUITES = {s.name: s for s in [
           ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random")
             + ("full_full_only", "no_reconstruction")  # round 17, step 2
-            + ("masked_point_full_image",), (16, 64)),),  # round 18
+            + ("paper_masked_pair",), (16, 64)),),  # round 18: `cmah` before it
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -28,8 +28,10 @@ class LossSpec:
                                             # the paper's value is unknown, ConMH uses 0.5;
                                             # 0.07 (CLIP) is `configs/default.py:paper`;
                                             # confirmed at 4,800 steps, round 16b]
-  pairs: tuple[str, ...] = ("full_full", "masked_masked")  # [paper: full-full and masked
-                                            # pairs; which ones ours]
+  # [paper: "full-full and masked pairs"; which masked pair ours: the masked point view
+  # against the full image, chosen on the validation carve in round 18 (docs/tuning.md);
+  # the paper's masked-masked pair is `configs/default.py:paper` and `PAPER_PAIRS`]
+  pairs: tuple[str, ...] = ("full_full", "masked_point_full_image")
   lambda_r: float = 1.0                     # [paper shows no weight; ConMH 1:1]
   # Relative weights inside the reconstruction term, L_c + lambda_r * (w_3D L_3D + w_2D
   # L_2D) [ours]: the Chamfer L_3D on patch-local coordinates is ~1e-2 and its gradient on
