@@ -192,6 +192,7 @@ ADDED_LATER = {
     "loss.ucch_temperature": 0.9,
     "model.masked_views": 1,
     "model.hash_sharpness_end": 1.0,
+    "model.extra_image_views": True,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -264,9 +265,12 @@ def _section(cls, values: Mapping[str, Any], where: str):
 def resolve(config: Any) -> ExperimentConfig:
   """`ConfigDict` (or mapping, or an `ExperimentConfig`) -> validated `ExperimentConfig`.
 
-  `model.masked_views` resolves to 1 where `loss.pairs` has no masked-masked pair (the
-  only reader of the extra views), so such a run (contrastive-only, say) trains and is
-  fingerprinted as the one-view run it is.
+  The extra masked views are encoded only where a pair of L_c reads them:
+  `model.masked_views` resolves to 1 where `loss.pairs` has neither the masked-masked pair
+  nor the masked points against the full image, so such a run (contrastive-only, say)
+  trains and is fingerprinted as the one-view run it is; and `model.extra_image_views`
+  resolves to False where only the latter reads them (the point tower's views alone), to
+  its neutral True with one view.
 
   Raises:
     ValueError: an unknown key (named with the valid ones), an inconsistent size, or
@@ -328,11 +332,23 @@ def resolve(config: Any) -> ExperimentConfig:
   if float(spec.loss.prototype_weight) > 0 and not spec.model.num_prototypes:
     raise ValueError(f"config.loss.prototype_weight={spec.loss.prototype_weight} needs "
                      "prototypes to predict: set config.model.overrides.num_prototypes > 0")
-  if spec.model.masked_views > 1 and "masked_masked" not in spec.loss.pairs:
-    # Only the masked-masked pair of L_c reads views 1 .. V-1: without it they would be
-    # computed and thrown away. One view is the run this config trains.
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, masked_views=1))
-  return spec
+  return _resolve_masked_views(spec)
+
+
+def _resolve_masked_views(spec: ExperimentConfig) -> ExperimentConfig:
+  """`spec` with the masked views that no pair of L_c reads left out (`resolve`)."""
+  model, pairs = spec.model, spec.loss.pairs
+  if model.masked_views == 1 or not {"masked_masked", "masked_point_full_image"} & set(pairs):
+    # Views 1 .. V-1 would be computed and thrown away: one view is the run this trains.
+    model = dataclasses.replace(model, masked_views=1, extra_image_views=True)
+  elif "masked_masked" not in pairs:  # the point tower's extra views are read, not the image's
+    model = dataclasses.replace(model, extra_image_views=False)
+  elif not model.extra_image_views:
+    raise ValueError(
+        f"config.model.overrides.extra_image_views=False with masked_views="
+        f"{model.masked_views}: the masked-masked pair of config.loss.pairs={','.join(pairs)} "
+        "reads the image tower's extra masked views")
+  return dataclasses.replace(spec, model=model)
 
 
 # ----------------------------------------------------------------------------- schedule

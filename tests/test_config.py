@@ -168,24 +168,38 @@ def test_an_inert_weight_leaves_the_loss_bit_identical():
     assert totals[0] == totals[1] == totals[2], off
 
 
-def test_extra_masked_views_resolve_away_without_the_masked_pair():
-  """Only the masked-masked pair reads masked views 1 .. V-1: without that pair a config
-  asking for V > 1 resolves to the one-view run (same config, same fingerprint); with it,
-  V stays and is fingerprinted."""
-  def cfg(views, pairs):
+def test_extra_masked_views_resolve_away_where_no_pair_reads_them():
+  """Masked views 1 .. V-1 are read by the masked-masked pair (both towers') and by the
+  masked points against the full image (the point tower's): without either pair a config
+  asking for V > 1 resolves to the one-view run (same config, same fingerprint); with the
+  masked-masked pair V stays with the image's views; with only the point pair V stays
+  without them (`extra_image_views=False`); each V is its own fingerprint."""
+  def cfg(views, pairs, image_views=None):
     c = importlib.import_module("configs.default").get_config()
     c.loss.pairs = pairs
     if views is not None:
       c.model.overrides.masked_views = views
+    if image_views is not None:
+      c.model.overrides.extra_image_views = image_views
     return config_lib.resolve(c)
 
   for pairs in ("full_full", "full_full,intra_modal"):
-    runs = [cfg(views, pairs) for views in (None, 1, 2, 3)]
-    assert [r.model.masked_views for r in runs] == [1, 1, 1, 1], pairs
-    assert all(r == runs[1] and r.fingerprint() == runs[1].fingerprint() for r in runs)
-  for pairs in ("full_full,masked_masked", "masked_masked"):
-    assert [cfg(v, pairs).model.masked_views for v in (1, 2, 3)] == [1, 2, 3], pairs
-    assert len({cfg(v, pairs).fingerprint() for v in (1, 2, 3)}) == 3, pairs
+    runs = [cfg(views, pairs, image) for views in (None, 1, 2, 3) for image in (None, False)]
+    assert [r.model.masked_views for r in runs] == [1] * 8, pairs
+    assert all(r.model.extra_image_views for r in runs), pairs
+    assert all(r == runs[0] and r.fingerprint() == runs[0].fingerprint() for r in runs)
+  for pairs, image_views in (("full_full,masked_masked", True), ("masked_masked", True),
+                             ("full_full,masked_point_full_image", False)):
+    runs = [cfg(v, pairs) for v in (1, 2, 3)]
+    assert [r.model.masked_views for r in runs] == [1, 2, 3], pairs
+    assert [r.model.extra_image_views for r in runs] == [True, image_views, image_views]
+    assert len({r.fingerprint() for r in runs}) == 3, pairs
+  # One view: the flag is meaningless and resolves to its neutral value (old fingerprints).
+  point_pair = "full_full,masked_point_full_image"
+  assert cfg(1, point_pair, False) == cfg(None, point_pair)
+  with pytest.raises(ValueError, match="extra_image_views=False with masked_views=2: the "
+                     "masked-masked pair"):
+    cfg(2, "full_full,masked_masked", False)
 
 
 def test_model_overrides_are_settable_on_the_command_line():

@@ -402,5 +402,29 @@ def test_masked_pair_is_averaged_over_masked_views():
   _, terms = losses.cmah_loss(out, spec)
   np.testing.assert_allclose(terms["loss/contrastive"], full + masked + cross, rtol=1e-5)
   lopsided = dict(out, **{"image/h_masked_extra": out["image/h_masked_extra"][:1]})
-  with pytest.raises(ValueError, match="2 extra masked point views but 1 image"):
+  with pytest.raises(ValueError, match="as many extra masked image views as point views, "
+                     "got 1 and 2"):
     losses.cmah_loss(lopsided, spec)
+
+
+def test_masked_points_against_the_full_image_average_the_point_views():
+  """Round 19: with extra masked point views (and none of the image's, as
+  `model.extra_image_views=False` gives), the masked-point/full-image pair is the mean of
+  InfoNCE over the V point views against the full image (NumPy reference); the full-full
+  pair is unchanged."""
+  out = _fake_outputs(seed=4)
+  out["point/h_masked_extra"] = jnp.asarray(
+      np.random.default_rng(8).normal(size=(2, 4, 8)), jnp.float32)
+  np_out = {k: np.asarray(v) for k, v in out.items()}
+  tau = 0.2
+  point_views = [np_out["point/h_masked"]] + list(np_out["point/h_masked_extra"])
+  masked = np.mean([np_contrastive(p, np_out["image/h"], tau) for p in point_views])
+  full = np_contrastive(np_out["point/h"], np_out["image/h"], tau)
+  spec = losses.LossSpec(temperature=tau, pairs="full_full,masked_point_full_image",
+                         lambda_r=0.0)
+  _, terms = losses.cmah_loss(out, spec)
+  np.testing.assert_allclose(terms["loss/contrastive"], full + masked, rtol=1e-5)
+  one_view = np_contrastive(np_out["point/h_masked"], np_out["image/h"], tau)
+  assert abs(masked - one_view) > 1e-3  # the extra views count
+  with pytest.raises(ValueError, match="as many extra masked image views"):
+    losses.cmah_loss(out, dataclasses.replace(spec, pairs=("full_full", "masked_masked")))

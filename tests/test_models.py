@@ -548,6 +548,26 @@ def test_extra_masked_views_are_independent_masked_passes(tiny):
       resolve_config("tiny", BITS, {field: bad})
 
 
+def test_extra_masked_views_of_the_point_tower_alone(tiny):
+  """`masked_views=3, extra_image_views=False` (round 19): the point tower's extra views
+  are exactly those of the two-tower model (same masks), the image tower's are not
+  computed, and every other output is unchanged."""
+  _, variables, _, images, points = tiny
+  both, _ = build("tiny", BITS, jax.random.key(0), masked_views=3)
+  points_only, _ = build("tiny", BITS, jax.random.key(0), masked_views=3,
+                         extra_image_views=False)
+  mk, dk = jax.random.key(7), jax.random.key(2)
+  call = dict(train=True, mask_key=mk, rngs={"dropout": dk})
+  out_both = both.apply(variables, images, points, **call)
+  out_points = points_only.apply(variables, images, points, **call)
+  assert set(out_points) == set(out_both) - {"image/h_masked_extra"}
+  for k in out_points:
+    np.testing.assert_allclose(out_points[k], out_both[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  assert out_points["point/h_masked_extra"].shape == (2, B, BITS)
+  with pytest.raises(ValueError, match="extra_image_views must be True or False, got 0"):
+    resolve_config("tiny", BITS, {"extra_image_views": 0})
+
+
 def test_hash_sharpness_schedule_by_hand():
   """HashNet's beta_t = sqrt(1 + gamma t), gamma fixed by the end value and run length:
   end 5 over 4,800 steps is HashNet's gamma 0.005."""

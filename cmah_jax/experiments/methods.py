@@ -331,6 +331,12 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
        "sharpened to 5", "candidate", "[HashNet's continuation]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
        model__overrides__hash_sharpness_end=5.0),
+    # Round 19 (docs/tuning.md): round 18's masked pair with two masked point views per
+    # object, the pair averaged over them (`model.masked_views=2`; the image tower's extra
+    # view is not encoded, since no pair reads it). Rounds 14 and 18 both gained from
+    # more masked point views in L_c [ours, after multi-crop, Caron et al. NeurIPS 2020].
+    _m("point_views2", "CMAH, two masked point views against the full image", "candidate",
+       "[ours; after multi-crop]", model__overrides__masked_views=2),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

@@ -62,7 +62,8 @@ SUITES = {s.name: s for s in [
           ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random")
             + ("full_full_only", "no_reconstruction")  # round 17, step 2
-            + ("paper_masked_pair",), (16, 64)),),  # round 18: `cmah` before it
+            + ("paper_masked_pair",)  # round 18: `cmah` before it
+            + ("point_views2",), (16, 64)),),  # round 19
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

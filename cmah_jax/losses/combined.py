@@ -42,7 +42,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                    intra-modal instance discrimination [Afham et al., CVPR 2022].
     masked_point_full_image: (point/h_masked, image/h): the masked point view against the
                    full image, so the image tower's codes are contrasted on full views only
-                   (its masked view still feeds L_2D and the decoders) [ours, round 18].
+                   (its masked view still feeds L_2D and the decoders) [ours, round 18];
+                   with `model.masked_views = V > 1` the mean over the V masked point
+                   views [ours, round 19].
   With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
@@ -112,9 +114,6 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                              f"pairs={pairs}"))
       extra = outputs.get(f"{tower}/{name}_masked_extra")  # [V - 1, B, K] or absent
       h[tower, "extra"] = [] if extra is None else [transform(v) for v in extra]
-    if len(h["point", "extra"]) != len(h["image", "extra"]):
-      raise ValueError(f"cmah_loss: {len(h['point', 'extra'])} extra masked point views "
-                       f"but {len(h['image', 'extra'])} image views ({name!r})")
     total = jnp.zeros((), jnp.float32)
     for pair in pairs:
       if pair == "full_full" and queue is not None:
@@ -123,14 +122,20 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       elif pair == "full_full":
         total += con(h["point", "full"], h["image", "full"])
       elif pair == "masked_masked":  # averaged over the masked views
+        if len(h["point", "extra"]) != len(h["image", "extra"]):
+          raise ValueError(
+              f"cmah_loss: the masked-masked pair needs as many extra masked image views as "
+              f"point views, got {len(h['image', 'extra'])} and {len(h['point', 'extra'])} "
+              f"({name!r}; model.extra_image_views=False encodes the point tower's only)")
         views = zip([h["point", "masked"]] + h["point", "extra"],
                     [h["image", "masked"]] + h["image", "extra"])
         total += sum(con(p, i) for p, i in views) / (1 + len(h["point", "extra"]))
       elif pair == "full_masked":
         total += 0.5 * (con(h["point", "full"], h["image", "masked"])
                         + con(h["point", "masked"], h["image", "full"]))
-      elif pair == "masked_point_full_image":
-        total += con(h["point", "masked"], h["image", "full"])
+      elif pair == "masked_point_full_image":  # averaged over the masked point views
+        views = [h["point", "masked"]] + h["point", "extra"]
+        total += sum(con(p, h["image", "full"]) for p in views) / len(views)
       else:  # intra_modal
         total += 0.5 * (con(h["point", "full"], h["point", "masked"], cross_modal=False)
                         + con(h["image", "full"], h["image", "masked"], cross_modal=False))

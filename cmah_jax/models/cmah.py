@@ -22,7 +22,8 @@ and in training with both modalities also
   with `config.masked_views = V > 1` also
   "point/h_masked_extra", "image/h_masked_extra"  [V - 1, B, K] float32: masked views
                                       1 .. V-1 (independent masks; encoders and hash
-                                      heads only, no decoders)
+                                      heads only, no decoders); the image's only with
+                                      `config.extra_image_views`
   "point/pred", "point/target"        [B, G_mask, k, 3] float32 (target: re-centred
                                       masked neighbourhoods)
   "image/pred", "image/target"        [B, T_mask, p*p*3] float32 (target: masked patches
@@ -163,8 +164,11 @@ class CMAH(nn.Module):
     out["point/h_masked"], _ = self.point_hash(p_vis_pooled, beta)
     out["image/h_masked"], _ = self.image_hash(i_vis_pooled, beta)
     if cfg.masked_views > 1:
-      out["point/h_masked_extra"], out["image/h_masked_extra"] = self._extra_masked_views(
-          mask_key, p_tok, p_pos, i_tok, i_pos, det, beta)
+      p_extra, i_extra = self._extra_masked_views(mask_key, p_tok, p_pos, i_tok, i_pos, det,
+                                                  beta)
+      out["point/h_masked_extra"] = p_extra
+      if i_extra is not None:
+        out["image/h_masked_extra"] = i_extra
     if cfg.embed_dim:
       out["point/z"] = self.point_embed(p_pooled).astype(jnp.float32)
       out["image/z"] = self.image_embed(i_pooled).astype(jnp.float32)
@@ -190,10 +194,12 @@ class CMAH(nn.Module):
 
     View v >= 1 masks with `split(split(fold_in(mask_key, 1), V - 1)[v - 1])` (points,
     images), as view 0 masks with `split(mask_key)`; all views go through each encoder in
-    one call, stacked on the batch axis.
+    one call, stacked on the batch axis. Without `config.extra_image_views` the image
+    tower's views are not encoded (the point views are the same masks either way).
 
     Returns:
-      (point h, image h): `[V - 1, B, K]` float32 each.
+      (point h, image h): `[V - 1, B, K]` float32 each; image h None without
+      `config.extra_image_views`.
     """
     cfg = self.config
     b, views = p_tok.shape[0], cfg.masked_views - 1
@@ -209,10 +215,12 @@ class CMAH(nn.Module):
     cat = functools.partial(jnp.concatenate, axis=0)
     p_h, _ = self.point_hash(
         global_pool(self.point_encoder(cat(p_vis), cat(p_vis_pos), det)), beta)
+    p_h = p_h.reshape(views, b, -1).astype(jnp.float32)
+    if not cfg.extra_image_views:
+      return p_h, None
     i_h, _ = self.image_hash(
         global_pool(self.image_encoder(cat(i_vis), cat(i_vis_pos), det)), beta)
-    return (p_h.reshape(views, b, -1).astype(jnp.float32),
-            i_h.reshape(views, b, -1).astype(jnp.float32))
+    return p_h, i_h.reshape(views, b, -1).astype(jnp.float32)
 
 
 # -- construction ------------------------------------------------------------------------

@@ -57,9 +57,15 @@ class ModelConfig:
                                        # (the paper's network) [ours, after SwAV]
   masked_views: int = 1                # independent masked views of each object per
                                        # training step; view 0 feeds the fusion decoders,
-                                       # every view joins the masked-masked pair of L_c
-                                       # (averaged); 1: the paper's single view [ours,
-                                       # after multi-crop, Caron et al. NeurIPS 2020]
+                                       # every view joins the masked pairs of L_c that read
+                                       # it (averaged): masked-masked, masked points
+                                       # against the full image; 1: the paper's single
+                                       # view [ours, after multi-crop, Caron et al.
+                                       # NeurIPS 2020]
+  extra_image_views: bool = True       # with masked_views > 1, views 1 .. V-1 of the
+                                       # image tower too; False: the point tower's only
+                                       # (`config.resolve` sets it where no pair of L_c
+                                       # reads the image's extra views) [ours, round 19]
   hash_sharpness_end: float = 1.0      # beta of h = tanh(beta LayerNorm(.)) at the last
                                        # training step, reached by HashNet's continuation
                                        # (`hash_head.hash_sharpness`) and kept at
@@ -117,6 +123,8 @@ class ModelConfig:
       v = getattr(self, name)
       need(isinstance(v, int) and not isinstance(v, bool) and v >= least,
            f"{name} must be an int >= {least}, got {v!r}")
+    need(isinstance(self.extra_image_views, bool),
+         f"extra_image_views must be True or False, got {self.extra_image_views!r}")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(isinstance(self.hash_sharpness_end, (int, float))
          and not isinstance(self.hash_sharpness_end, bool) and self.hash_sharpness_end >= 1,
