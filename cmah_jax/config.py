@@ -23,6 +23,7 @@ from ml_collections import config_dict
 
 from cmah_jax.input.spec import InputSpec
 from cmah_jax.losses import LossSpec
+from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS
 from cmah_jax.models.variants import ModelConfig, resolve_config
 
 
@@ -338,10 +339,11 @@ def resolve(config: Any) -> ExperimentConfig:
 def _resolve_masked_views(spec: ExperimentConfig) -> ExperimentConfig:
   """`spec` with the masked views that no pair of L_c reads left out (`resolve`)."""
   model, pairs = spec.model, spec.loss.pairs
-  if model.masked_views == 1 or not {"masked_masked", "masked_point_full_image"} & set(pairs):
+  towers = {t for pair in pairs for t in EXTRA_VIEW_TOWERS.get(pair, ())}
+  if model.masked_views == 1 or not towers:
     # Views 1 .. V-1 would be computed and thrown away: one view is the run this trains.
     model = dataclasses.replace(model, masked_views=1, extra_image_views=True)
-  elif "masked_masked" not in pairs:  # the point tower's extra views are read, not the image's
+  elif "image" not in towers:  # the point tower's extra views are read, not the image's
     model = dataclasses.replace(model, extra_image_views=False)
   elif not model.extra_image_views:
     raise ValueError(

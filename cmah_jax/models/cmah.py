@@ -195,7 +195,7 @@ class CMAH(nn.Module):
     View v >= 1 masks with `split(split(fold_in(mask_key, 1), V - 1)[v - 1])` (points,
     images), as view 0 masks with `split(mask_key)`; all views go through each encoder in
     one call, stacked on the batch axis. Without `config.extra_image_views` the image
-    tower's views are not encoded (the point views are the same masks either way).
+    tower's views are neither masked nor encoded (the point views keep their masks).
 
     Returns:
       (point h, image h): `[V - 1, B, K]` float32 each; image h None without
@@ -203,24 +203,23 @@ class CMAH(nn.Module):
     """
     cfg = self.config
     b, views = p_tok.shape[0], cfg.masked_views - 1
-    p_vis, p_vis_pos, i_vis, i_vis_pos = [], [], [], []
-    for key in jax.random.split(jax.random.fold_in(mask_key, 1), views):
-      key_p, key_i = jax.random.split(key)
-      keep_p, _, _ = random_mask(key_p, b, cfg.num_groups, cfg.point_mask_ratio)
-      keep_i, _, _ = random_mask(key_i, b, cfg.num_patches, cfg.image_mask_ratio)
-      p_vis.append(take_tokens(p_tok, keep_p))
-      p_vis_pos.append(take_tokens(p_pos, keep_p))
-      i_vis.append(take_tokens(i_tok, keep_i))
-      i_vis_pos.append(take_tokens(i_pos, keep_i))
+    # Per view, (point key, image key), as view 0's `split(mask_key)`.
+    keys = [jax.random.split(k) for k in jax.random.split(jax.random.fold_in(mask_key, 1),
+                                                           views)]
     cat = functools.partial(jnp.concatenate, axis=0)
-    p_h, _ = self.point_hash(
-        global_pool(self.point_encoder(cat(p_vis), cat(p_vis_pos), det)), beta)
-    p_h = p_h.reshape(views, b, -1).astype(jnp.float32)
+
+    def encode(tower_keys, tok, pos, num_tokens, mask_ratio, encoder, head):
+      kept = [random_mask(k, b, num_tokens, mask_ratio)[0] for k in tower_keys]
+      pooled = global_pool(encoder(cat([take_tokens(tok, keep) for keep in kept]),
+                                   cat([take_tokens(pos, keep) for keep in kept]), det))
+      return head(pooled, beta)[0].reshape(views, b, -1).astype(jnp.float32)
+
+    p_h = encode([k[0] for k in keys], p_tok, p_pos, cfg.num_groups, cfg.point_mask_ratio,
+                 self.point_encoder, self.point_hash)
     if not cfg.extra_image_views:
       return p_h, None
-    i_h, _ = self.image_hash(
-        global_pool(self.image_encoder(cat(i_vis), cat(i_vis_pos), det)), beta)
-    return p_h, i_h.reshape(views, b, -1).astype(jnp.float32)
+    return p_h, encode([k[1] for k in keys], i_tok, i_pos, cfg.num_patches,
+                       cfg.image_mask_ratio, self.image_encoder, self.image_hash)
 
 
 # -- construction ------------------------------------------------------------------------
