@@ -57,6 +57,12 @@ def test_merged_runs_count_as_finished_and_join_the_tables(tmp_path):
   assert "random 16 bits seed 0" in plan_text and "finished elsewhere (merged)" in plan_text
   assert "cca_itq 16 bits seed 0" in plan_text and "1 finished, 1 to run" in plan_text
   assert "0 of 2 rows new" in run("--methods=random", f"--merge={other}", "--dry_run")
+  # --tables_only rewrites the tables from what is finished, training nothing.
+  os.remove(root / "results.json")
+  assert "1 rows of the plan at --seeds=1" in run("--tables_only")
+  (shown,) = json.load(open(root / "results.json"))["runs"]
+  assert shown["map"] == {"i2p": 0.11, "p2i": 0.12}
+  assert not os.path.exists(by["cca_itq"].workdir)
   # A run finished here takes precedence over merged rows of its fingerprint.
   os.makedirs(by["random"].workdir)
   with open(by["random"].report_path, "w") as f:

@@ -4,6 +4,7 @@
   python -m cmah_jax.experiments --suite=smoke --config=configs/default.py:runlocal \
       --workdir=/tmp/smoke --seeds=1 --jobs=2
   python -m cmah_jax.experiments --suite=main --workdir=work/suite --dry_run   # the plan
+  python -m cmah_jax.experiments --suite=main --workdir=work/suite --merge=F --tables_only
 
 Each run is a separate process (`cmah_jax.experiments.worker`) in
 `WORKDIR/runs/<method>/b<bits>-s<seed>-<fingerprint>`; the fingerprint covers the method and
@@ -50,6 +51,9 @@ _CPUS_PER_JOB = flags.DEFINE_integer(
     "cpus_per_job", 0, "Pin each of the --jobs running runs to its own N CPUs (Linux; "
     "XLA sizes its thread pools to them); 0: unpinned, every run may use every CPU.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
+_TABLES_ONLY = flags.DEFINE_bool(
+    "tables_only", False, "Train nothing: rewrite results.json/.md and the plot from the "
+    "plan's finished and merged runs (at --seeds), e.g. after --merge, then exit.")
 _MERGE = flags.DEFINE_list(
     "merge", None, "results.json files of runs finished elsewhere (another machine, a "
     "deleted suite directory): copied once into WORKDIR/merged_results.json; a planned run "
@@ -234,6 +238,11 @@ def main(argv):
     print("\n".join(plan_lib.describe(runs, merged_lib.load(root))))
     return
   os.makedirs(root, exist_ok=True)
+  if _TABLES_ONLY.value:
+    data = collect(suite, everything, root)
+    print(f"[experiments] {len(data['runs'])} rows of the plan at --seeds={_SEEDS.value} "
+          f"in {os.path.join(root, 'results.json')}")
+    return
   from cmah_jax.datasets import prepare  # pylint: disable=import-outside-toplevel
   for d in {r.config.dataset for r in runs}:  # once, before parallel jobs could race on it
     prepare.prepare(d.name, d.data_dir, d.config, d.manual_dir)

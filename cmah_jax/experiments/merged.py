@@ -56,23 +56,23 @@ def unseen_rows(rows: list[dict], seen: set) -> list[dict]:
   return out
 
 
-def read_rows(results_path: str) -> list[dict]:
+def read_rows(results_path: str, who: str = "--merge") -> list[dict]:
   """The rows of a suite's results.json; ValueError naming the file (and the row and key)
-  when it is not one."""
+  when it is not one, its message starting with `who` (the flag or command reading it)."""
   try:
     with open(results_path) as f:
       data = json.load(f)
   except OSError as e:
-    raise ValueError(f"--merge: cannot read {results_path}: {e.strerror}") from None
+    raise ValueError(f"{who}: cannot read {results_path}: {e.strerror}") from None
   except ValueError as e:
-    raise ValueError(f"--merge: {results_path} is not JSON ({e})") from None
+    raise ValueError(f"{who}: {results_path} is not JSON ({e})") from None
   if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-    raise ValueError(f"--merge: {results_path} has no 'runs' list; expected the "
+    raise ValueError(f"{who}: {results_path} has no 'runs' list; expected the "
                      "results.json a suite writes")
   for i, row in enumerate(data["runs"]):
     missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
     if missing:
-      raise ValueError(f"--merge: {results_path}: runs[{i}] lacks {', '.join(missing)}")
+      raise ValueError(f"{who}: {results_path}: runs[{i}] lacks {', '.join(missing)}")
   return data["runs"]
 
 
