@@ -53,6 +53,15 @@ def test_publish_refuses_to_lose_a_row_and_writes_nothing(tmp_path):
   assert (tmp_path / "docs" / "results.md").read_text() == "old table"
 
 
+def test_importing_it_beside_the_readme_tool_defines_no_clashing_flag():
+  """Imported (not run), publish defines no flag: `experiments.readme` defines `--results`
+  at its import, and both are imported in one test process."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  assert "plot_to" not in flags.FLAGS
+  from cmah_jax.experiments import readme  # pylint: disable=import-outside-toplevel,unused-import
+  assert "results" in flags.FLAGS
+
+
 def test_publish_command_names_a_file_that_is_not_a_suites(tmp_path):
   bad = tmp_path / "results.json"
   bad.write_text(json.dumps({"rows": []}))

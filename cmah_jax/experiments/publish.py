@@ -22,12 +22,6 @@ from absl import app, flags
 
 from cmah_jax.experiments import merged as merged_lib
 
-_RESULTS = flags.DEFINE_string("results", None, "The suite's results.json.")
-_TO = flags.DEFINE_string("to", None, "The published results.json it replaces.")
-_PLOT_TO = flags.DEFINE_string("plot_to", None, "Where the suite's map_vs_bits.png goes "
-                               "(default: the plot is not copied).")
-
-
 def _describe(row: dict) -> str:
   return f"{row['method']} {row['bits']} bits seed {row['seed']} ({row['codes']} codes)"
 
@@ -73,15 +67,25 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
   return lines
 
 
+def _define_flags() -> None:
+  """The command line's flags; defined only when run as a program, so that importing this
+  module beside another tool's (`experiments.readme` also has `--results`) is no clash."""
+  flags.DEFINE_string("results", None, "The suite's results.json.")
+  flags.DEFINE_string("to", None, "The published results.json it replaces.")
+  flags.DEFINE_string("plot_to", None, "Where the suite's map_vs_bits.png goes (default: "
+                      "the plot is not copied).")
+  flags.mark_flags_as_required(["results", "to"])
+
+
 def main(argv):
   del argv
-  if not _RESULTS.value or not _TO.value:
-    raise SystemExit("publish: --results and --to are required")
+  args = flags.FLAGS
   try:
-    print("\n".join(publish(_RESULTS.value, _TO.value, _PLOT_TO.value)))
+    print("\n".join(publish(args.results, args.to, args.plot_to)))
   except ValueError as e:
     raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
