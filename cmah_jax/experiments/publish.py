@@ -22,6 +22,7 @@ from absl import app, flags
 
 from cmah_jax.experiments import merged as merged_lib
 
+
 def _describe(row: dict) -> str:
   return f"{row['method']} {row['bits']} bits seed {row['seed']} ({row['codes']} codes)"
 
@@ -42,8 +43,9 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
     more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
     raise ValueError(
         f"publish: {results_path} lacks {len(lost)} of the {len(old_rows)} rows of "
-        f"{to_path}: {shown}{more}. Merge that file into the suite "
-        f"(--merge={to_path}) and rerun it, or plan those runs, before publishing.")
+        f"{to_path}: {shown}{more}. Rewrite the suite's tables with those rows first "
+        f"(python -m cmah_jax.experiments ... --merge={to_path} --seeds=N --tables_only, "
+        "at the --seeds and suite that planned them), then publish.")
   md_from = os.path.splitext(results_path)[0] + ".md"
   md_to = os.path.splitext(to_path)[0] + ".md"
   copies = [(results_path, to_path)]
