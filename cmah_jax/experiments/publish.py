@@ -36,8 +36,7 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
   old_rows = merged_lib.read_rows(to_path, "publish") if os.path.exists(to_path) else []
   new_keys = {merged_lib.row_key(r) for r in new_rows}
   old_keys = {merged_lib.row_key(r) for r in old_rows}
-  lost = [r for r in merged_lib.unseen_rows(old_rows, set())
-          if merged_lib.row_key(r) not in new_keys]
+  lost = merged_lib.unseen_rows(old_rows, set(new_keys))  # copies: unseen_rows adds to them
   if lost:
     shown = "; ".join(_describe(r) for r in lost[:5])
     more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
@@ -60,8 +59,7 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     shutil.copyfile(src, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
-  added = [r for r in merged_lib.unseen_rows(new_rows, set())
-           if merged_lib.row_key(r) not in old_keys]
+  added = merged_lib.unseen_rows(new_rows, set(old_keys))
   lines = [f"[publish] {to_path}: {len(old_rows)} -> {len(new_rows)} rows, none lost; "
            f"{len(added)} new"]
   lines += [f"[publish]   new: {_describe(r)}" for r in added]
