@@ -194,6 +194,7 @@ ADDED_LATER = {
     "model.masked_views": 1,
     "model.hash_sharpness_end": 1.0,
     "model.extra_image_views": True,
+    "loss.reconstruction_only_steps": 0,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips

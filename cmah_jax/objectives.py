@@ -48,7 +48,10 @@ class CmahObjective:
     return state
 
   def __call__(self, outputs, batch, loss_state, step):
-    del step
+    """With `spec.reconstruction_only_steps = S > 0`, before step S the total is the
+    reconstruction part alone (`lambda_r (w_3D L_3D + w_2D L_2D)`, whose gradient is then
+    the only one) and the terms log `contrastive_on` = 0; from step S on, 1 and
+    `cmah_loss`'s total."""
     labels = batch["label"] if self.spec.supervised else None
     memories = {}
     for key, field in MEMORIES:
@@ -59,11 +62,23 @@ class CmahObjective:
     used = {k: m for k, m in memories.items() if m is not None}
     index = batch["index"] if used else None
     total, terms = cmah_loss(outputs, self.spec, labels=labels, index=index, **memories)
+    if self.spec.reconstruction_only_steps:
+      total, terms = self._reconstruction_first(total, terms, step)
     new_state = {}
     for key, memory in used.items():
       new_state[key] = memory.push(outputs["point/h"], outputs["image/h"], batch["index"])
       terms[f"{key}/filled"] = new_state[key].filled.astype(jnp.float32)
     return total, terms, (new_state if new_state else loss_state)
+
+  def _reconstruction_first(self, total, terms, step):
+    """`recon + on * (total - recon)`, on = [step >= reconstruction_only_steps]: the
+    gradient is recon's alone while off, and total's once on."""
+    spec = self.spec
+    recon = float(spec.lambda_r) * (float(spec.point_recon_weight) * terms["loss/point_recon"]
+                                    + float(spec.image_recon_weight) * terms["loss/image_recon"])
+    on = (jnp.asarray(step) >= int(spec.reconstruction_only_steps)).astype(jnp.float32)
+    total = recon + on * (total - recon)
+    return total, {**terms, "loss/total": total, "contrastive_on": on}
 
 
 _REGISTRY: dict[str, Callable[[LossSpec, int], Any]] = {"cmah": CmahObjective}

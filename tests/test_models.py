@@ -638,3 +638,54 @@ def test_train_step_follows_the_sharpness_schedule():
   assert abs(results[5.0, 10]["loss/total"] - results[1.0, 10]["loss/total"]) > 1e-3
   with pytest.raises(ValueError, match="needs the run's total_steps"):
     make_train_step(model, tx, schedule, objective, root)
+
+
+def test_reconstruction_only_steps_train_the_reconstruction_alone_first(tiny):
+  """`loss.reconstruction_only_steps=3`: at step 2 the total is L_3D + 0.1 L_2D computed
+  from the reconstruction losses directly, and its gradient is that sum's (the hash heads
+  get none); at step 3 the total is the objective's without the switch."""
+  from cmah_jax.objectives import get_objective  # pylint: disable=import-outside-toplevel
+  model, variables, _, images, points = tiny
+  batch = {"points": points, "images": images, "label": jnp.arange(B, dtype=jnp.int32),
+           "index": jnp.arange(B, dtype=jnp.int32)}
+  spec = losses.LossSpec(reconstruction_only_steps=3).validate()
+  switched, plain = get_objective(spec, BITS), get_objective(losses.LossSpec(), BITS)
+  keys = jax.random.split(jax.random.key(5))
+
+  def forward(params):
+    return model.apply({"params": params}, images, points, train=True, mask_key=keys[0],
+                       rngs={"dropout": keys[1]})
+
+  def by_hand(params):
+    out = forward(params)
+    return (losses.point_reconstruction_loss(out["point/pred"], out["point/target"])
+            + 0.1 * losses.image_reconstruction_loss(out["image/pred"], out["image/target"]))
+
+  def total(objective, step):
+    return lambda params: objective(forward(params), batch, None, jnp.int32(step))[0]
+
+  params = variables["params"]
+  np.testing.assert_allclose(total(switched, 2)(params), by_hand(params), rtol=1e-6)
+  grads, reference = jax.grad(total(switched, 2))(params), jax.grad(by_hand)(params)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  for head in ("point_hash", "image_hash"):
+    assert all(not np.any(g) for g in jax.tree.leaves(grads[head])), head
+  assert any(np.any(g) for g in jax.tree.leaves(grads["image_encoder"]))
+  _, terms, _ = switched(forward(params), batch, None, jnp.int32(2))
+  assert float(terms["contrastive_on"]) == 0.0
+  assert float(terms["loss/contrastive"]) > 1.0  # computed, multiplied by 0
+  np.testing.assert_allclose(total(switched, 3)(params), total(plain, 3)(params), rtol=1e-6)
+  np.testing.assert_allclose(total(switched, 3)(params), total(switched, 100)(params))
+  assert abs(float(total(plain, 3)(params)) - float(by_hand(params))) > 1.0
+
+
+def test_reconstruction_only_steps_need_a_reconstruction():
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match="reconstruction_only_steps must be an int >= 0"):
+      losses.LossSpec(reconstruction_only_steps=bad).validate()
+  for kw in (dict(lambda_r=0.0), dict(use_point_recon=False, use_image_recon=False),
+             dict(objective="ucch"), dict(point_recon_weight=0.0, use_image_recon=False)):
+    with pytest.raises(ValueError, match="trains the reconstruction alone first, but"):
+      losses.LossSpec(reconstruction_only_steps=10, **kw).validate()
+  losses.LossSpec(reconstruction_only_steps=10, use_point_recon=False).validate()

@@ -337,6 +337,12 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # more masked point views in L_c [ours, after multi-crop, Caron et al. NeurIPS 2020].
     _m("point_views2", "CMAH, two masked point views against the full image", "candidate",
        "[ours; after multi-crop]", model__overrides__masked_views=2),
+    # Round 20: the masked auto-encoders alone for the first quarter of the 4,800-step
+    # budget, then the full objective (`loss.reconstruction_only_steps=1200`): at today's
+    # weights L_3D's and L_2D's gradients on the encoders are 0.0004x and ~0.005x of L_c's,
+    # so beside L_c they barely steer them [ours, after MAE / Point-MAE's pre-training].
+    _m("recon_first", "CMAH, reconstruction alone for the first 1,200 steps", "candidate",
+       "[ours; after MAE / Point-MAE pre-training]", loss__reconstruction_only_steps=1200),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

@@ -63,7 +63,8 @@ SUITES = {s.name: s for s in [
             + ("contrastive", "ucch_paper", "supervised", "cca_itq", "random")
             + ("full_full_only", "no_reconstruction")  # round 17, step 2
             + ("paper_masked_pair",)  # round 18: `cmah` before it
-            + ("point_views2",), (16, 64)),),  # round 19
+            + ("point_views2",)  # round 19
+            + ("recon_first",), (16, 64)),),  # round 20
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -105,6 +105,12 @@ class LossSpec:
   # pretrained features]; here its towers train from scratch, so t is screened on the
   # validation carve as CMAH's temperature was (`ucch_t*` candidates, docs/tuning.md).
   ucch_temperature: float = 0.9
+  # The first this many training steps train the reconstruction alone, `lambda_r (w_3D
+  # L_3D + w_2D L_2D)`; every other term of `cmah_loss` is multiplied by 0 until then, and
+  # by 1 from this step on; 0 = off (the paper's joint objective from step 0) [ours, after
+  # MAE / Point-MAE's pre-training before the discriminative objective, within one run
+  # and one learning-rate schedule; `objectives.CmahObjective` applies it; round 20].
+  reconstruction_only_steps: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
@@ -162,6 +168,17 @@ class LossSpec:
     if self.nn_support_size and self.supervised:
       raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
                        "loss.supervised=False or nn_support_size=0")
+    steps = self.reconstruction_only_steps
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+      raise ValueError("config.loss.reconstruction_only_steps must be an int >= 0, got "
+                       f"{steps!r}")
+    if steps and not (self.objective == "cmah" and float(self.lambda_r) > 0 and (
+        (self.use_point_recon and float(self.point_recon_weight) > 0)
+        or (self.use_image_recon and float(self.image_recon_weight) > 0))):
+      raise ValueError(
+          f"config.loss.reconstruction_only_steps={steps} trains the reconstruction alone "
+          "first, but this objective has none (objective must be 'cmah' with lambda_r > 0 "
+          "and L_3D or L_2D on and weighted); set it to 0")
     if self.queue_size and (self.supervised or float(self.soft_target_weight) > 0):
       raise ValueError("config.loss.queue_size > 0 works with the one-hot unsupervised "
                        "contrastive loss only; set loss.supervised=False and "
