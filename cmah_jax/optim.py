@@ -2,7 +2,10 @@
 [Point-MAE]; weight decay on matrices only [MAE]."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from cmah_jax.config import OptimSpec
@@ -24,14 +27,71 @@ def learning_rate_schedule(optim: OptimSpec, batch_size: int, total_steps: int):
       end_value=peak * optim.min_learning_rate_ratio)
 
 
+def rewarmed_schedule(schedule, restart_step: int, warmup_steps: int):
+  """`schedule(t)`, times a second linear warm-up from 0 over `warmup_steps` that starts at
+  `restart_step`: `schedule(t) * min(1, (t - restart_step) / warmup_steps)` from then on."""
+  restart, warmup = int(restart_step), max(int(warmup_steps), 1)
+
+  def rewarmed(step):
+    ramp = jnp.clip((jnp.asarray(step, jnp.float32) - restart) / warmup, 0.0, 1.0)
+    return schedule(step) * jnp.where(jnp.asarray(step) >= restart, ramp, 1.0)
+  return rewarmed
+
+
+class RestartState(NamedTuple):
+  inner: optax.OptState
+  count: jax.Array  # int32 []: updates made so far
+
+
+def restarted_at(inner: optax.GradientTransformation, restart_step: int
+                 ) -> optax.GradientTransformation:
+  """`inner`, whose state is replaced by a fresh `inner.init(params)` just before update
+  number `restart_step` (0-based): for Adam, zero moments and a bias correction that
+  starts again, as a new optimiser would. Needs `params` in `update`."""
+  restart = int(restart_step)
+
+  def init(params):
+    return RestartState(inner.init(params), jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("restarted_at: update needs params (to build the fresh state)")
+    now = state.count == restart
+    fresh = inner.init(params)
+    inner_state = jax.tree.map(lambda f, old: jnp.where(now, f, old), fresh, state.inner)
+    updates, inner_state = inner.update(updates, inner_state, params)
+    return updates, RestartState(inner_state, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
 def decay_mask(params):
   """Weight decay on matrices only, not on biases, norms or 1D embeddings [MAE]."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(optim: OptimSpec, batch_size: int, total_steps: int):
-  """`(optax transformation, learning-rate schedule)`."""
+def make_optimizer(optim: OptimSpec, batch_size: int, total_steps: int,
+                   restart_step: int = 0):
+  """`(optax transformation, learning-rate schedule)`.
+
+  `restart_step > 0` (`loss.reconstruction_only_steps`: the objective changes there):
+  Adam starts afresh at that update (zero moments, bias correction from 1; `restarted_at`)
+  and the learning rate warms up again over `optim.warmup_steps` (`rewarmed_schedule`), as
+  a new run would, so that the first updates of the new objective are not scaled by
+  second moments of the old one [ours; MAE fine-tunes with a fresh optimiser and warm-up].
+  0: AdamW as `optax.adamw` builds it.
+  """
   schedule = learning_rate_schedule(optim, batch_size, total_steps)
+  if restart_step and not 0 < int(restart_step) < int(total_steps):
+    raise ValueError(f"config.loss.reconstruction_only_steps={restart_step} must be below "
+                     f"total_steps={total_steps}, or L_c never trains")
+  if restart_step:
+    schedule = rewarmed_schedule(schedule, restart_step, optim.warmup_steps)
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip_norm),
+        restarted_at(optax.scale_by_adam(b1=optim.b1, b2=optim.b2), restart_step),
+        optax.add_decayed_weights(optim.weight_decay, decay_mask),
+        optax.scale_by_learning_rate(schedule)), schedule
   tx = optax.chain(
       optax.clip_by_global_norm(optim.grad_clip_norm),
       optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,

@@ -374,7 +374,8 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
       len(sources.train), cfg.input.batch_size, cfg.optim.warmup_steps,
       f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
       else "evaluation at the end")
-  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
+  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps,
+                                restart_step=cfg.loss.reconstruction_only_steps)
   evaluator = RetrievalEvaluator(model, sources, cfg.input, mesh, eval_spec=cfg.eval,
                                  seed=cfg.seed)
 

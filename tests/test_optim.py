@@ -1,0 +1,72 @@
+"""The optimiser's restart for `loss.reconstruction_only_steps`, against a NumPy Adam."""
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cmah_jax import optim
+from cmah_jax.config import OptimSpec
+
+
+def np_adam_directions(grads, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam's update directions m_hat / (sqrt(v_hat) + eps) for a sequence of gradients,
+  moments from zero and bias correction from t = 1 (Kingma & Ba, Algorithm 1)."""
+  m = np.zeros_like(grads[0])
+  v = np.zeros_like(grads[0])
+  out = []
+  for t, g in enumerate(grads, start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    out.append((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+  return out
+
+
+def test_restarted_adam_is_a_fresh_adam_from_the_restart_step():
+  rng = np.random.default_rng(0)
+  # Small gradients before the restart, 100x larger after (the objective changes there).
+  grads = [rng.normal(size=5) * (0.01 if t < 4 else 1.0) for t in range(9)]
+  tx = optim.restarted_at(optax.scale_by_adam(), 4)
+  params = jnp.zeros(5)
+  state = tx.init(params)
+  got = []
+  for g in grads:
+    update, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+    got.append(np.asarray(update))
+  want = np_adam_directions(grads[:4]) + np_adam_directions(grads[4:])
+  np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=2e-4, atol=1e-6)
+  # Why: after 1,200 updates of small gradients (bias correction long gone), a carried
+  # Adam scales the first large gradient by the old second moments, ~2.6x a fresh one's.
+  history = [rng.normal(size=5) * 0.01 for _ in range(1200)]
+  carried = np_adam_directions(history + grads[4:5])[-1]
+  assert np.mean(np.abs(carried)) > 2 * np.mean(np.abs(want[4]))
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(jnp.ones(5), state)
+
+
+def test_rewarmed_schedule_warms_up_again_at_the_restart():
+  spec = OptimSpec(warmup_steps=10)
+  base = optim.learning_rate_schedule(spec, 128, 100)
+  lr = optim.rewarmed_schedule(base, 40, 10)
+  for t in (0, 5, 20, 39):
+    assert float(lr(t)) == pytest.approx(float(base(t)))
+  for t, frac in ((40, 0.0), (45, 0.5), (50, 1.0), (80, 1.0)):
+    assert float(lr(t)) == pytest.approx(frac * float(base(t)), abs=1e-12)
+
+
+def test_make_optimizer_restarts_only_when_asked():
+  spec = OptimSpec(warmup_steps=2)
+  params = {"w": jnp.ones((3, 3)), "b": jnp.zeros(3)}
+  plain, _ = optim.make_optimizer(spec, 128, 50)
+  assert isinstance(plain.init(params), tuple)  # optax.adamw's chain, as before
+  tx, lr = optim.make_optimizer(spec, 128, 50, restart_step=20)
+  assert float(lr(20)) == 0.0 and float(lr(19)) > 0
+  state = tx.init(params)
+  grads = {"w": jnp.full((3, 3), 0.5), "b": jnp.ones(3)}
+  for _ in range(21):  # 20 updates, then the restart (learning rate 0: no move)
+    before = params
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params["b"], before["b"])
+  for bad in (50, 60):
+    with pytest.raises(ValueError, match="reconstruction_only_steps=.* must be below"):
+      optim.make_optimizer(spec, 128, 50, restart_step=bad)
