@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cmah_jax.losses import LossSpec, NegativeQueue, cmah_loss
+from cmah_jax.losses.combined import weighted_reconstruction
 
 
 # The memories of earlier codes an objective may carry: loss_state key -> `config.loss` size.
@@ -73,10 +74,9 @@ class CmahObjective:
   def _reconstruction_first(self, total, terms, step):
     """`recon + on * (total - recon)`, on = [step >= reconstruction_only_steps]: the
     gradient is recon's alone while off, and total's once on."""
-    spec = self.spec
-    recon = float(spec.lambda_r) * (float(spec.point_recon_weight) * terms["loss/point_recon"]
-                                    + float(spec.image_recon_weight) * terms["loss/image_recon"])
-    on = (jnp.asarray(step) >= int(spec.reconstruction_only_steps)).astype(jnp.float32)
+    recon = weighted_reconstruction(self.spec, terms["loss/point_recon"],
+                                    terms["loss/image_recon"])
+    on = (jnp.asarray(step) >= int(self.spec.reconstruction_only_steps)).astype(jnp.float32)
     total = recon + on * (total - recon)
     return total, {**terms, "loss/total": total, "contrastive_on": on}
 

@@ -25,6 +25,13 @@ def _need(outputs: Mapping[str, jax.Array], key: str, why: str) -> jax.Array:
   return outputs[key]
 
 
+def weighted_reconstruction(spec: LossSpec, l_3d: jax.Array, l_2d: jax.Array) -> jax.Array:
+  """The reconstruction part of `cmah_loss`'s total, `lambda_r (w_3D L_3D + w_2D L_2D)`,
+  from the unweighted terms (0 for a term that is off). Scalars float32 -> scalar."""
+  return float(spec.lambda_r) * (float(spec.point_recon_weight) * l_3d
+                                 + float(spec.image_recon_weight) * l_2d)
+
+
 def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, queue=None,
               index=None, support=None, assignment=None):
   """Total CMAH loss `L_c + lambda_r * (w_3D L_3D + w_2D L_2D)` [paper; w = 1 there].
@@ -155,8 +162,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     l_2d = image_reconstruction_loss(_need(outputs, "image/pred", "L_2D"),
                                      _need(outputs, "image/target", "L_2D"),
                                      bool(spec.norm_pix_loss))
-  total = l_c + lambda_r * (float(spec.point_recon_weight) * l_3d
-                            + float(spec.image_recon_weight) * l_2d)
+  total = l_c + weighted_reconstruction(spec, l_3d, l_2d)
   terms = {"loss/contrastive": l_c, "loss/point_recon": l_3d, "loss/image_recon": l_2d}
   if embed_weight > 0:
     terms["loss/embed_contrastive"] = l_embed
