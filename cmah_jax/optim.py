@@ -87,13 +87,12 @@ def make_optimizer(optim: OptimSpec, batch_size: int, total_steps: int,
                      f"total_steps={total_steps}, or L_c never trains")
   if restart_step:
     schedule = rewarmed_schedule(schedule, restart_step, optim.warmup_steps)
-    return optax.chain(
-        optax.clip_by_global_norm(optim.grad_clip_norm),
-        restarted_at(optax.scale_by_adam(b1=optim.b1, b2=optim.b2), restart_step),
-        optax.add_decayed_weights(optim.weight_decay, decay_mask),
-        optax.scale_by_learning_rate(schedule)), schedule
-  tx = optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip_norm),
-      optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
-                  mask=decay_mask))
-  return tx, schedule
+  clip = optax.clip_by_global_norm(optim.grad_clip_norm)
+  adam = optax.scale_by_adam(b1=optim.b1, b2=optim.b2)
+  after_adam = (optax.add_decayed_weights(optim.weight_decay, decay_mask),
+                optax.scale_by_learning_rate(schedule))
+  # The two state trees differ as their checkpoints do: `optax.adamw`'s own chain nested
+  # in the plain optimiser, flat with the restart (as round 20's runs were written).
+  if restart_step:
+    return optax.chain(clip, restarted_at(adam, restart_step), *after_adam), schedule
+  return optax.chain(clip, optax.chain(adam, *after_adam)), schedule

@@ -1,4 +1,5 @@
 """The optimiser's restart for `loss.reconstruction_only_steps`, against a NumPy Adam."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -56,8 +57,20 @@ def test_rewarmed_schedule_warms_up_again_at_the_restart():
 def test_make_optimizer_restarts_only_when_asked():
   spec = OptimSpec(warmup_steps=2)
   params = {"w": jnp.ones((3, 3)), "b": jnp.zeros(3)}
-  plain, _ = optim.make_optimizer(spec, 128, 50)
-  assert isinstance(plain.init(params), tuple)  # optax.adamw's chain, as before
+  # Off: exactly the optimiser every earlier run trained and checkpointed with.
+  plain, schedule = optim.make_optimizer(spec, 128, 50)
+  reference = optax.chain(
+      optax.clip_by_global_norm(spec.grad_clip_norm),
+      optax.adamw(schedule, b1=spec.b1, b2=spec.b2, weight_decay=spec.weight_decay,
+                  mask=optim.decay_mask))
+  got, want = plain.init(params), reference.init(params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  rng = np.random.default_rng(1)
+  for _ in range(4):
+    grads = {k: jnp.asarray(rng.normal(size=v.shape), jnp.float32) for k, v in params.items()}
+    (u1, got), (u2, want) = plain.update(grads, got, params), reference.update(grads, want, params)
+    for a, b in zip(jax.tree.leaves((u1, got)), jax.tree.leaves((u2, want))):
+      np.testing.assert_array_equal(a, b)
   tx, lr = optim.make_optimizer(spec, 128, 50, restart_step=20)
   assert float(lr(20)) == 0.0 and float(lr(19)) > 0
   state = tx.init(params)
