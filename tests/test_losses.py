@@ -428,3 +428,27 @@ def test_masked_points_against_the_full_image_average_the_point_views():
   assert abs(masked - one_view) > 1e-3  # the extra views count
   with pytest.raises(ValueError, match="as many extra masked image views"):
     losses.cmah_loss(out, dataclasses.replace(spec, pairs=("full_full", "masked_masked")))
+
+
+def test_reconstruction_on_is_what_cmah_loss_computes():
+  """`LossSpec.reconstruction_on()` against a hand-made table, and `cmah_loss` reports a
+  term as exactly 0 where it says off and computes it where on."""
+  table = {(1.0, True, True): (True, True), (0.0, True, True): (False, False),
+           (1.0, False, True): (False, True), (1.0, True, False): (True, False),
+           (0.5, False, False): (False, False)}
+  for (lam, point, image), want in table.items():
+    assert losses.LossSpec(lambda_r=lam, use_point_recon=point,
+                           use_image_recon=image).reconstruction_on() == want
+  rng = np.random.default_rng(0)
+  outputs = {"point/h": rng.normal(size=(4, 8)), "image/h": rng.normal(size=(4, 8)),
+             "point/h_masked": rng.normal(size=(4, 8)), "image/h_masked": rng.normal(size=(4, 8)),
+             "point/pred": rng.normal(size=(4, 3, 5, 3)),
+             "point/target": rng.normal(size=(4, 3, 5, 3)),
+             "image/pred": rng.normal(size=(4, 6, 12)),
+             "image/target": rng.normal(size=(4, 6, 12))}
+  outputs = {k: jnp.asarray(v, jnp.float32) for k, v in outputs.items()}
+  for (lam, point, image), (point_on, image_on) in table.items():
+    spec = losses.LossSpec(lambda_r=lam, use_point_recon=point, use_image_recon=image)
+    _, terms = losses.cmah_loss(outputs, spec)
+    assert (float(terms["loss/point_recon"]) > 0) == point_on
+    assert (float(terms["loss/image_recon"]) > 0) == image_on

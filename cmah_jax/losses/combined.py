@@ -86,7 +86,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   if not isinstance(spec, LossSpec):
     raise TypeError(f"cmah_loss: spec must be a LossSpec, got {type(spec).__name__}")
   temperature, pairs = float(spec.temperature), spec.pairs
-  lambda_r, supervised = float(spec.lambda_r), bool(spec.supervised)
+  supervised = bool(spec.supervised)
   if supervised and labels is None:
     raise ValueError("cmah_loss: config.loss.supervised=True needs labels (batch['label'])")
   if queue is not None and (index is None or supervised):
@@ -155,10 +155,11 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
 
   zero = jnp.zeros((), jnp.float32)
   l_3d = l_2d = zero
-  if lambda_r != 0.0 and spec.use_point_recon:
+  point_on, image_on = spec.reconstruction_on()
+  if point_on:
     l_3d = point_reconstruction_loss(_need(outputs, "point/pred", "L_3D"),
                                      _need(outputs, "point/target", "L_3D"))
-  if lambda_r != 0.0 and spec.use_image_recon:
+  if image_on:
     l_2d = image_reconstruction_loss(_need(outputs, "image/pred", "L_2D"),
                                      _need(outputs, "image/target", "L_2D"),
                                      bool(spec.norm_pix_loss))

@@ -112,6 +112,11 @@ class LossSpec:
   # and one learning-rate schedule; `objectives.CmahObjective` applies it; round 20].
   reconstruction_only_steps: int = 0
 
+  def reconstruction_on(self) -> tuple[bool, bool]:
+    """Whether `cmah_loss` computes (L_3D, L_2D): lambda_r != 0 and the term's switch on."""
+    on = float(self.lambda_r) != 0.0
+    return on and bool(self.use_point_recon), on and bool(self.use_image_recon)
+
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
 
@@ -172,9 +177,9 @@ class LossSpec:
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
       raise ValueError("config.loss.reconstruction_only_steps must be an int >= 0, got "
                        f"{steps!r}")
-    if steps and not (self.objective == "cmah" and float(self.lambda_r) > 0 and (
-        (self.use_point_recon and float(self.point_recon_weight) > 0)
-        or (self.use_image_recon and float(self.image_recon_weight) > 0))):
+    weighted = [on and float(w) > 0 for on, w in zip(
+        self.reconstruction_on(), (self.point_recon_weight, self.image_recon_weight))]
+    if steps and not (self.objective == "cmah" and any(weighted)):
       raise ValueError(
           f"config.loss.reconstruction_only_steps={steps} trains the reconstruction alone "
           "first, but this objective has none (objective must be 'cmah' with lambda_r > 0 "
