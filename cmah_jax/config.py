@@ -201,9 +201,9 @@ ADDED_LATER = {
 # the term and adds an exact 0): field -> (why, predicate on the loss section's dict).
 INERT_WHEN = {
     "point_recon_weight": ("L_3D is off",
-                           lambda loss: loss["lambda_r"] == 0 or not loss["use_point_recon"]),
+                           lambda loss: not LossSpec(**loss).reconstruction_on()[0]),
     "image_recon_weight": ("L_2D is off",
-                           lambda loss: loss["lambda_r"] == 0 or not loss["use_image_recon"]),
+                           lambda loss: not LossSpec(**loss).reconstruction_on()[1]),
     "ucch_temperature": ("the objective is not UCCH's",
                          lambda loss: loss["objective"] != "ucch"),
 }
