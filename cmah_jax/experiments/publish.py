@@ -34,9 +34,10 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
   when one cannot be read."""
   new_rows = merged_lib.read_rows(results_path, "publish")
   old_rows = merged_lib.read_rows(to_path, "publish") if os.path.exists(to_path) else []
-  new_keys = {merged_lib.row_key(r) for r in new_rows}
-  old_keys = {merged_lib.row_key(r) for r in old_rows}
-  lost = merged_lib.unseen_rows(old_rows, set(new_keys))  # copies: unseen_rows adds to them
+  def keys(rows):  # a fresh set each call: `unseen_rows` adds the rows it passes to it
+    return {merged_lib.row_key(r) for r in rows}
+
+  lost = merged_lib.unseen_rows(old_rows, keys(new_rows))
   if lost:
     shown = "; ".join(_describe(r) for r in lost[:5])
     more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
@@ -59,7 +60,7 @@ def publish(results_path: str, to_path: str, plot_to: str | None = None) -> list
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     shutil.copyfile(src, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
-  added = merged_lib.unseen_rows(new_rows, set(old_keys))
+  added = merged_lib.unseen_rows(new_rows, keys(old_rows))
   lines = [f"[publish] {to_path}: {len(old_rows)} -> {len(new_rows)} rows, none lost; "
            f"{len(added)} new"]
   lines += [f"[publish]   new: {_describe(r)}" for r in added]
