@@ -19,6 +19,8 @@ Prints a markdown table.
   .venv/bin/python benchmarks/bench_model.py --variants small --batch small=32
   .venv/bin/python benchmarks/bench_model.py --variants small,small:masked_views=2 \
       --batch small=64                                            # a switch's cost
+  .venv/bin/python benchmarks/bench_model.py --variants small,small:+image_views \
+      --batch small=64                                            # a second image view
   .venv/bin/python benchmarks/bench_model.py --variants base --batch base=128 \
       --dtype bfloat16                                            # on an accelerator
 
@@ -115,22 +117,30 @@ def _memory(compiled) -> tuple[float, float | None]:
   return total, peak
 
 
-def parse_variant(spec: str) -> tuple[str, dict]:
+def parse_variant(spec: str) -> tuple[str, dict, losses.LossSpec]:
   """`"small"` or `"small:masked_views=2:point_mask_ratio=0.4"` -> (variant, ModelConfig
-  overrides); values are Python literals."""
+  overrides, LossSpec); values are Python literals; an item `+PAIR` adds that pair to the
+  default `loss.pairs` (`small:+image_views`: a second image view and its pair)."""
   name, *items = spec.split(":")
-  overrides = {}
+  overrides, pairs = {}, LOSS_SPEC.pairs
   for item in items:
+    if item.startswith("+"):
+      pairs = pairs + (item[1:],)
+      continue
     key, sep, value = item.partition("=")
     if not sep:
       raise SystemExit(f"--variants: {item!r} in {spec!r} is not FIELD=VALUE")
     overrides[key] = ast.literal_eval(value)
-  return name, overrides
+  try:
+    loss_spec = losses.LossSpec(pairs=pairs).validate()
+  except ValueError as e:
+    raise SystemExit(f"--variants {spec!r}: {e}") from e
+  return name, overrides, loss_spec
 
 
 def bench_variant(spec: str, batch: dict, bits: int, iters: int, dtype: str) -> dict:
   """One row of the table; `batch`: {variant name: batch size} (default 8)."""
-  variant, overrides = parse_variant(spec)
+  variant, overrides, loss_spec = parse_variant(spec)
   batch = batch.get(variant, 8)
   model, variables = build(variant, bits, jax.random.key(0), dtype=dtype, **overrides)
   params = variables["params"]
@@ -139,15 +149,18 @@ def bench_variant(spec: str, batch: dict, bits: int, iters: int, dtype: str) -> 
   images = jax.random.normal(jax.random.key(1), (batch, s, s, 3), jnp.float32)
   points = jax.random.normal(jax.random.key(2), (batch, n, 3), jnp.float32)
   points = points / jnp.linalg.norm(points, axis=-1, keepdims=True)
+  second = None  # the second image view, when a pair reads it
+  if "image_views" in loss_spec.pairs:
+    second = jax.random.normal(jax.random.key(4), (batch, s, s, 3), jnp.float32)
 
-  def loss_fn(params, images, points, key):
+  def loss_fn(params, images, points, second, key):
     k_mask, k_drop = jax.random.split(key)
     out = model.apply({"params": params}, images, points, train=True, mask_key=k_mask,
-                      rngs={"dropout": k_drop})
-    return losses.cmah_loss(out, LOSS_SPEC)[0]
+                      rngs={"dropout": k_drop}, second_images=second)
+    return losses.cmah_loss(out, loss_spec)[0]
 
   step = jax.jit(jax.value_and_grad(loss_fn))
-  args = (params, images, points, jax.random.key(3))
+  args = (params, images, points, second, jax.random.key(3))
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from ml_collections import config_dict
 
 from cmah_jax.input.spec import InputSpec
 from cmah_jax.losses import LossSpec
-from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS
+from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS, parse_pairs
 from cmah_jax.models.variants import ModelConfig, resolve_config
 
 
@@ -195,6 +195,7 @@ ADDED_LATER = {
     "model.hash_sharpness_end": 1.0,
     "model.extra_image_views": True,
     "loss.reconstruction_only_steps": 0,
+    "input.second_view": False,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -227,6 +228,7 @@ def base_config() -> ml_collections.ConfigDict:
     c[name] = ml_collections.ConfigDict(_defaults(cls))
   del c.loss["pairs"]
   c.loss.pairs = ",".join(LossSpec().pairs)  # a string: `--config.loss.pairs=a,b` works
+  del c.input["second_view"]  # derived from loss.pairs by `resolve`, never set by hand
   c.input.num_points = None   # None: the model variant's [ours]
   c.input.image_size = None   # None: the model variant's [ours]
   c.model = ml_collections.ConfigDict(dict(
@@ -305,6 +307,12 @@ def resolve(config: Any) -> ExperimentConfig:
     overrides[field] = value
   model = resolve_config(variant, model_raw.get("bits", 64), overrides)
   input_raw.update(num_points=model.num_points, image_size=model.image_size)
+  if "second_view" in input_raw:
+    raise ValueError("config.input.second_view is derived from config.loss.pairs (on with the "
+                     "'image_views' pair); remove it from config.input")
+  loss_raw = _as_dict(raw.get("loss"))
+  input_raw["second_view"] = "image_views" in parse_pairs(
+      loss_raw.get("pairs", LossSpec().pairs))
   top = {k: raw.get(k, v) for k, v in _TOP.items()}
   for k in ("seed", "total_steps", "log_every_steps", "checkpoint_every_steps",
             "keep_checkpoints"):

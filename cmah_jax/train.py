@@ -56,7 +56,7 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=
   state: `{"step": int32 [], "params": ..., "opt_state": ...}` plus `"loss_state"` when
   the objective carries one (`cmah_jax.objectives`);
   batch: `{"points": [B, N, 3] f32, "images": [B, H, W, 3] f32, "label": [B] int32,
-  "index": [B] int32}`.
+  "index": [B] int32}`, and "images_second" [B, H, W, 3] f32 with `input.second_view`.
   """
 
   sharpness_end = float(model.config.hash_sharpness_end)
@@ -73,7 +73,7 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=
     def loss_fn(params):
       out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
                         train=True, mask_key=mask_key, rngs={"dropout": dropout_key},
-                        **sharp)
+                        second_images=batch.get("images_second"), **sharp)
       total, terms, loss_state = objective(out, batch, state.get("loss_state"), step)
       return total, (terms, loss_state)
 

@@ -49,7 +49,8 @@ def make_term_gradients(model, objective):
   """
   def terms_of(params, batch, key, step, loss_state):
     out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
-                      train=True, mask_key=key, rngs={"dropout": key})
+                      train=True, mask_key=key, rngs={"dropout": key},
+                      second_images=batch.get("images_second"))
     _, terms, _ = objective(out, batch, loss_state, step)
     return {n: v for n, v in terms.items() if n.startswith("loss/") and n != "loss/total"}
 

@@ -343,6 +343,14 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # so beside L_c they barely steer them [ours, after MAE / Point-MAE's pre-training].
     _m("recon_first", "CMAH, reconstruction alone for the first 1,200 steps", "candidate",
        "[ours; after MAE / Point-MAE pre-training]", loss__reconstruction_only_steps=1200),
+    # Round 21: a second rendered view of each object per step, and L_c's image-image pair
+    # between the two views' full-pass codes (`loss.pairs` + "image_views"). The image
+    # tower bounds cross-modal mAP (image -> image ~0.66 against point -> point ~0.87 at
+    # 64 bits, docs/tuning.md) and the supervised bound's equal image tower reaches 0.80,
+    # so it lacks signal, not capacity [ours, after CMC, Tian et al. ECCV 2020].
+    _m("image_views", "CMAH, plus an image-image pair across two rendered views",
+       "candidate", "[ours; after CMC]",
+       loss__pairs="full_full,masked_point_full_image,image_views"),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

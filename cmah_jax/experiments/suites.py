@@ -64,7 +64,8 @@ SUITES = {s.name: s for s in [
             + ("full_full_only", "no_reconstruction")  # round 17, step 2
             + ("paper_masked_pair",)  # round 18: `cmah` before it
             + ("point_views2",)  # round 19
-            + ("recon_first",), (16, 64)),),  # round 20
+            + ("recon_first",)  # round 20
+            + ("image_views",), (16, 64)),),  # round 21
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -14,7 +14,8 @@ import numpy as np
 
 from cmah_jax.input.order import check_seed, global_batch_indices, host_rows
 from cmah_jax.input.spec import InputSpec, check_spec
-from cmah_jax.input.transforms import augment_example, eval_example
+from cmah_jax.input.transforms import (augment_example_with_view, augment_second_view,
+                                       eval_example)
 
 
 def as_source(source_or_builder, split: str | None = None):
@@ -71,7 +72,9 @@ def train_local_batch(source, step: int, spec: InputSpec, seed: int, process_ind
     rows: global rows to produce; default `host_rows(batch_size, process_index, count)`.
   Returns:
     {"points": float32 [b, N, 3], "images": uint8 [b, S, S, 3], "label": int32 [b],
-    "index": int32 [b] (record index in `source`)} with b = batch_size / process_count.
+    "index": int32 [b] (record index in `source`)} with b = batch_size / process_count;
+    with `spec.second_view` also "images_second": uint8 [b, S, S, 3], another view of each
+    object drawn from `default_rng([seed, 2, step, j])` (`augment_second_view`).
   """
   spec = check_spec(spec)
   seed = check_seed(seed)
@@ -79,14 +82,21 @@ def train_local_batch(source, step: int, spec: InputSpec, seed: int, process_ind
     rows = host_rows(spec.batch_size, process_index, process_count)
   indices = global_batch_indices(seed, step, len(source), spec.batch_size)[rows]
   examples = _read(source, indices)
-  points, images, labels = [], [], []
+  points, images, labels, second = [], [], [], []
   for j, ex in zip(range(rows.start, rows.stop), examples):
-    p, im = augment_example(ex, np.random.default_rng([seed, 1, int(step), j]), spec)
+    p, im, view = augment_example_with_view(
+        ex, np.random.default_rng([seed, 1, int(step), j]), spec)
     points.append(p)
     images.append(im)
     labels.append(int(ex["label"]))
-  return {"points": np.stack(points), "images": np.stack(images),
-          "label": np.asarray(labels, np.int32), "index": np.asarray(indices, np.int32)}
+    if spec.second_view:
+      rng = np.random.default_rng([seed, 2, int(step), j])
+      second.append(augment_second_view(ex, view, rng, spec))
+  batch = {"points": np.stack(points), "images": np.stack(images),
+           "label": np.asarray(labels, np.int32), "index": np.asarray(indices, np.int32)}
+  if spec.second_view:
+    batch["images_second"] = np.stack(second)
+  return batch
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:

@@ -20,6 +20,7 @@ from cmah_jax.input.spec import InputSpec, check_spec
 from cmah_jax.ops.image import normalize_images
 
 EVAL_DEVICE_KEYS = ("points", "images")  # eval metadata (label, valid, index) stays on host
+IMAGE_KEYS = ("images", "images_second")  # uint8 on the host, normalised on device
 
 
 class DeviceAssembler:
@@ -43,7 +44,9 @@ class DeviceAssembler:
         continue
       shape = (self._batch_size,) + value.shape[1:]
       out[key] = jax.make_array_from_process_local_data(self._sharding, value, shape)
-    out["images"] = self._normalize(out["images"])
+    for key in IMAGE_KEYS:
+      if key in out:
+        out[key] = self._normalize(out[key])
     return out
 
 
@@ -52,7 +55,8 @@ class TrainPipeline:
 
   With a `mesh`: global batches of jax.Arrays sharded on `"data"`:
     {"points": float32 [B, N, 3], "images": float32 [B, S, S, 3] (normalised),
-     "label": int32 [B], "index": int32 [B] (record index)}.
+     "label": int32 [B], "index": int32 [B] (record index)}, with `spec.second_view` also
+    "images_second": float32 [B, S, S, 3] (normalised).
   With `mesh=None`: this host's NumPy batch (`train_local_batch`, uint8 images); the
   `process_index` / `process_count` overrides (default 0 / 1) simulate hosts.
 

@@ -32,6 +32,10 @@ class InputSpec:
                                        # RandomResizedCrop]; not kept: 0.5
                                        # weakened the image tower (README, round 7)
   prefetch: int = 2                    # batches prepared ahead in a thread [ours]
+  second_view: bool = False            # also a second rendered view of each train object
+                                       # ("images_second"); set by `config.resolve` from
+                                       # `loss.pairs` ("image_views"), not by hand [ours,
+                                       # after CMC; round 21]
 
   def __post_init__(self):
     object.__setattr__(self, "point_scale", tuple(float(x) for x in self.point_scale))

@@ -13,6 +13,10 @@ Train augmentation, in this order of random draws per example:
   same with the crop on or off): area fraction ~ U[m, 1], log aspect ratio ~
   U[log 3/4, log 4/3], top-left corner uniform where the box fits; the box is resized
   bilinearly to input.image_size, before flip and jitter [ours, after SimCLR/CLIP]
+With input.second_view (set by `config.resolve` when `loss.pairs` has "image_views"), a
+second image of each object from a separate stream, so the draws above are unchanged:
+  view ~ U over the other training views, flip, jitter factors, then the crop as above
+  (when on) [ours, after CMC, Tian et al. ECCV 2020]
 Images are resized to input.image_size when the stored size differs: block-mean (area)
 down-sampling or nearest up-sampling by an integer factor; other ratios are an error.
 
@@ -113,13 +117,16 @@ def augment_example(example: Mapping, rng: np.random.Generator,
   The random draws are always made in the same order, whatever the flags, so turning one
   augmentation off leaves the others unchanged.
   """
+  points, image, _ = augment_example_with_view(example, rng, spec)
+  return points, image
+
+
+def augment_example_with_view(example: Mapping, rng: np.random.Generator, spec: InputSpec
+                              ) -> tuple[np.ndarray, np.ndarray, int]:
+  """`augment_example`, also returning the drawn view's index (int)."""
   images = np.asarray(example["images"])
   points = np.asarray(example["points"], np.float32)
-  num_views = images.shape[0]
-  views = num_views if spec.num_train_views is None else int(spec.num_train_views)
-  if not 0 < views <= num_views:
-    raise ValueError(f"config.input.num_train_views={spec.num_train_views} outside "
-                     f"[1, {num_views}] (views stored per object).")
+  views = _train_views(images.shape[0], spec)
   view = int(rng.integers(views))
   subset = _subset(points.shape[0], spec.num_points, rng)
   scale = rng.uniform(spec.point_scale[0], spec.point_scale[1], 3).astype(np.float32)
@@ -129,20 +136,54 @@ def augment_example(example: Mapping, rng: np.random.Generator,
   flip = rng.random() < 0.5
   s = spec.color_jitter
   factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
-
   pts = (points if subset is None else points[subset]) * scale + shift
+  image = _augment_image(images[view], flip, factors, rng, spec)
+  return pts.astype(np.float32), image, view
+
+
+def augment_second_view(example: Mapping, first_view: int, rng: np.random.Generator,
+                        spec: InputSpec) -> np.ndarray:
+  """A second training image of `example`, uint8 [S, S, 3]: a view drawn uniformly from the
+  training views other than `first_view`, with its own flip, colour jitter and (when on)
+  crop, drawn in that order from `rng` (a stream separate from `augment_example`'s)."""
+  images = np.asarray(example["images"])
+  views = _train_views(images.shape[0], spec)
+  if views < 2:
+    raise ValueError(f"config.loss.pairs has 'image_views', which needs two different "
+                     f"training views per object; there are {views} (config.input."
+                     f"num_train_views={spec.num_train_views}, {images.shape[0]} stored)")
+  view = int(rng.integers(views - 1))
+  view += view >= first_view               # uniform over the views other than the first
+  flip = rng.random() < 0.5
+  s = spec.color_jitter
+  factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
+  return _augment_image(images[view], flip, factors, rng, spec)
+
+
+def _train_views(num_stored: int, spec: InputSpec) -> int:
+  """The number of stored views training draws from (`input.num_train_views` or all)."""
+  views = num_stored if spec.num_train_views is None else int(spec.num_train_views)
+  if not 0 < views <= num_stored:
+    raise ValueError(f"config.input.num_train_views={spec.num_train_views} outside "
+                     f"[1, {num_stored}] (views stored per object).")
+  return views
+
+
+def _augment_image(stored: np.ndarray, flip: bool, factors: np.ndarray,
+                   rng: np.random.Generator, spec: InputSpec) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [S, S, 3]: the crop (drawn from `rng`, only when on) or the
+  resize, then the flip and the colour jitter already drawn."""
   if spec.random_crop_min_scale < 1.0:
-    stored = images[view]
     box = crop_box(rng, stored.shape[0], stored.shape[1], float(spec.random_crop_min_scale))
     image = np.clip(np.round(crop_and_resize(stored, box, spec.image_size)), 0, 255
                     ).astype(np.uint8)
   else:
-    image = resize_images(images[view], spec.image_size)
+    image = resize_images(stored, spec.image_size)
   if spec.hflip and flip:
     image = image[:, ::-1]
-  if s > 0:
+  if spec.color_jitter > 0:
     image = np.round(color_jitter(image.astype(np.float32), factors)).astype(np.uint8)
-  return pts.astype(np.float32), np.ascontiguousarray(image)
+  return np.ascontiguousarray(image)
 
 
 def _subset(num_stored: int, num_points: int, rng: np.random.Generator):

@@ -52,6 +52,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                    (its masked view still feeds L_2D and the decoders) [ours, round 18];
                    with `model.masked_views = V > 1` the mean over the V masked point
                    views [ours, round 19].
+    image_views:   (image/h, image/h_second): the full image against a second rendered
+                   view of the same object, image with image [ours, after CMC, Tian et al.
+                   ECCV 2020; round 21] (`config.resolve` then has the pipeline draw it).
   With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
@@ -121,6 +124,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                              f"pairs={pairs}"))
       extra = outputs.get(f"{tower}/{name}_masked_extra")  # [V - 1, B, K] or absent
       h[tower, "extra"] = [] if extra is None else [transform(v) for v in extra]
+    if "image_views" in pairs:
+      h["image", "second"] = transform(_need(
+          outputs, f"image/{name}_second",
+          f"pairs={pairs} (pass the batch's images_second as second_images)"))
     total = jnp.zeros((), jnp.float32)
     for pair in pairs:
       if pair == "full_full" and queue is not None:
@@ -143,6 +150,8 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       elif pair == "masked_point_full_image":  # averaged over the masked point views
         views = [h["point", "masked"]] + h["point", "extra"]
         total += sum(con(p, h["image", "full"]) for p in views) / len(views)
+      elif pair == "image_views":
+        total += con(h["image", "full"], h["image", "second"], cross_modal=False)
       else:  # intra_modal
         total += 0.5 * (con(h["point", "full"], h["point", "masked"], cross_modal=False)
                         + con(h["image", "full"], h["image", "masked"], cross_modal=False))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal", "masked_point_full_image")
+PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal", "masked_point_full_image",
+         "image_views")
 # The pairs that read the extra masked views (`model.masked_views > 1`), and whose towers'
 # views each reads (`cmah_loss`); the other pairs read view 0 only.
 EXTRA_VIEW_TOWERS = {"masked_masked": ("point", "image"), "masked_point_full_image": ("point",)}

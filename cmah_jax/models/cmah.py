@@ -38,6 +38,11 @@ and in training with both modalities also
   with `config.num_prototypes = P > 0` also
   "prototypes"                        [P, K] float32: the learned prototypes (a parameter,
                                       for `losses.swapped_prototype_loss`).
+  with `second_images` (train=True only) also
+  "image/h_second"                    [B, K] float32: the full image pass's continuous
+                                      codes of a second view of each object (the pair
+                                      `image_views` of L_c); with `embed_dim` also
+                                      "image/z_second" [B, E].
 """
 from __future__ import annotations
 
@@ -114,11 +119,13 @@ class CMAH(nn.Module):
 
   # -- forward -------------------------------------------------------------------------
   def __call__(self, images=None, points=None, *, train: bool, mask_key=None,
-               hash_sharpness=None):
+               hash_sharpness=None, second_images=None):
     """images: `[B, S, S, 3]` float32 normalised (or uint8, normalised here);
     points: `[B, N, 3]` float32; hash_sharpness: beta of the hash heads' tanh (a float or
     float32 `[]`; the train step passes HashNet's schedule), None: the trained network's
-    `config.hash_sharpness_end`. See the module docstring for the outputs."""
+    `config.hash_sharpness_end`; second_images: None, or (train=True, with images) a
+    second view of each object, like `images`, encoded by the full image pass in the same
+    call (one encoder call over `[2B, ...]`). See the module docstring for the outputs."""
     cfg = self.config
     beta = cfg.hash_sharpness_end if hash_sharpness is None else hash_sharpness
     if images is None and points is None:
@@ -136,11 +143,25 @@ class CMAH(nn.Module):
       p_pooled = global_pool(self.point_encoder(p_tok, p_pos, det))
       h, code = self.point_hash(p_pooled, beta)
       out["point/h"], out["point/code"] = h, code
+    if second_images is not None and not (train and images is not None):
+      raise ValueError("CMAH: second_images is for training (train=True) with images")
     if images is not None:
       images = self._check_images(images)
+      b_img = images.shape[0]
+      if second_images is not None:
+        second_images = self._check_images(second_images)
+        if second_images.shape[0] != b_img:
+          raise ValueError(f"CMAH: second_images batch {second_images.shape[0]} differs from "
+                           f"images batch {b_img}")
+        images = jnp.concatenate([images, second_images], axis=0)
       i_tok, i_pos, patches = self.image_tokenizer(images)
       i_pooled = global_pool(self.image_encoder(i_tok, i_pos, det))
       h, code = self.image_hash(i_pooled, beta)
+      if second_images is not None:  # the first view's rows, then the second view's
+        out["image/h_second"] = h[b_img:]
+        second_pooled = i_pooled[b_img:]
+        images, i_tok, patches, i_pooled, h, code = (
+            x[:b_img] for x in (images, i_tok, patches, i_pooled, h, code))
       out["image/h"], out["image/code"] = h, code
 
     if not (train and images is not None and points is not None):
@@ -174,6 +195,8 @@ class CMAH(nn.Module):
       out["image/z"] = self.image_embed(i_pooled).astype(jnp.float32)
       out["point/z_masked"] = self.point_embed(p_vis_pooled).astype(jnp.float32)
       out["image/z_masked"] = self.image_embed(i_vis_pooled).astype(jnp.float32)
+      if second_images is not None:
+        out["image/z_second"] = self.image_embed(second_pooled).astype(jnp.float32)
 
     if cfg.num_prototypes:
       out["prototypes"] = self.prototypes
