@@ -1,6 +1,7 @@
 """Round 21's second image view (`loss.pairs` with "image_views"): the pipeline draws another
-view of each object from its own stream, the model encodes it in the full image pass, and
-L_c adds the image-image InfoNCE between the two views' codes."""
+view of each object from its own stream, the model encodes it masked (its visible patches,
+beside the first view's masked pass), and L_c adds the image-image InfoNCE between the
+first view's full-pass codes and the second view's."""
 import dataclasses
 import importlib
 
@@ -100,28 +101,33 @@ def test_train_batch_adds_the_second_view_and_leaves_the_first_as_it_was():
     assert None not in (first, second) and first != second
 
 
-def test_model_encodes_the_second_view_in_the_full_pass():
-  """`second_images`: "image/h_second" is the inference code of those images; every other
-  output is as without them (tiny has no dropout, so passes are deterministic)."""
+def test_model_encodes_the_second_view_masked():
+  """`second_images`: "image/h_second" is exactly the one-view call's masked image code
+  of those images under the documented key `fold_in(mask_key, 2)`; every other output is
+  as without them (tiny has no dropout, so passes are deterministic)."""
   model, variables = build("tiny", 16, jax.random.key(0))
   rng = np.random.default_rng(0)
   s, n = model.config.image_size, model.config.num_points
   images, second = (jnp.asarray(rng.normal(size=(4, s, s, 3)), jnp.float32) for _ in "ab")
   points = jnp.asarray(rng.normal(size=(4, n, 3)), jnp.float32)
-  call = dict(train=True, mask_key=jax.random.key(3), rngs={"dropout": jax.random.key(4)})
-  out = model.apply(variables, images, points, second_images=second, **call)
-  ref = model.apply(variables, images, points, **call)
+  mask_key, dropout = jax.random.key(3), {"dropout": jax.random.key(4)}
+  call = dict(train=True, rngs=dropout)
+  out = model.apply(variables, images, points, second_images=second, mask_key=mask_key,
+                    **call)
+  ref = model.apply(variables, images, points, mask_key=mask_key, **call)
   assert set(out) == set(ref) | {"image/h_second"}
   for key in ref:
     np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  np.testing.assert_allclose(out["image/h_second"],
-                             hash_features(model, variables, images=second)["image/h"],
-                             rtol=1e-5, atol=1e-6)
-  assert not np.allclose(out["image/h_second"], out["image/h"], atol=1e-3)
+  masked_second = model.apply(variables, second, points, mask_key=jax.random.fold_in(
+      mask_key, 2), **call)["image/h_masked"]
+  np.testing.assert_allclose(out["image/h_second"], masked_second, rtol=1e-5, atol=1e-6)
+  full_second = hash_features(model, variables, images=second)["image/h"]
+  assert not np.allclose(out["image/h_second"], full_second, atol=1e-3)  # masked, not full
   with pytest.raises(ValueError, match="second_images is for training"):
     model.apply(variables, images, points, train=False, second_images=second)
   with pytest.raises(ValueError, match="second_images batch 3 differs from images batch 4"):
-    model.apply(variables, images, points, second_images=second[:3], **call)
+    model.apply(variables, images, points, second_images=second[:3], mask_key=mask_key,
+                **call)
 
 
 def test_image_views_pair_adds_the_image_image_info_nce():

@@ -53,8 +53,9 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                    with `model.masked_views = V > 1` the mean over the V masked point
                    views [ours, round 19].
     image_views:   (image/h, image/h_second): the full image against a second rendered
-                   view of the same object, image with image [ours, after CMC, Tian et al.
-                   ECCV 2020; round 21] (`config.resolve` then has the pipeline draw it).
+                   view of the same object, masked, image with image [ours, after CMC,
+                   Tian et al. ECCV 2020, and MSN's masked anchor view, Assran et al. ECCV
+                   2022; round 21] (`config.resolve` then has the pipeline draw it).
   With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with

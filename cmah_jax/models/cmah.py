@@ -38,11 +38,12 @@ and in training with both modalities also
   with `config.num_prototypes = P > 0` also
   "prototypes"                        [P, K] float32: the learned prototypes (a parameter,
                                       for `losses.swapped_prototype_loss`).
-  with `second_images` (train=True only) also
-  "image/h_second"                    [B, K] float32: the full image pass's continuous
-                                      codes of a second view of each object (the pair
-                                      `image_views` of L_c); with `embed_dim` also
-                                      "image/z_second" [B, E].
+  with `second_images` (train=True, both modalities) also
+  "image/h_second"                    [B, K] float32: continuous codes of a second view
+                                      of each object, masked as view 0's image would be
+                                      under `fold_in(mask_key, 2)` (its visible tokens
+                                      only; the pair `image_views` of L_c); with
+                                      `embed_dim` also "image/z_second" [B, E].
 """
 from __future__ import annotations
 
@@ -123,9 +124,10 @@ class CMAH(nn.Module):
     """images: `[B, S, S, 3]` float32 normalised (or uint8, normalised here);
     points: `[B, N, 3]` float32; hash_sharpness: beta of the hash heads' tanh (a float or
     float32 `[]`; the train step passes HashNet's schedule), None: the trained network's
-    `config.hash_sharpness_end`; second_images: None, or (train=True, with images) a
-    second view of each object, like `images`, encoded by the full image pass in the same
-    call (one encoder call over `[2B, ...]`). See the module docstring for the outputs."""
+    `config.hash_sharpness_end`; second_images: None, or (train=True, both modalities) a
+    second view of each object, like `images`, masked and encoded with view 0's masked
+    pass (one encoder call over `[2B, T_keep]`). See the module docstring for the
+    outputs."""
     cfg = self.config
     beta = cfg.hash_sharpness_end if hash_sharpness is None else hash_sharpness
     if images is None and points is None:
@@ -143,26 +145,22 @@ class CMAH(nn.Module):
       p_pooled = global_pool(self.point_encoder(p_tok, p_pos, det))
       h, code = self.point_hash(p_pooled, beta)
       out["point/h"], out["point/code"] = h, code
-    if second_images is not None and not (train and images is not None):
-      raise ValueError("CMAH: second_images is for training (train=True) with images")
+    if second_images is not None and not (train and images is not None
+                                          and points is not None):
+      raise ValueError("CMAH: second_images is for training (train=True) with images and "
+                       "points")
     if images is not None:
       images = self._check_images(images)
-      b_img = images.shape[0]
-      if second_images is not None:
-        second_images = self._check_images(second_images)
-        if second_images.shape[0] != b_img:
-          raise ValueError(f"CMAH: second_images batch {second_images.shape[0]} differs from "
-                           f"images batch {b_img}")
-        images = jnp.concatenate([images, second_images], axis=0)
       i_tok, i_pos, patches = self.image_tokenizer(images)
       i_pooled = global_pool(self.image_encoder(i_tok, i_pos, det))
       h, code = self.image_hash(i_pooled, beta)
-      if second_images is not None:  # the first view's rows, then the second view's
-        out["image/h_second"] = h[b_img:]
-        second_pooled = i_pooled[b_img:]
-        images, i_tok, patches, i_pooled, h, code = (
-            x[:b_img] for x in (images, i_tok, patches, i_pooled, h, code))
       out["image/h"], out["image/code"] = h, code
+      if second_images is not None:
+        second_images = self._check_images(second_images)
+        if second_images.shape[0] != images.shape[0]:
+          raise ValueError(f"CMAH: second_images batch {second_images.shape[0]} differs "
+                           f"from images batch {images.shape[0]}")
+        second_tok = self.image_tokenizer(second_images)[0]
 
     if not (train and images is not None and points is not None):
       return out
@@ -180,7 +178,18 @@ class CMAH(nn.Module):
     # the masked pass are a gather of the full pass's tokens.
     i_pos = jnp.broadcast_to(i_pos, i_tok.shape[:2] + i_pos.shape[2:])
     p_vis = self.point_encoder(take_tokens(p_tok, keep_p), take_tokens(p_pos, keep_p), det)
-    i_vis = self.image_encoder(take_tokens(i_tok, keep_i), take_tokens(i_pos, keep_i), det)
+    i_vis_tok, i_vis_pos = take_tokens(i_tok, keep_i), take_tokens(i_pos, keep_i)
+    if second_images is not None:
+      # The second view is masked as view 0's image would be under `fold_in(mask_key, 2)`,
+      # and encoded in the same call as view 0's visible tokens ([2B, T_keep]).
+      keep_2 = random_mask(jax.random.split(jax.random.fold_in(mask_key, 2))[1], b,
+                           cfg.num_patches, cfg.image_mask_ratio)[0]
+      i_vis_tok = jnp.concatenate([i_vis_tok, take_tokens(second_tok, keep_2)], axis=0)
+      i_vis_pos = jnp.concatenate([i_vis_pos, take_tokens(i_pos, keep_2)], axis=0)
+    i_vis = self.image_encoder(i_vis_tok, i_vis_pos, det)
+    if second_images is not None:
+      second_pooled, i_vis = global_pool(i_vis[b:]), i_vis[:b]
+      out["image/h_second"], _ = self.image_hash(second_pooled, beta)
     p_vis_pooled, i_vis_pooled = global_pool(p_vis), global_pool(i_vis)
     out["point/h_masked"], _ = self.point_hash(p_vis_pooled, beta)
     out["image/h_masked"], _ = self.image_hash(i_vis_pooled, beta)
