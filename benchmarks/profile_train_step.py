@@ -30,6 +30,8 @@ is neither the step's wall time nor its CPU time.
   .venv/bin/python benchmarks/profile_train_step.py --steps 30 --top 40
   .venv/bin/python benchmarks/profile_train_step.py --config configs/default.py:batch=32
   .venv/bin/python benchmarks/profile_train_step.py --dtype bfloat16
+  .venv/bin/python benchmarks/profile_train_step.py \
+      --pairs full_full,masked_point_full_image,image_views   # round 21's second view
   XLA_FLAGS=--xla_cpu_multi_thread_eigen=false .venv/bin/python benchmarks/profile_train_step.py
 """
 from __future__ import annotations
@@ -64,15 +66,17 @@ from cmah_jax.train import make_train_step  # noqa: E402
 _INFRA = ("ThreadpoolListener", "ThunkExecutor", "end: ")
 
 
-def load_config(spec: str, dtype: str | None = None):
+def load_config(spec: str, dtype: str | None = None, pairs: str | None = None):
   """`configs/NAME.py[:args]` -> resolved `ExperimentConfig`; `dtype` overrides the model's
-  compute dtype."""
+  compute dtype, `pairs` the config's `loss.pairs`."""
   path, _, arg = spec.partition(":")
   mod_spec = importlib.util.spec_from_file_location(
       "profiled_config", path if os.path.isabs(path) else os.path.join(ROOT, path))
   mod = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(mod)
   config = mod.get_config(arg or None)
+  if pairs:
+    config.loss.pairs = pairs
   if dtype:
     config.model.overrides.dtype = dtype
   return config_lib.resolve(config)
@@ -96,6 +100,8 @@ def build_step(cfg):
            "images": jax.random.normal(k2, (b, s, s, 3), jnp.float32),
            "label": jnp.arange(b, dtype=jnp.int32) % 20,
            "index": jnp.arange(b, dtype=jnp.int32)}
+  if cfg.input.second_view:  # a pair of L_c reads a second image view (`loss.pairs`)
+    batch["images_second"] = jax.random.normal(jax.random.key(2), (b, s, s, 3), jnp.float32)
   step = jax.jit(make_train_step(model, tx, schedule, objective, train_key,
                                  total_steps=cfg.total_steps), donate_argnums=0)
   return step, state, batch
@@ -191,6 +197,9 @@ def main(argv=None):
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16", "float16"),
                       help="model compute dtype (default: the config's)")
+  parser.add_argument("--pairs", default="",
+                      help="loss.pairs (default: the config's), e.g. "
+                           "full_full,masked_point_full_image,image_views")
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
   parser.add_argument("--trace_steps", type=int, default=10, help="steps under the profiler")
   parser.add_argument("--top", type=int, default=25, help="ops listed")
@@ -199,7 +208,7 @@ def main(argv=None):
   parser.add_argument("--hlo_out", default="", help="write the compiled HLO text here")
   args = parser.parse_args(argv)
 
-  cfg = load_config(args.config, args.dtype or None)
+  cfg = load_config(args.config, args.dtype or None, args.pairs or None)
   peak = 0.0 if args.no_peak else matmul_flops_per_s()
   step, state, batch = build_step(cfg)
   t0 = time.perf_counter()
