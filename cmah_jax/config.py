@@ -23,7 +23,7 @@ from ml_collections import config_dict
 
 from cmah_jax.input.spec import InputSpec
 from cmah_jax.losses import LossSpec
-from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS, parse_pairs
+from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS, SECOND_VIEW_PAIR, parse_pairs
 from cmah_jax.models.variants import ModelConfig, resolve_config
 
 
@@ -311,7 +311,7 @@ def resolve(config: Any) -> ExperimentConfig:
     raise ValueError("config.input.second_view is derived from config.loss.pairs (on with the "
                      "'image_views' pair); remove it from config.input")
   loss_raw = _as_dict(raw.get("loss"))
-  input_raw["second_view"] = "image_views" in parse_pairs(
+  input_raw["second_view"] = SECOND_VIEW_PAIR in parse_pairs(
       loss_raw.get("pairs", LossSpec().pairs))
   top = {k: raw.get(k, v) for k, v in _TOP.items()}
   for k in ("seed", "total_steps", "log_every_steps", "checkpoint_every_steps",

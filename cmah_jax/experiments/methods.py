@@ -350,7 +350,8 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # so it lacks signal, not capacity. The second view is masked as the first view's
     # masked pass is (16 of 64 patches visible), which keeps the step inside the budget: a
     # full second pass costs +36% FLOPs (BENCHMARKS.md) [ours, after CMC, Tian et al. ECCV
-    # 2020, and MSN's masked anchor view, Assran et al. ECCV 2022].
+    # 2020, and MSN's masked anchor view, Assran et al. ECCV 2022]. Not kept: seed 0 at 64
+    # bits -0.094 / -0.110, its image tower weaker (docs/tuning.md, round 21).
     _m("image_views", "CMAH, plus a full-image / masked-second-view image pair",
        "candidate", "[ours; after CMC and MSN]",
        loss__pairs="full_full,masked_point_full_image,image_views"),

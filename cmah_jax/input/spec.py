@@ -35,7 +35,7 @@ class InputSpec:
   second_view: bool = False            # also a second rendered view of each train object
                                        # ("images_second"); set by `config.resolve` from
                                        # `loss.pairs` ("image_views"), not by hand [ours,
-                                       # after CMC; round 21]
+                                       # after CMC and MSN; round 21, not kept]
 
   def __post_init__(self):
     object.__setattr__(self, "point_scale", tuple(float(x) for x in self.point_scale))

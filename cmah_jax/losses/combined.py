@@ -14,7 +14,7 @@ from cmah_jax.losses.contrastive import (
 from cmah_jax.losses.memory import nearest_neighbour_contrastive_loss, queued_contrastive_loss
 from cmah_jax.losses.prototypes import swapped_prototype_loss
 from cmah_jax.losses.reconstruction import image_reconstruction_loss, point_reconstruction_loss
-from cmah_jax.losses.spec import LossSpec
+from cmah_jax.losses.spec import SECOND_VIEW_PAIR, LossSpec
 from cmah_jax.ops.hashing import sign_ste
 
 
@@ -55,7 +55,8 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     image_views:   (image/h, image/h_second): the full image against a second rendered
                    view of the same object, masked, image with image [ours, after CMC,
                    Tian et al. ECCV 2020, and MSN's masked anchor view, Assran et al. ECCV
-                   2022; round 21] (`config.resolve` then has the pipeline draw it).
+                   2022; round 21, not kept] (`config.resolve` then has the pipeline
+                   draw it).
   With `spec.debias_positive_prior > 0` each pair uses `debiased_contrastive_loss`.
   With `spec.supervised` each pair uses `supervised_contrastive_loss` with `labels`; with
   `spec.soft_target_weight > 0` each cross-modal pair uses `soft_contrastive_loss` with
@@ -125,7 +126,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
                                              f"pairs={pairs}"))
       extra = outputs.get(f"{tower}/{name}_masked_extra")  # [V - 1, B, K] or absent
       h[tower, "extra"] = [] if extra is None else [transform(v) for v in extra]
-    if "image_views" in pairs:
+    if SECOND_VIEW_PAIR in pairs:
       h["image", "second"] = transform(_need(
           outputs, f"image/{name}_second",
           f"pairs={pairs} (pass the batch's images_second as second_images)"))
@@ -151,7 +152,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
       elif pair == "masked_point_full_image":  # averaged over the masked point views
         views = [h["point", "masked"]] + h["point", "extra"]
         total += sum(con(p, h["image", "full"]) for p in views) / len(views)
-      elif pair == "image_views":
+      elif pair == SECOND_VIEW_PAIR:
         total += con(h["image", "full"], h["image", "second"], cross_modal=False)
       else:  # intra_modal
         total += 0.5 * (con(h["point", "full"], h["point", "masked"], cross_modal=False)

@@ -8,6 +8,9 @@ PAIRS = ("full_full", "masked_masked", "full_masked", "intra_modal", "masked_poi
 # The pairs that read the extra masked views (`model.masked_views > 1`), and whose towers'
 # views each reads (`cmah_loss`); the other pairs read view 0 only.
 EXTRA_VIEW_TOWERS = {"masked_masked": ("point", "image"), "masked_point_full_image": ("point",)}
+# The pair that reads a second rendered image view ("image/h_second"); with it in
+# `loss.pairs`, `config.resolve` has the input pipeline draw that view.
+SECOND_VIEW_PAIR = "image_views"
 
 
 def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
