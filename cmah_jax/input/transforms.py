@@ -133,12 +133,8 @@ def augment_example_with_view(example: Mapping, rng: np.random.Generator, spec: 
   if spec.point_scale_isotropic:
     scale = np.full(3, scale[0], np.float32)
   shift = rng.uniform(-spec.point_translate, spec.point_translate, 3).astype(np.float32)
-  flip = rng.random() < 0.5
-  s = spec.color_jitter
-  factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
   pts = (points if subset is None else points[subset]) * scale + shift
-  image = _augment_image(images[view], flip, factors, rng, spec)
-  return pts.astype(np.float32), image, view
+  return pts.astype(np.float32), _augment_image(images[view], rng, spec), view
 
 
 def augment_second_view(example: Mapping, first_view: int, rng: np.random.Generator,
@@ -154,10 +150,7 @@ def augment_second_view(example: Mapping, first_view: int, rng: np.random.Genera
                      f"num_train_views={spec.num_train_views}, {images.shape[0]} stored)")
   view = int(rng.integers(views - 1))
   view += view >= first_view               # uniform over the views other than the first
-  flip = rng.random() < 0.5
-  s = spec.color_jitter
-  factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
-  return _augment_image(images[view], flip, factors, rng, spec)
+  return _augment_image(images[view], rng, spec)
 
 
 def _train_views(num_stored: int, spec: InputSpec) -> int:
@@ -169,10 +162,14 @@ def _train_views(num_stored: int, spec: InputSpec) -> int:
   return views
 
 
-def _augment_image(stored: np.ndarray, flip: bool, factors: np.ndarray,
-                   rng: np.random.Generator, spec: InputSpec) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [S, S, 3]: the crop (drawn from `rng`, only when on) or the
-  resize, then the flip and the colour jitter already drawn."""
+def _augment_image(stored: np.ndarray, rng: np.random.Generator, spec: InputSpec
+                   ) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [S, S, 3]. Draws from `rng`, in this order, whatever the
+  flags: the flip, the three jitter factors, then (only when on) the crop box. Applies the
+  crop (or the resize), then the flip and the jitter."""
+  flip = rng.random() < 0.5
+  s = spec.color_jitter
+  factors = rng.uniform(max(0.0, 1 - s), 1 + s, 3).astype(np.float32)
   if spec.random_crop_min_scale < 1.0:
     box = crop_box(rng, stored.shape[0], stored.shape[1], float(spec.random_crop_min_scale))
     image = np.clip(np.round(crop_and_resize(stored, box, spec.image_size)), 0, 255
@@ -181,7 +178,7 @@ def _augment_image(stored: np.ndarray, flip: bool, factors: np.ndarray,
     image = resize_images(stored, spec.image_size)
   if spec.hflip and flip:
     image = image[:, ::-1]
-  if spec.color_jitter > 0:
+  if s > 0:
     image = np.round(color_jitter(image.astype(np.float32), factors)).astype(np.uint8)
   return np.ascontiguousarray(image)
 
