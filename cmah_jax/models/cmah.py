@@ -155,12 +155,6 @@ class CMAH(nn.Module):
       i_pooled = global_pool(self.image_encoder(i_tok, i_pos, det))
       h, code = self.image_hash(i_pooled, beta)
       out["image/h"], out["image/code"] = h, code
-      if second_images is not None:
-        second_images = self._check_images(second_images)
-        if second_images.shape[0] != images.shape[0]:
-          raise ValueError(f"CMAH: second_images batch {second_images.shape[0]} differs "
-                           f"from images batch {images.shape[0]}")
-        second_tok = self.image_tokenizer(second_images)[0]
 
     if not (train and images is not None and points is not None):
       return out
@@ -182,6 +176,11 @@ class CMAH(nn.Module):
     if second_images is not None:
       # The second view is masked as view 0's image would be under `fold_in(mask_key, 2)`,
       # and encoded in the same call as view 0's visible tokens ([2B, T_keep]).
+      second_images = self._check_images(second_images)
+      if second_images.shape[0] != b:
+        raise ValueError(f"CMAH: second_images batch {second_images.shape[0]} differs from "
+                         f"images batch {b}")
+      second_tok = self.image_tokenizer(second_images)[0]
       keep_2 = random_mask(jax.random.split(jax.random.fold_in(mask_key, 2))[1], b,
                            cfg.num_patches, cfg.image_mask_ratio)[0]
       i_vis_tok = jnp.concatenate([i_vis_tok, take_tokens(second_tok, keep_2)], axis=0)
