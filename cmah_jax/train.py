@@ -46,6 +46,15 @@ from cmah_jax.protocol import retrieval_sources
 
 
 # ----------------------------------------------------------------------------- train step
+def train_outputs(model: CMAH, params, batch: dict, mask_key, dropout_key, **kwargs) -> dict:
+  """`model`'s training-mode outputs on a train batch (`TrainPipeline`'s keys): both
+  modalities, and the second image view when the batch has one ("images_second");
+  `kwargs` go to `CMAH.__call__` (e.g. `hash_sharpness`)."""
+  return model.apply({"params": params}, images=batch["images"], points=batch["points"],
+                     train=True, mask_key=mask_key, rngs={"dropout": dropout_key},
+                     second_images=batch.get("images_second"), **kwargs)
+
+
 def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=None):
   """`(state, batch) -> (state, metrics)`, a pure function to be jitted.
 
@@ -71,9 +80,7 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=
         "hash_sharpness": hash_sharpness(step, total_steps, sharpness_end)}
 
     def loss_fn(params):
-      out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
-                        train=True, mask_key=mask_key, rngs={"dropout": dropout_key},
-                        second_images=batch.get("images_second"), **sharp)
+      out = train_outputs(model, params, batch, mask_key, dropout_key, **sharp)
       total, terms, loss_state = objective(out, batch, state.get("loss_state"), step)
       return total, (terms, loss_state)
 

@@ -47,10 +47,10 @@ def make_term_gradients(model, objective):
       the step the objective sees (int32 [], schedules inside an objective use it) and the
       objective's carried state (`objective.init_state(n)`; None when it carries none).
   """
+  from cmah_jax.train import train_outputs  # pylint: disable=import-outside-toplevel
+
   def terms_of(params, batch, key, step, loss_state):
-    out = model.apply({"params": params}, images=batch["images"], points=batch["points"],
-                      train=True, mask_key=key, rngs={"dropout": key},
-                      second_images=batch.get("images_second"))
+    out = train_outputs(model, params, batch, key, key)
     _, terms, _ = objective(out, batch, loss_state, step)
     return {n: v for n, v in terms.items() if n.startswith("loss/") and n != "loss/total"}
 
