@@ -23,7 +23,7 @@ from ml_collections import config_dict
 
 from cmah_jax.input.spec import InputSpec
 from cmah_jax.losses import LossSpec
-from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS, SECOND_VIEW_PAIR, parse_pairs
+from cmah_jax.losses.spec import EXTRA_VIEW_TOWERS, SECOND_VIEW_PAIR
 from cmah_jax.models.variants import ModelConfig, resolve_config
 
 
@@ -274,7 +274,9 @@ def resolve(config: Any) -> ExperimentConfig:
   nor the masked points against the full image, so such a run (contrastive-only, say)
   trains and is fingerprinted as the one-view run it is; and `model.extra_image_views`
   resolves to False where only the latter reads them (the point tower's views alone), to
-  its neutral True with one view.
+  its neutral True with one view. Likewise `input.second_view` (a second rendered image
+  view in each train batch) is on exactly when `loss.pairs` has its pair, and is never
+  set by hand.
 
   Raises:
     ValueError: an unknown key (named with the valid ones), an inconsistent size, or
@@ -309,10 +311,7 @@ def resolve(config: Any) -> ExperimentConfig:
   input_raw.update(num_points=model.num_points, image_size=model.image_size)
   if "second_view" in input_raw:
     raise ValueError("config.input.second_view is derived from config.loss.pairs (on with the "
-                     "'image_views' pair); remove it from config.input")
-  loss_raw = _as_dict(raw.get("loss"))
-  input_raw["second_view"] = SECOND_VIEW_PAIR in parse_pairs(
-      loss_raw.get("pairs", LossSpec().pairs))
+                     f"{SECOND_VIEW_PAIR!r} pair); remove it from config.input")
   top = {k: raw.get(k, v) for k, v in _TOP.items()}
   for k in ("seed", "total_steps", "log_every_steps", "checkpoint_every_steps",
             "keep_checkpoints"):
@@ -342,12 +341,17 @@ def resolve(config: Any) -> ExperimentConfig:
   if float(spec.loss.prototype_weight) > 0 and not spec.model.num_prototypes:
     raise ValueError(f"config.loss.prototype_weight={spec.loss.prototype_weight} needs "
                      "prototypes to predict: set config.model.overrides.num_prototypes > 0")
-  return _resolve_masked_views(spec)
+  return _resolve_views(spec)
 
 
-def _resolve_masked_views(spec: ExperimentConfig) -> ExperimentConfig:
-  """`spec` with the masked views that no pair of L_c reads left out (`resolve`)."""
-  model, pairs = spec.model, spec.loss.pairs
+def _resolve_views(spec: ExperimentConfig) -> ExperimentConfig:
+  """`spec` with the views L_c's pairs read and no others (`resolve`): the masked views
+  that no pair reads left out, and the second image view drawn exactly when its pair is
+  there."""
+  pairs = spec.loss.pairs
+  spec = dataclasses.replace(spec, input=dataclasses.replace(
+      spec.input, second_view=SECOND_VIEW_PAIR in pairs))
+  model = spec.model
   towers = {t for pair in pairs for t in EXTRA_VIEW_TOWERS.get(pair, ())}
   if model.masked_views == 1 or not towers:
     # Views 1 .. V-1 would be computed and thrown away: one view is the run this trains.
