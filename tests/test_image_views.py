@@ -52,7 +52,7 @@ def test_second_view_is_another_stored_view_uniformly():
     counts[first, second] += 1
   assert np.all(np.diag(counts) == 0)
   off = counts[~np.eye(5, dtype=bool)]
-  assert abs(off.sum() - 4000) == 0 and np.all(np.abs(off - 200) < 5 * np.sqrt(200 * 0.75))
+  assert off.sum() == 4000 and np.all(np.abs(off - 200) < 5 * np.sqrt(200 * 0.75))
   # `num_train_views=2` leaves exactly one other view.
   two = dataclasses.replace(plain, num_train_views=2)
   for first in (0, 1):
@@ -79,6 +79,19 @@ def test_second_view_gets_its_own_flip_and_jitter():
         dataclasses.replace(SPEC, color_jitter=0.0))
     flipped += _which_view(example, plain[:, ::-1]) is not None
   assert exact < 20 and 60 < flipped < 140
+  # By hand, in the documented order from the same seed: the view among the others, the
+  # flip, the three jitter factors (the stored size is the model's: no resize, no crop).
+  for seed in range(8):
+    first = seed % 5
+    hand = np.random.default_rng(seed)
+    view = int(hand.integers(4))
+    view += view >= first
+    flip = hand.random() < 0.5
+    factors = hand.uniform(0.6, 1.4, 3).astype(np.float32)
+    want = example["images"][view][:, ::-1] if flip else example["images"][view]
+    want = np.round(transforms.color_jitter(want.astype(np.float32), factors)).astype(np.uint8)
+    got = transforms.augment_second_view(example, first, np.random.default_rng(seed), SPEC)
+    np.testing.assert_array_equal(got, want, err_msg=f"seed {seed}")
 
 
 def test_train_batch_adds_the_second_view_and_leaves_the_first_as_it_was():
