@@ -196,6 +196,7 @@ ADDED_LATER = {
     "model.extra_image_views": True,
     "loss.reconstruction_only_steps": 0,
     "input.second_view": False,
+    "loss.relation_weight": 0.0,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips

@@ -355,6 +355,16 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     _m("image_views", "CMAH, plus a full-image / masked-second-view image pair",
        "candidate", "[ours; after CMC and MSN]",
        loss__pairs="full_full,masked_point_full_image,image_views"),
+    # Round 22: the image codes' neighbour distribution over the batch's other objects
+    # distilled from the point codes' (`loss.relation_weight=1`, the weight of a pair of
+    # L_c, at its temperature). Instance positives did not help the image tower (round 21:
+    # they teach objects, retrieval groups kinds); the point tower groups kinds well
+    # (point -> point ~0.90 on the carve) and can teach which other objects are alike,
+    # without labels [ours, after relational KD, Park et al. CVPR 2019, and cross-modal
+    # distillation, Gupta et al. CVPR 2016].
+    _m("point_relations", "CMAH, plus the image codes' batch relations taught by the point "
+       "codes'", "candidate", "[ours; after relational and cross-modal distillation]",
+       loss__relation_weight=1.0),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

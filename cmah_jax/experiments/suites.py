@@ -65,7 +65,8 @@ SUITES = {s.name: s for s in [
             + ("paper_masked_pair",)  # round 18: `cmah` before it
             + ("point_views2",)  # round 19
             + ("recon_first",)  # round 20
-            + ("image_views",), (16, 64)),),  # round 21
+            + ("image_views",)  # round 21
+            + ("point_relations",), (16, 64)),),  # round 22
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -14,6 +14,7 @@ from cmah_jax.losses.contrastive import (
 from cmah_jax.losses.memory import nearest_neighbour_contrastive_loss, queued_contrastive_loss
 from cmah_jax.losses.prototypes import swapped_prototype_loss
 from cmah_jax.losses.reconstruction import image_reconstruction_loss, point_reconstruction_loss
+from cmah_jax.losses.relations import relational_distillation_loss
 from cmah_jax.losses.spec import SECOND_VIEW_PAIR, LossSpec
 from cmah_jax.ops.hashing import sign_ste
 
@@ -71,7 +72,10 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   logged as "loss/nn_contrastive". With `spec.prototype_weight > 0`
   `swapped_prototype_loss` of the full-pass codes against `outputs["prototypes"]` (and the
   `assignment` memory, a `NegativeQueue`, when `spec.prototype_queue_size > 0`) is added
-  with that weight, logged as "loss/prototype".
+  with that weight, logged as "loss/prototype". With `spec.relation_weight > 0`
+  `relational_distillation_loss` from the point tower's full-pass codes (teacher) to the
+  image tower's, at `spec.temperature`, is added with that weight, logged as
+  "loss/relation".
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -202,6 +206,13 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
         int(spec.sinkhorn_iterations), assignment)
     terms["loss/prototype"] = l_proto
     total = total + prototype_weight * l_proto
+  relation_weight = float(spec.relation_weight)
+  if relation_weight > 0:
+    l_relation = relational_distillation_loss(
+        _need(outputs, "image/h", "loss.relation_weight > 0"),
+        _need(outputs, "point/h", "loss.relation_weight > 0"), temperature)
+    terms["loss/relation"] = l_relation
+    total = total + relation_weight * l_relation
   code_weight = float(spec.code_contrast_weight)
   if code_weight > 0:
     l_code = pair_sum("h", "the code contrastive loss", sign_ste)

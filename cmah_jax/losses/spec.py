@@ -115,6 +115,12 @@ class LossSpec:
   # MAE / Point-MAE's pre-training before the discriminative objective, within one run
   # and one learning-rate schedule; `objectives.CmahObjective` applies it; round 20].
   reconstruction_only_steps: int = 0
+  # Weight of `relational_distillation_loss` from the point tower's full-pass codes
+  # (teacher, no gradient) to the image tower's (student), at `temperature`, 0 = off: the
+  # image codes' softmax over the batch's other objects is pulled towards the point codes'
+  # [ours, after relational knowledge distillation (Park et al., CVPR 2019) and
+  # cross-modal distillation (Gupta et al., CVPR 2016); round 22, docs/tuning.md].
+  relation_weight: float = 0.0
 
   def reconstruction_on(self) -> tuple[bool, bool]:
     """Whether `cmah_loss` computes (L_3D, L_2D): lambda_r != 0 and the term's switch on."""
@@ -130,7 +136,7 @@ class LossSpec:
         raise ValueError(f"config.loss.{name} must be > 0, got {getattr(self, name)!r}")
     for name in ("lambda_r", "point_recon_weight", "image_recon_weight", "balance_weight",
                  "decorrelation_weight", "quantization_weight", "embed_weight",
-                 "code_contrast_weight"):
+                 "code_contrast_weight", "relation_weight"):
       if float(getattr(self, name)) < 0:
         raise ValueError(f"config.loss.{name} must be >= 0, got {getattr(self, name)!r}")
     if not 0.0 <= float(self.soft_target_weight) < 1.0:
