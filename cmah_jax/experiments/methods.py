@@ -361,7 +361,8 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # they teach objects, retrieval groups kinds); the point tower groups kinds well
     # (point -> point ~0.90 on the carve) and can teach which other objects are alike,
     # without labels [ours, after relational KD, Park et al. CVPR 2019, and cross-modal
-    # distillation, Gupta et al. CVPR 2016].
+    # distillation, Gupta et al. CVPR 2016]. Not kept: level at 64 bits (-0.001 / -0.004
+    # over seeds 0-1); the image tower gained, cross-modal mAP did not (docs/tuning.md).
     _m("point_relations", "CMAH, plus the image codes' batch relations taught by the point "
        "codes'", "candidate", "[ours; after relational and cross-modal distillation]",
        loss__relation_weight=1.0),
