@@ -185,11 +185,23 @@ class MetricsWindow:
     return out
 
 
+_PROGRESS_TERMS = {"loss/contrastive": "c", "loss/point_recon": "3d",
+                   "loss/image_recon": "2d"}
+
+
+def progress_terms(m: dict) -> str:
+  """`"c 1.2345, 3d 0.0123, 2d 0.3456"`, then every other logged term an objective adds
+  (`"relation 0.5500"`, ...), sorted: the bracket of the progress line."""
+  named = [f"{short} {m[k]:.4f}" for k, short in _PROGRESS_TERMS.items() if k in m]
+  extra = sorted(k for k in m if k.startswith("loss/") and k != "loss/total"
+                 and k not in _PROGRESS_TERMS)
+  return ", ".join(named + [f"{k.removeprefix('loss/')} {m[k]:.4f}" for k in extra])
+
+
 def _log_progress(m: dict, done: int, total: int):
-  log("step %d/%d (%.0f%%) loss %.4f [c %.4f, 3d %.4f, 2d %.4f] lr %.2e %.2f steps/s "
-      "%.0f ex/s ETA %s", done, total, 100 * done / total, m["loss/total"],
-      m["loss/contrastive"], m["loss/point_recon"], m["loss/image_recon"],
-      m["learning_rate"], m["steps_per_second"], m["examples_per_second"],
+  log("step %d/%d (%.0f%%) loss %.4f [%s] lr %.2e %.2f steps/s %.0f ex/s ETA %s", done,
+      total, 100 * done / total, m["loss/total"], progress_terms(m), m["learning_rate"],
+      m["steps_per_second"], m["examples_per_second"],
       format_eta((total - done) / max(m["steps_per_second"], 1e-9)))
 
 

@@ -284,3 +284,14 @@ def test_periodic_evaluation_compiles_the_encoder_once(data_dir, tmp_path, monke
   # The periodic numbers are real evaluations: the last one equals the final result.
   bits = result.config.model.bits
   assert rows[-1][f"map/i2p/{bits}"] == result.metrics[f"map/i2p/{bits}"]
+
+
+def test_progress_line_shows_every_logged_term():
+  """The bracket names L_c, L_3D, L_2D first, then any term an objective adds, sorted; the
+  total and the non-loss metrics are not repeated there."""
+  m = {"loss/total": 9.0, "loss/contrastive": 1.23456, "loss/point_recon": 0.01,
+       "loss/image_recon": 0.5, "loss/relation": 0.55, "loss/balance": 2.0,
+       "learning_rate": 1e-3, "grad_norm": 3.0}
+  assert train.progress_terms(m) == (
+      "c 1.2346, 3d 0.0100, 2d 0.5000, balance 2.0000, relation 0.5500")
+  assert train.progress_terms({"loss/contrastive": 2.0, "loss/total": 2.0}) == "c 2.0000"
