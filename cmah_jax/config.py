@@ -197,6 +197,7 @@ ADDED_LATER = {
     "loss.reconstruction_only_steps": 0,
     "input.second_view": False,
     "loss.relation_weight": 0.0,
+    "loss.relation_targets": "image_image",
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -208,6 +209,8 @@ INERT_WHEN = {
                            lambda loss: not LossSpec(**loss).reconstruction_on()[1]),
     "ucch_temperature": ("the objective is not UCCH's",
                          lambda loss: loss["objective"] != "ucch"),
+    "relation_targets": ("the relational term is off",
+                         lambda loss: float(loss.get("relation_weight", 0.0)) == 0.0),
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

@@ -86,14 +86,20 @@ def test_sharded_equals_single_device():
 
 
 def test_clear_errors():
-  with pytest.raises(ValueError, match=r"h_student \(4, 8\) and h_teacher \(5, 8\)"):
+  with pytest.raises(ValueError, match=r"h_student \(4, 8\), h_candidates \(4, 8\) and "
+                     r"h_teacher \(5, 8\)"):
     losses.relational_distillation_loss(jnp.ones((4, 8)), jnp.ones((5, 8)), 0.2)
   with pytest.raises(ValueError, match="at least 3"):
     losses.relational_distillation_loss(jnp.ones((2, 8)), jnp.ones((2, 8)), 0.2)
   with pytest.raises(ValueError, match="temperature"):
     losses.relational_distillation_loss(jnp.ones((4, 8)), jnp.ones((4, 8)), 0.0)
+  with pytest.raises(ValueError, match=r"h_candidates \(4, 6\)"):
+    losses.relational_distillation_loss(jnp.ones((4, 8)), jnp.ones((4, 8)), 0.2,
+                                        jnp.ones((4, 6)))
   with pytest.raises(ValueError, match="relation_weight"):
     losses.LossSpec(relation_weight=-1.0).validate()
+  with pytest.raises(ValueError, match="relation_targets='points'"):
+    losses.LossSpec(relation_weight=1.0, relation_targets="points").validate()
 
 
 def test_cmah_loss_adds_the_term_with_its_weight():
@@ -112,3 +118,89 @@ def test_cmah_loss_adds_the_term_with_its_weight():
                - losses.cmah_loss(o, spec)[0])(out)
   assert float(jnp.abs(g["point/h"]).max()) < 1e-6
   assert float(jnp.abs(g["image/h"]).max()) > 1e-3
+
+
+def np_cross_relational_kl(anchors, candidates, teacher, tau):
+  """As `np_relational_kl`, the student's row i over cos(anchors_i, candidates_j), j != i."""
+  def row(a, c, i):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    others = [j for j in range(len(a)) if j != i]
+    logits = np.array([float(a[i] @ c[j]) / tau for j in others])
+    p = np.exp(logits - logits.max())
+    return dict(zip(others, p / p.sum()))
+  n = len(anchors)
+  anchors, candidates, teacher = (np.asarray(x, np.float64)
+                                  for x in (anchors, candidates, teacher))
+  total = 0.0
+  for i in range(n):
+    t, s = row(teacher, teacher, i), row(anchors, candidates, i)
+    total += sum(t[j] * math.log(t[j] / s[j]) for j in t)
+  return total / n
+
+
+def test_cross_modal_candidates_match_numpy_and_hand_worked():
+  rng = np.random.default_rng(8)
+  img, pts = (np.tanh(rng.normal(size=(6, 16))).astype(np.float32) for _ in range(2))
+  got = losses.relational_distillation_loss(img, pts, 0.3, h_candidates=pts)
+  np.testing.assert_allclose(float(got), np_cross_relational_kl(img, pts, pts, 0.3),
+                             rtol=1e-5)
+  # Hand-worked, tau = 1: points 0, 1 alike, 2 unlike (teacher rows as in the 3-object
+  # example: (a, b), (a, b), (1/2, 1/2)). Image anchors: image 0 = point 2's direction,
+  # so image 0 ranks point 1 (cos 0) and point 2 (cos 1) as (b, a); image 1 = point 0's,
+  # ranking points 0, 2 as (a, b); image 2 = (1, 1) / sqrt 2, equally near points 0 and 1
+  # -> (1/2, 1/2). KL: (a - b) log(a / b) = a - b, then 0, then 0.
+  pts3 = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  img3 = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+  e = math.e
+  a, b = e / (e + 1), 1 / (e + 1)
+  np.testing.assert_allclose(
+      float(losses.relational_distillation_loss(img3, pts3, 1.0, h_candidates=pts3)),
+      (a - b) / 3, rtol=1e-6)
+  # The candidates (point codes) get a gradient, the teacher (the same point codes, as
+  # teacher) none: differentiate through the candidates only.
+  g_cand = jax.grad(lambda c: losses.relational_distillation_loss(img, pts, 0.3, c))(pts)
+  g_teach = jax.grad(lambda t: losses.relational_distillation_loss(img, t, 0.3, pts))(pts)
+  assert float(jnp.abs(g_cand).max()) > 0 and float(jnp.abs(g_teach).max()) == 0.0
+
+
+def test_cmah_loss_cross_modal_relations_average_both_directions():
+  rng = np.random.default_rng(9)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  out = {"point/h": f(5, 8), "image/h": f(5, 8)}
+  spec = losses.LossSpec(temperature=0.3, pairs="full_full", lambda_r=0.0,
+                         relation_weight=1.5, relation_targets="cross_modal").validate()
+  base, _ = losses.cmah_loss(out, dataclasses.replace(spec, relation_weight=0.0))
+  total, terms = losses.cmah_loss(out, spec)
+  p, i = np.asarray(out["point/h"]), np.asarray(out["image/h"])
+  want = 0.5 * (np_cross_relational_kl(i, p, p, 0.3) + np_cross_relational_kl(p, i, p, 0.3))
+  np.testing.assert_allclose(float(terms["loss/relation"]), want, rtol=1e-5)
+  np.testing.assert_allclose(float(total), float(base) + 1.5 * want, rtol=1e-5)
+
+
+def test_relation_targets_are_inert_without_the_term():
+  """With relation_weight = 0 the targets are never read: the loss is the same number and
+  the config the same fingerprint whatever they are; with the term on they differ."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  def fingerprint(**loss):
+    c = importlib.import_module("configs.default").get_config()
+    c.loss.update(loss)
+    return config_lib.resolve(c).fingerprint()
+
+  assert (fingerprint(relation_targets="cross_modal") == fingerprint()
+          == fingerprint(relation_targets="image_image"))
+  assert fingerprint(relation_weight=1.0) != fingerprint(relation_weight=1.0,
+                                                         relation_targets="cross_modal")
+  rng = np.random.default_rng(10)
+  out = {"point/h": jnp.asarray(rng.normal(size=(5, 8)), jnp.float32),
+         "image/h": jnp.asarray(rng.normal(size=(5, 8)), jnp.float32)}
+  spec = losses.LossSpec(pairs="full_full", lambda_r=0.0)
+  totals = [float(losses.cmah_loss(out, dataclasses.replace(spec, relation_targets=t))[0])
+            for t in ("image_image", "cross_modal")]
+  assert totals[0] == totals[1]
+  on = [float(losses.cmah_loss(out, dataclasses.replace(
+      spec, relation_weight=1.0, relation_targets=t))[1]["loss/relation"])
+        for t in ("image_image", "cross_modal")]
+  assert on[0] != on[1]

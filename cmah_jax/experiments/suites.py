@@ -66,7 +66,8 @@ SUITES = {s.name: s for s in [
             + ("point_views2",)  # round 19
             + ("recon_first",)  # round 20
             + ("image_views",)  # round 21
-            + ("point_relations",), (16, 64)),),  # round 22
+            + ("point_relations",)  # round 22
+            + ("cross_relations",), (16, 64)),),  # round 23
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

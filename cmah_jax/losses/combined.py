@@ -73,9 +73,11 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   `swapped_prototype_loss` of the full-pass codes against `outputs["prototypes"]` (and the
   `assignment` memory, a `NegativeQueue`, when `spec.prototype_queue_size > 0`) is added
   with that weight, logged as "loss/prototype". With `spec.relation_weight > 0`
-  `relational_distillation_loss` from the point tower's full-pass codes (teacher) to the
-  image tower's, at `spec.temperature`, is added with that weight, logged as
-  "loss/relation".
+  `relational_distillation_loss` from the point tower's full-pass codes (teacher) is
+  added with that weight, logged as "loss/relation": to the image codes' own relations
+  (`relation_targets="image_image"`), or to the image codes' relations to the other
+  objects' point codes and the point codes' to the other objects' image codes, averaged
+  (`"cross_modal"`), at `spec.temperature`.
   Reconstruction terms are skipped (reported as 0) when `lambda_r == 0` or switched off
   (`use_point_recon`, `use_image_recon`). With positive `balance_weight`,
   `decorrelation_weight`, `quantization_weight` the `code_quality_terms` of both towers'
@@ -208,9 +210,14 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     total = total + prototype_weight * l_proto
   relation_weight = float(spec.relation_weight)
   if relation_weight > 0:
-    l_relation = relational_distillation_loss(
-        _need(outputs, "image/h", "loss.relation_weight > 0"),
-        _need(outputs, "point/h", "loss.relation_weight > 0"), temperature)
+    h_image = _need(outputs, "image/h", "loss.relation_weight > 0")
+    h_point = _need(outputs, "point/h", "loss.relation_weight > 0")
+    if spec.relation_targets == "cross_modal":
+      l_relation = 0.5 * (
+          relational_distillation_loss(h_image, h_point, temperature, h_candidates=h_point)
+          + relational_distillation_loss(h_point, h_point, temperature, h_candidates=h_image))
+    else:  # image_image
+      l_relation = relational_distillation_loss(h_image, h_point, temperature)
     terms["loss/relation"] = l_relation
     total = total + relation_weight * l_relation
   code_weight = float(spec.code_contrast_weight)

@@ -11,6 +11,8 @@ EXTRA_VIEW_TOWERS = {"masked_masked": ("point", "image"), "masked_point_full_ima
 # The pair that reads a second rendered image view ("image/h_second"); with it in
 # `loss.pairs`, `config.resolve` has the input pipeline draw that view.
 SECOND_VIEW_PAIR = "image_views"
+# `loss.relation_targets`: what `relational_distillation_loss` teaches (`cmah_loss`).
+RELATION_TARGETS = ("image_image", "cross_modal")
 
 
 def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -122,6 +124,12 @@ class LossSpec:
   # cross-modal distillation (Gupta et al., CVPR 2016); round 22, docs/tuning.md]. Not
   # kept: weight 1 was level with today's CMAH at 64 bits on the carve (-0.001 / -0.004).
   relation_weight: float = 0.0
+  # Which relations the point codes teach (read only with relation_weight > 0):
+  # "image_image" (round 22): the image codes' own in-batch neighbourhoods; "cross_modal"
+  # (round 23): each image code's ranking of the batch's *other objects' point codes*, and
+  # each point code's ranking of the other objects' image codes, the two averaged, the
+  # rankings retrieval scores [ours; docs/tuning.md].
+  relation_targets: str = "image_image"
 
   def reconstruction_on(self) -> tuple[bool, bool]:
     """Whether `cmah_loss` computes (L_3D, L_2D): lambda_r != 0 and the term's switch on."""
@@ -184,6 +192,9 @@ class LossSpec:
     if self.nn_support_size and self.supervised:
       raise ValueError("config.loss.nn_support_size > 0 is for the unsupervised loss; set "
                        "loss.supervised=False or nn_support_size=0")
+    if self.relation_targets not in RELATION_TARGETS:
+      raise ValueError(f"config.loss.relation_targets={self.relation_targets!r}: expected "
+                       f"one of {list(RELATION_TARGETS)}")
     steps = self.reconstruction_only_steps
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
       raise ValueError("config.loss.reconstruction_only_steps must be an int >= 0, got "
