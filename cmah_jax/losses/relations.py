@@ -7,7 +7,8 @@ mAP ~0.90 against image -> image ~0.72 at 64 bits on the carve), and every pair 
 gives each tower one positive, its own object. Here the image codes' similarities to the
 batch's other images are pulled towards the point codes' similarities between the same
 objects: the image tower learns which *other* objects are alike from the tower that
-already knows, without labels.
+already knows, without labels. With other candidates (`h_candidates`) the student's rows
+are cross-modal: an image code's ranking of the other objects' point codes (round 23).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def _off_diagonal_log_softmax(anchors: jax.Array, candidates: jax.Array,
 def relational_distillation_loss(h_student: jax.Array, h_teacher: jax.Array,
                                  temperature: float, h_candidates: jax.Array | None = None
                                  ) -> jax.Array:
-  """Mean over anchors i of KL(t_i || s_i), where t_i is the softmax over the batch's other
-  objects j != i of cos(t_i, t_j) / tau in the teacher's codes, and s_i the same of
+  """Mean over anchors i of KL(T_i || S_i), where T_i is the softmax over the batch's other
+  objects j != i of cos(h_teacher_i, h_teacher_j) / tau, and S_i the same of
   cos(h_student_i, c_j) with candidates c = `h_candidates` (default: `h_student`, the
   student's own relations). The teacher gets no gradient (`stop_gradient`): it teaches, it
   is not pulled.
