@@ -371,7 +371,8 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # their image codes, pulled towards the point codes' own (`loss.relation_targets=
     # cross_modal`, weight 1 at L_c's temperature). Round 22 made the image tower better
     # at image -> image (+0.009 / +0.022) but left cross-modal mAP level [ours, after
-    # relational and cross-modal distillation].
+    # relational and cross-modal distillation]. Not kept: level at 64 bits (-0.005 /
+    # -0.003 over seeds 0-1, docs/tuning.md).
     _m("cross_relations", "CMAH, plus cross-modal batch relations taught by the point codes'",
        "candidate", "[ours; after relational and cross-modal distillation]",
        loss__relation_weight=1.0, loss__relation_targets="cross_modal"),
