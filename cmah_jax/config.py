@@ -210,7 +210,7 @@ INERT_WHEN = {
     "ucch_temperature": ("the objective is not UCCH's",
                          lambda loss: loss["objective"] != "ucch"),
     "relation_targets": ("the relational term is off",
-                         lambda loss: float(loss.get("relation_weight", 0.0)) == 0.0),
+                         lambda loss: not LossSpec(**loss).relation_on()),
 }
 
 _SECTIONS = {"dataset": DatasetSpec, "input": InputSpec, "loss": LossSpec,

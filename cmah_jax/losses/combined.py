@@ -208,8 +208,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
         int(spec.sinkhorn_iterations), assignment)
     terms["loss/prototype"] = l_proto
     total = total + prototype_weight * l_proto
-  relation_weight = float(spec.relation_weight)
-  if relation_weight > 0:
+  if spec.relation_on():
     h_image = _need(outputs, "image/h", "loss.relation_weight > 0")
     h_point = _need(outputs, "point/h", "loss.relation_weight > 0")
     if spec.relation_targets == "cross_modal":
@@ -219,7 +218,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
     else:  # image_image
       l_relation = relational_distillation_loss(h_image, h_point, temperature)
     terms["loss/relation"] = l_relation
-    total = total + relation_weight * l_relation
+    total = total + float(spec.relation_weight) * l_relation
   code_weight = float(spec.code_contrast_weight)
   if code_weight > 0:
     l_code = pair_sum("h", "the code contrastive loss", sign_ste)

@@ -137,6 +137,10 @@ class LossSpec:
     on = float(self.lambda_r) != 0.0
     return on and bool(self.use_point_recon), on and bool(self.use_image_recon)
 
+  def relation_on(self) -> bool:
+    """Whether `cmah_loss` computes `relational_distillation_loss`: relation_weight > 0."""
+    return float(self.relation_weight) > 0.0
+
   def __post_init__(self):
     object.__setattr__(self, "pairs", parse_pairs(self.pairs))
 
