@@ -189,12 +189,17 @@ _PROGRESS_TERMS = {"loss/contrastive": "c", "loss/point_recon": "3d",
                    "loss/image_recon": "2d"}
 
 
+def loss_terms(metrics) -> list[str]:
+  """The names of the loss terms among an objective's logged `metrics` ("loss/...", not
+  the total), sorted."""
+  return sorted(k for k in metrics if k.startswith("loss/") and k != "loss/total")
+
+
 def progress_terms(m: dict) -> str:
   """`"c 1.2345, 3d 0.0123, 2d 0.3456"`, then every other logged term an objective adds
   (`"relation 0.5500"`, ...), sorted: the bracket of the progress line."""
   named = [f"{short} {m[k]:.4f}" for k, short in _PROGRESS_TERMS.items() if k in m]
-  extra = sorted(k for k in m if k.startswith("loss/") and k != "loss/total"
-                 and k not in _PROGRESS_TERMS)
+  extra = [k for k in loss_terms(m) if k not in _PROGRESS_TERMS]
   return ", ".join(named + [f"{k.removeprefix('loss/')} {m[k]:.4f}" for k in extra])
 
 

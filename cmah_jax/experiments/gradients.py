@@ -47,12 +47,12 @@ def make_term_gradients(model, objective):
       the step the objective sees (int32 [], schedules inside an objective use it) and the
       objective's carried state (`objective.init_state(n)`; None when it carries none).
   """
-  from cmah_jax.train import train_outputs  # pylint: disable=import-outside-toplevel
+  from cmah_jax.train import loss_terms, train_outputs  # pylint: disable=import-outside-toplevel
 
   def terms_of(params, batch, key, step, loss_state):
     out = train_outputs(model, params, batch, key, key)
     _, terms, _ = objective(out, batch, loss_state, step)
-    return {n: v for n, v in terms.items() if n.startswith("loss/") and n != "loss/total"}
+    return {n: terms[n] for n in loss_terms(terms)}
 
   return jax.jit(jax.jacrev(terms_of))  # one reverse pass per term, in one program
 
