@@ -1,6 +1,7 @@
 """`relational_distillation_loss` (round 22) against a hand-worked example and a NumPy
 loop reference; the teacher gets no gradient; `cmah_loss` adds it with its weight."""
 import dataclasses
+import importlib
 import math
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmah_jax import config as config_lib
 from cmah_jax import losses
 from cmah_jax.sharding import data_sharding, make_mesh
 
@@ -181,9 +183,6 @@ def test_cmah_loss_cross_modal_relations_average_both_directions():
 def test_relation_targets_are_inert_without_the_term():
   """With relation_weight = 0 the targets are never read: the loss is the same number and
   the config the same fingerprint whatever they are; with the term on they differ."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-
   def fingerprint(**loss):
     c = importlib.import_module("configs.default").get_config()
     c.loss.update(loss)
