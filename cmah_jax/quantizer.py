@@ -9,7 +9,9 @@ where the bit boundaries fall, so fewer near-zero coordinates flip. On our valid
 carve it raised mAP in 18 of 20 directions across the 10 tuning runs (README); the sign
 codes stay reported beside it.
 
-- `fit_quantizer(h_points, h_images, seed)`: NumPy, on the host, once per run.
+- `fit_quantizer(h_points, h_images, seed)`: NumPy, on the host, once per run; with
+  `bits=k < K`, codes of k bits from a K-wide run: PCA onto the pooled codes' top k
+  principal directions, then ITQ (PCA-ITQ, Gong & Lazebnik's own recipe).
 - `quantize(h, quantizer)`: pure JAX (works under `jit` / `vmap`); `quantize_split` of an
   encoded split's continuous codes.
 - `save` / `load`: `quantizer.npz` in a run's workdir (with the checkpoint step it fits).
@@ -31,25 +33,34 @@ ITQ_ITERATIONS = 50  # [Gong & Lazebnik 2013]
 
 
 class Quantizer(NamedTuple):
-  """mean: `[K]` float32; rotation: `[K, K]` float32 orthogonal."""
+  """mean: `[K]` float32; rotation: `[K, k]` float32 with orthonormal columns (k = K:
+  orthogonal; k < K: the top-k principal directions, rotated)."""
   mean: jax.Array | np.ndarray
   rotation: jax.Array | np.ndarray
 
   @property
   def bits(self) -> int:
+    """K, the width of the continuous codes it takes."""
     return int(self.mean.shape[-1])
+
+  @property
+  def code_bits(self) -> int:
+    """k, the width of the codes it makes."""
+    return int(self.rotation.shape[-1])
 
 
 def fit_quantizer(h_points, h_images, seed: int = 0,
-                  iterations: int = ITQ_ITERATIONS) -> Quantizer:
+                  iterations: int = ITQ_ITERATIONS, bits: int | None = None) -> Quantizer:
   """ITQ on the pooled, centred continuous codes of both modalities.
 
   Args:
     h_points, h_images: `[n, K]` float continuous codes of the training objects.
     seed: seeds ITQ's random initial rotation.
     iterations: ITQ alternations.
+    bits: k, the code length, 1 <= k <= K (None: K). With k < K the centred codes are
+      first projected onto their top k principal directions (PCA-ITQ).
   Returns:
-    a `Quantizer` (float32).
+    a `Quantizer` (float32), rotation `[K, k]`.
   """
   h_points, h_images = np.asarray(h_points, np.float64), np.asarray(h_images, np.float64)
   if h_points.ndim != 2 or h_images.ndim != 2 or h_points.shape[1] != h_images.shape[1]:
@@ -58,8 +69,19 @@ def fit_quantizer(h_points, h_images, seed: int = 0,
   pooled = np.concatenate([h_points, h_images])
   if not np.all(np.isfinite(pooled)):
     raise ValueError("fit_quantizer: the continuous codes hold NaN or inf")
+  width = pooled.shape[1]
+  bits = width if bits is None else int(bits)
+  if not 1 <= bits <= width:
+    raise ValueError(f"fit_quantizer: bits must be in [1, {width}] for {width}-wide codes, "
+                     f"got {bits}")
   mean = pooled.mean(axis=0)
-  rotation = fit_itq(pooled - mean, n_iter=iterations, seed=seed)
+  centred = pooled - mean
+  if bits == width:
+    rotation = fit_itq(centred, n_iter=iterations, seed=seed)
+  else:
+    # Right singular vectors of the centred codes, by falling singular value.
+    principal = np.linalg.svd(centred, full_matrices=False)[2][:bits].T
+    rotation = principal @ fit_itq(centred @ principal, n_iter=iterations, seed=seed)
   return Quantizer(mean.astype(np.float32), rotation.astype(np.float32))
 
 
@@ -69,7 +91,7 @@ def quantize(h: jax.Array, quantizer: Quantizer) -> jax.Array:
   Args:
     h: `[..., K]` float continuous codes.
   Returns:
-    `[..., K]` float32 in {-1, +1}.
+    `[..., k]` float32 in {-1, +1} (k = `quantizer.code_bits`).
   """
   if h.shape[-1] != quantizer.bits:
     raise ValueError(f"quantize: codes of {h.shape[-1]} bits, quantizer of {quantizer.bits}")
@@ -84,7 +106,7 @@ def quantize_split(split: dict, quantizer: Quantizer) -> dict:
   Args:
     split: {"image/h", "point/h": [n, K] float continuous codes, "label": [n] int}.
   Returns:
-    {"image", "point": [n, K] float32 +-1 `quantize(h)` (host NumPy), "label"}.
+    {"image", "point": [n, k] float32 +-1 `quantize(h)` (host NumPy), "label"}.
   """
   return {"label": split["label"],
           **{m: np.asarray(quantize(split[f"{m}/h"], quantizer)) for m in ("image", "point")}}
@@ -101,6 +123,9 @@ def digest(quantizer: Quantizer) -> str:
 def save(workdir: str, quantizer: Quantizer, step: int = -1) -> str:
   """Write `workdir/quantizer.npz` (atomically), recording the checkpoint `step` it was
   fitted at; returns its path."""
+  if quantizer.code_bits != quantizer.bits:
+    raise ValueError(f"save: a run's quantiser keeps its {quantizer.bits}-bit code length; "
+                     f"this one makes {quantizer.code_bits}-bit codes")
   path = os.path.join(workdir, FILE)
   tmp = path + ".tmp.npz"
   np.savez(tmp, mean=np.asarray(quantizer.mean, np.float32),

@@ -58,6 +58,55 @@ def test_fit_centres_on_the_pooled_mean_and_rotates_orthogonally():
   assert not np.allclose(other.rotation, q.rotation)
 
 
+def test_fewer_bits_project_onto_the_top_principal_directions_then_rotate():
+  # Codes spread widely along two directions of a 5-D space and barely along the rest:
+  # cut to 2 bits, W spans those two directions (against NumPy's eigendecomposition of the
+  # covariance), has orthonormal columns, and the codes are sign((h - mean) W).
+  rng = np.random.default_rng(5)
+  basis = np.linalg.qr(rng.normal(size=(5, 5)))[0]
+  scales = np.array([3.0, 2.0, 0.05, 0.04, 0.03])
+  pooled = (rng.normal(size=(80, 5)) * scales) @ basis.T + 0.4
+  h_points, h_images = pooled[:50].astype(np.float32), pooled[50:].astype(np.float32)
+  q = quantizer_lib.fit_quantizer(h_points, h_images, seed=2, bits=2)
+  assert (q.bits, q.code_bits) == (5, 2) and q.rotation.shape == (5, 2)
+  w = np.asarray(q.rotation, np.float64)
+  np.testing.assert_allclose(w.T @ w, np.eye(2), atol=1e-5)
+  x = np.concatenate([h_points, h_images]).astype(np.float64)
+  x -= x.mean(axis=0)
+  top = np.linalg.eigh(x.T @ x)[1][:, -2:]
+  np.testing.assert_allclose(w @ w.T, top @ top.T, atol=1e-4)
+  codes = np.asarray(quantizer_lib.quantize(jnp.asarray(h_points), q))
+  np.testing.assert_array_equal(codes, np.where((h_points - q.mean) @ q.rotation >= 0, 1.0, -1.0))
+  assert codes.shape == (50, 2)
+  # All the bits: the plain ITQ quantiser, unchanged.
+  full = quantizer_lib.fit_quantizer(h_points, h_images, seed=2)
+  np.testing.assert_array_equal(
+      quantizer_lib.fit_quantizer(h_points, h_images, seed=2, bits=5).rotation, full.rotation)
+  for bad in (0, 6):
+    with pytest.raises(ValueError, match=r"bits must be in \[1, 5\]"):
+      quantizer_lib.fit_quantizer(h_points, h_images, bits=bad)
+
+
+def test_one_bit_cut_along_the_class_direction_retrieves_perfectly():
+  # Two classes apart along one direction of an 8-D space (the top principal one: variance
+  # 0.81 against 0.25), noise in the other seven, both towers alike: the 1-bit code cut by
+  # PCA-ITQ is the class, so both directions score mAP 1, while the 8-bit codes, seven of
+  # whose bits are noise, score less.
+  from cmah_jax.experiments import representation  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    label = np.arange(n) % 2
+    h = rng.normal(0, 0.5, size=(n, 8))
+    h[:, 3] = np.where(label == 1, 0.9, -0.9) + rng.normal(0, 0.05, size=n)
+    g = h + rng.normal(0, 0.02, size=h.shape)
+    return {"point/h": h.astype(np.float32), "image/h": g.astype(np.float32), "label": label}
+
+  maps = representation.reduced_code_maps(split(60), split(10), split(30), (1, 8))
+  assert maps["1"] == {"i2p": pytest.approx(1.0), "p2i": pytest.approx(1.0)}
+  assert maps["8"]["i2p"] < 0.99 and maps["8"]["p2i"] < 0.99
+
+
 def test_quantize_matches_numpy_under_jit_and_vmap():
   rng = np.random.default_rng(1)
   q = quantizer_lib.Quantizer(rng.normal(size=5).astype(np.float32),
@@ -96,6 +145,9 @@ def test_file_round_trip_and_errors(tmp_path):
     quantizer_lib.load(str(tmp_path))
   with pytest.raises(ValueError, match="NaN"):
     quantizer_lib.fit_quantizer(np.full((2, 3), np.nan), np.zeros((2, 3)))
+  cut = quantizer_lib.Quantizer(np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32))
+  with pytest.raises(ValueError, match="3-bit code length; this one makes 2-bit"):
+    quantizer_lib.save(str(tmp_path), cut)
 
 
 def test_encoder_and_index_use_and_keep_the_quantizers_codes(tmp_path):

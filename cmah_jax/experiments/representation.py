@@ -16,7 +16,10 @@ head's LayerNorm output, which is linear in the pooled feature (so its rank is a
 model width, whatever the code length). Written to `<workdir>/representation.json` and
 printed. With `--quantizer_seeds=N`, also the spread of the learned quantiser's
 tie-aware mAP over ITQ seeds 0..N-1 (`quantizer_seed_spread`): how much of a run's mAP is
-its quantiser's random start rather than its training.
+its quantiser's random start rather than its training. With `--reduced_bits=16,32`, also
+the tie-aware mAP of k-bit codes cut from the run's K-bit continuous codes by PCA-ITQ
+(`reduced_code_maps`): whether one wide run serves shorter codes as well as a run trained at
+k bits.
 """
 from __future__ import annotations
 
@@ -132,6 +135,32 @@ def quantizer_seed_spread(train: dict, query: dict, database: dict, seeds) -> di
   return out
 
 
+def reduced_code_maps(train: dict, query: dict, database: dict, code_bits, seed: int = 0) -> dict:
+  """Cross-modal tie-aware mAP of k-bit codes cut from K-bit continuous codes.
+
+  For each k, `quantizer.fit_quantizer(..., bits=k)` on the training split's continuous
+  codes (PCA onto their top k principal directions, then ITQ), then the query and database
+  codes `sign((h - mean) W)`.
+
+  Args:
+    train, query, database: {"image/h", "point/h": [n, K] float, "label": [n] int}.
+    code_bits: the k's, each in [1, K].
+    seed: ITQ's seed.
+  Returns:
+    {str(k): {"i2p", "p2i": tie-aware mAP@all}}.
+  """
+  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
+  out = {}
+  for k in code_bits:
+    fitted = quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=seed,
+                                         bits=int(k))
+    q, d = (quantizer_lib.quantize_split(split, fitted) for split in (query, database))
+    out[str(int(k))] = {
+        name: metrics.tie_aware_mean_average_precision(q[src], d[dst], q["label"], d["label"])
+        for name, (src, dst) in DIRECTIONS.items() if src != dst}
+  return out
+
+
 def encode_run(workdir: str, splits=("query", "database")) -> tuple[dict, ...]:
   """Codes and continuous codes of the run's `splits` ("query", "database", "train"), on
   its protocol.
@@ -153,15 +182,23 @@ def encode_run(workdir: str, splits=("query", "database")) -> tuple[dict, ...]:
 def main(argv):
   del argv
   seeds = range(flags.FLAGS.quantizer_seeds)
+  reduced_bits = [int(k) for k in flags.FLAGS.reduced_bits]
   for workdir in flags.FLAGS.workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     query, database, *train, protocol = encode_run(
-        workdir, ("query", "database") + (("train",) if seeds else ()))
+        workdir, ("query", "database") + (("train",) if seeds or reduced_bits else ()))
     maps = representation_maps(query, database)
     spectra = code_spectra(database)
     record = {"protocol": protocol, "map": maps, "spectrum_dims": spectra}
     if seeds:
       record["quantizer_seeds"] = quantizer_seed_spread(train[0], query, database, seeds)
+    if reduced_bits:
+      width = np.shape(database["image/h"])[1]
+      bad = [k for k in reduced_bits if not 1 <= k <= width]
+      if bad:
+        raise app.UsageError(f"--reduced_bits {bad}: {workdir} has {width}-bit codes; "
+                             f"each k must be in [1, {width}]")
+      record["reduced_codes"] = reduced_code_maps(train[0], query, database, reduced_bits)
     with open(os.path.join(workdir, "representation.json"), "w") as f:
       json.dump(record, f, indent=2)
     print(f"{workdir}\n  {protocol}\n  direction  code   continuous  cost of binarising")
@@ -181,10 +218,18 @@ def main(argv):
           for d in ("i2p", "p2i")))
 
 
+    if reduced_bits:
+      print("  codes cut to fewer bits by PCA-ITQ of the continuous codes (tie-aware mAP): "
+            + ", ".join(f"{k} bits {m['i2p']:.3f} / {m['p2i']:.3f}"
+                        for k, m in record["reduced_codes"].items()))
+
+
 if __name__ == "__main__":
   # Defined here, not at import: `gradients` (imported beside this module) owns --workdir.
   flags.DEFINE_list("workdir", None, "Finished (or checkpointed) training runs, comma-separated.")
   flags.DEFINE_integer("quantizer_seeds", 0, "Also refit the learned quantiser with ITQ seeds "
                        "0..N-1 and report the spread of its tie-aware mAP (0: skip).")
+  flags.DEFINE_list("reduced_bits", [], "Also score codes of these lengths cut from the "
+                    "run's continuous codes by PCA-ITQ (each at most the run's bits).")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
