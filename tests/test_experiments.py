@@ -235,6 +235,19 @@ def test_round18_cmah_differs_from_the_paper_masked_pair_only_in_the_masked_pair
       ("loss.pairs", ("full_full", "masked_masked"), ("full_full", "masked_point_full_image"))]
 
 
+def test_round24_candidate_differs_from_cmah_only_in_the_point_mask_ratio(tmp_path):
+  """Round 24's `point_mask0.75` is today's CMAH with 75% of the point groups masked
+  (resolved configs, field by field), which keeps 8 of the 32 groups."""
+  cmah, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
+                                  str(tmp_path), seeds=[0], bits=[64],
+                                  methods=["cmah", "point_mask0.75"])
+  assert resume.config_diff(dataclasses.asdict(cmah.config),
+                            dataclasses.asdict(candidate.config)) == [
+      ("model.point_mask_ratio", 0.6, 0.75)]
+  groups = candidate.config.model.num_groups
+  assert groups - int(0.75 * groups) == 8
+
+
 def test_one_seed_has_no_spread_and_never_wins():
   def rows(method, group, seeds, i2p, p2i):
     return [{"method": method, "label": method.upper(), "group": group, "bits": 16,

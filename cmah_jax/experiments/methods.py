@@ -376,6 +376,12 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     _m("cross_relations", "CMAH, plus cross-modal batch relations taught by the point codes'",
        "candidate", "[ours; after relational and cross-modal distillation]",
        loss__relation_weight=1.0, loss__relation_targets="cross_modal"),
+    # Round 24: a harder masked point view. Round 18's pair (the masked point view against
+    # the full image) carries CMAH's lead over contrastive-only; at Point-MAE's 60% it keeps
+    # 13 of 32 groups, most of a redundant cloud. Here 75% are hidden (8 of 32 kept, the
+    # quarter MAE keeps of the image), for L_c's pair and L_3D alike [ours; ratio: MAE].
+    _m("point_mask0.75", "CMAH, 75% of the point groups masked", "candidate",
+       "[ours; MAE's ratio]", model__overrides__point_mask_ratio=0.75),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

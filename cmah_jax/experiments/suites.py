@@ -67,7 +67,8 @@ SUITES = {s.name: s for s in [
             + ("recon_first",)  # round 20
             + ("image_views",)  # round 21
             + ("point_relations",)  # round 22
-            + ("cross_relations",), (16, 64)),),  # round 23
+            + ("cross_relations",)  # round 23
+            + ("point_mask0.75",), (16, 64)),),  # round 24
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),
