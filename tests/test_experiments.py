@@ -350,7 +350,8 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   # report's (scored there by the evaluator's own path).
   run = next(r for r in data["runs"] if r["method"] == "cmah_sign")
   rep = subprocess.run([sys.executable, "-m", "cmah_jax.experiments.representation",
-                        f"--workdir={run['workdir']}", "--quantizer_seeds=2"], cwd=REPO,
+                        f"--workdir={run['workdir']}", "--quantizer_seeds=2",
+                        "--reduced_bits=8,16"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=300)
   assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
   maps = json.load(open(os.path.join(run["workdir"], "representation.json")))["map"]
@@ -364,6 +365,12 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
       "quantizer_seeds"]
   run_seed = str(json.load(open(os.path.join(run["workdir"], "config.json")))["config"]["seed"])
   assert sorted(spread["per_seed"]) == ["0", "1"] and run_seed in spread["per_seed"]
+  # Codes cut to all 16 bits are the quantiser of ITQ seed 0; cut to 8, they still score.
+  reduced = json.load(open(os.path.join(run["workdir"], "representation.json")))[
+      "reduced_codes"]
+  assert sorted(reduced) == ["16", "8"] and all(0 < v <= 1 for v in reduced["8"].values())
+  assert reduced["16"] == pytest.approx(
+      {d: spread["per_seed"]["0"][d] for d in ("i2p", "p2i")}, abs=1e-12)
   for d in ("i2p", "p2i"):
     assert spread["per_seed"][run_seed][d] == pytest.approx(
         report["itq"]["map_tie_aware"][d]["16"], abs=1e-12)

@@ -95,6 +95,16 @@ def representation_maps(query: dict, database: dict) -> dict:
   return out
 
 
+def quantized_cross_modal_maps(fitted, query: dict, database: dict) -> dict:
+  """{"i2p", "p2i": tie-aware mAP@all} of the query and database codes a fitted
+  `quantizer.Quantizer` makes from their continuous codes ({"image/h", "point/h": [n, K]
+  float, "label": [n] int} each)."""
+  from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
+  q, d = (quantizer_lib.quantize_split(split, fitted) for split in (query, database))
+  return {name: metrics.tie_aware_mean_average_precision(q[src], d[dst], q["label"], d["label"])
+          for name, (src, dst) in DIRECTIONS.items() if src != dst}
+
+
 def quantizer_seed_spread(train: dict, query: dict, database: dict, seeds) -> dict:
   """How much the learned quantiser's random initial rotation moves the run's mAP.
 
@@ -117,10 +127,7 @@ def quantizer_seed_spread(train: dict, query: dict, database: dict, seeds) -> di
   per_seed = {}
   for seed in seeds:
     fitted = quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=int(seed))
-    q, d = (quantizer_lib.quantize_split(split, fitted) for split in (query, database))
-    per_seed[str(seed)] = {
-        name: metrics.tie_aware_mean_average_precision(q[src], d[dst], q["label"], d["label"])
-        for name, (src, dst) in DIRECTIONS.items() if src != dst}
+    per_seed[str(seed)] = quantized_cross_modal_maps(fitted, query, database)
     per_seed[str(seed)]["quantization_loss"] = quantization_loss(
         pooled - np.asarray(fitted.mean, np.float64), np.asarray(fitted.rotation, np.float64))
   out = {"per_seed": per_seed}
@@ -154,10 +161,7 @@ def reduced_code_maps(train: dict, query: dict, database: dict, code_bits, seed:
   for k in code_bits:
     fitted = quantizer_lib.fit_quantizer(train["point/h"], train["image/h"], seed=seed,
                                          bits=int(k))
-    q, d = (quantizer_lib.quantize_split(split, fitted) for split in (query, database))
-    out[str(int(k))] = {
-        name: metrics.tie_aware_mean_average_precision(q[src], d[dst], q["label"], d["label"])
-        for name, (src, dst) in DIRECTIONS.items() if src != dst}
+    out[str(int(k))] = quantized_cross_modal_maps(fitted, query, database)
   return out
 
 
