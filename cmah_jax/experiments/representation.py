@@ -189,6 +189,13 @@ def main(argv):
   reduced_bits = [int(k) for k in flags.FLAGS.reduced_bits]
   for workdir in flags.FLAGS.workdir:
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    if reduced_bits:  # before the minute of encoding that would precede fit_quantizer's check
+      from cmah_jax.train import read_config  # pylint: disable=import-outside-toplevel
+      width = read_config(workdir).model.bits
+      bad = [k for k in reduced_bits if not 1 <= k <= width]
+      if bad:
+        raise app.UsageError(f"--reduced_bits {bad}: {workdir} has {width}-bit codes; "
+                             f"each k must be in [1, {width}]")
     query, database, *train, protocol = encode_run(
         workdir, ("query", "database") + (("train",) if seeds or reduced_bits else ()))
     maps = representation_maps(query, database)
@@ -197,11 +204,6 @@ def main(argv):
     if seeds:
       record["quantizer_seeds"] = quantizer_seed_spread(train[0], query, database, seeds)
     if reduced_bits:
-      width = np.shape(database["image/h"])[1]
-      bad = [k for k in reduced_bits if not 1 <= k <= width]
-      if bad:
-        raise app.UsageError(f"--reduced_bits {bad}: {workdir} has {width}-bit codes; "
-                             f"each k must be in [1, {width}]")
       record["reduced_codes"] = reduced_code_maps(train[0], query, database, reduced_bits)
     with open(os.path.join(workdir, "representation.json"), "w") as f:
       json.dump(record, f, indent=2)
@@ -220,8 +222,6 @@ def main(argv):
           f"{d} {spread[d]['mean']:.4f} +- {spread[d]['std']:.4f} (range {spread[d]['range']:.4f}, "
           f"r with ITQ's loss {spread[d]['loss_correlation']:+.2f})"
           for d in ("i2p", "p2i")))
-
-
     if reduced_bits:
       print("  codes cut to fewer bits by PCA-ITQ of the continuous codes (tie-aware mAP): "
             + ", ".join(f"{k} bits {m['i2p']:.3f} / {m['p2i']:.3f}"
