@@ -380,6 +380,8 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # the full image) carries CMAH's lead over contrastive-only; at Point-MAE's 60% it keeps
     # 13 of 32 groups, most of a redundant cloud. Here 75% are hidden (8 of 32 kept, the
     # quarter MAE keeps of the image), for L_c's pair and L_3D alike [ours; ratio: MAE].
+    # Not kept: +0.011 / +0.002 at 64 bits, -0.015 / -0.011 at 16, seeds 0-1
+    # (docs/tuning.md).
     _m("point_mask0.75", "CMAH, 75% of the point groups masked", "candidate",
        "[ours; MAE's ratio]", model__overrides__point_mask_ratio=0.75),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
