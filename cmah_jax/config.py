@@ -198,6 +198,7 @@ ADDED_LATER = {
     "input.second_view": False,
     "loss.relation_weight": 0.0,
     "loss.relation_targets": "image_image",
+    "model.image_stem_dims": [],
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips

@@ -12,7 +12,7 @@ from cmah_jax import losses
 from cmah_jax.models import (CMAH, abstract_variables, build, encode_images,
                              encode_points, hash_features, init_variables, resolve_config)
 from cmah_jax.models.hash_head import HashHead
-from cmah_jax.models.image_tokenizer import sincos_2d
+from cmah_jax.models.image_tokenizer import ImageTokenizer, sincos_2d
 from cmah_jax.models.point_tokenizer import MiniPointNet
 from cmah_jax.models.transformer import (Block, CrossAttention, DropPath, SelfAttention,
                                          StackSpec)
@@ -397,6 +397,65 @@ def test_sincos_2d_hand_worked():
   s, c = np.sin(1.0), np.cos(1.0)
   want = np.array([[0, 1, 0, 1], [s, c, 0, 1], [0, 1, s, c], [s, c, s, c]], np.float32)
   np.testing.assert_allclose(emb, want, atol=1e-7)
+
+
+def _naive_hmlp_stem(image, params, dims, patch):
+  """One image `[H, W, 3]` -> `[T, width]` by loops: for each patch, and inside it for
+  each 2^s-pixel block at stage s, the features of its four half-size blocks (row-major)
+  concatenated -> kernel + bias -> LayerNorm (eps 1e-6) -> exact GELU; the last stage
+  without norm or GELU."""
+  from scipy.special import erf
+  def gelu(x):
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+  def norm(x, p):
+    mu, var = x.mean(), x.var()
+    return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+  def block(r, c, size, stage):  # features of the size x size block at pixel (r, c)
+    if size == 1:
+      return np.asarray(image[r, c], np.float64)
+    half = size // 2
+    x = np.concatenate([block(r + dr * half, c + dc * half, half, stage - 1)
+                        for dr in (0, 1) for dc in (0, 1)])
+    name = "patch_embed" if size == patch else f"stem{stage}"
+    x = x @ np.asarray(params[name]["kernel"], np.float64) + params[name]["bias"]
+    return x if size == patch else gelu(norm(x, params[f"stem{stage}_norm"]))
+  h, w, _ = image.shape
+  return np.stack([block(r, c, patch, len(dims)) for r in range(0, h, patch)
+                   for c in range(0, w, patch)])
+
+
+def test_hmlp_stem_against_naive_loops_and_patch_local():
+  dims, patch = (4, 6), 8
+  tok = ImageTokenizer(patch, 16, stem_dims=dims)
+  images = jax.random.normal(jax.random.key(0), (2, 16, 24, 3))
+  variables = tok.init(jax.random.key(1), images)
+  tokens, _, patches = tok.apply(variables, images)
+  assert tokens.shape == (2, 6, 16) and patches.shape == (2, 6, patch * patch * 3)
+  params = jax.tree.map(np.asarray, variables["params"])
+  for b in range(2):
+    np.testing.assert_allclose(tokens[b], _naive_hmlp_stem(np.asarray(images[b]), params,
+                                                           dims, patch), atol=2e-5)
+  # A pixel of patch (1, 2) (token 5) moves that token alone: masking a token hides its patch.
+  moved = tok.apply(variables, images.at[0, 8 + 3, 16 + 7, 1].add(5.0))[0]
+  changed = np.abs(np.asarray(moved - tokens)).max(axis=-1) > 1e-6
+  assert changed[0].tolist() == [False] * 5 + [True] and not changed[1].any()
+
+
+def test_hmlp_stem_needs_matching_patch_size():
+  with pytest.raises(ValueError, match=r"image_stem_dims=\(32,\).*patch_size=8 \(give 2 widths\)"):
+    resolve_config("tiny", 16, dict(image_stem_dims=(32,)))
+  with pytest.raises(ValueError, match="positive ints"):
+    resolve_config("tiny", 16, dict(image_stem_dims=(32, 0)))
+  with pytest.raises(ValueError, match="patches of 4 pixels; patch_size is 8"):
+    ImageTokenizer(8, 16, stem_dims=(4,)).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  # The model builds and trains through it: the stem's first layer gets a gradient.
+  model, variables = build("tiny", 16, jax.random.key(0), image_stem_dims=(8, 16))
+  images, points = _inputs(model, b=2)
+  def loss(params):
+    h = model.apply({**variables, "params": params}, images, points, train=False)
+    return jnp.sum(h["image/h"] ** 2)
+  grads = jax.grad(loss)(variables["params"])
+  assert float(jnp.abs(grads["image_tokenizer"]["stem0"]["kernel"]).max()) > 0
 
 
 # -- configuration -----------------------------------------------------------------------

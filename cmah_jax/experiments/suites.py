@@ -68,7 +68,8 @@ SUITES = {s.name: s for s in [
             + ("image_views",)  # round 21
             + ("point_relations",)  # round 22
             + ("cross_relations",)  # round 23
-            + ("point_mask0.75",), (16, 64)),),  # round 24
+            + ("point_mask0.75",)  # round 24
+            + ("image_stem",), (16, 64)),),  # round 25
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

@@ -94,7 +94,7 @@ class CMAH(nn.Module):
         out_dim=3 * cfg.group_size, pos_every_block=True,
         cross_attention=cfg.fusion_cross_attention)
     # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
-    self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt)
+    self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt, cfg.image_stem_dims)
     self.image_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.image_qkv_bias),
                                       pos_every_block=False)
     self.image_hash = HashHead(cfg.bits, dt)

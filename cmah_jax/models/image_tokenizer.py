@@ -1,6 +1,13 @@
-"""Image tokens: linear embedding of non-overlapping patches + fixed 2D sin-cos positions
+"""Image tokens: an embedding of non-overlapping patches + fixed 2D sin-cos positions
 [MAE]. Patches come from `ops.image.patchify` (row-major), so token `t = row * gw + col`
 and the MAE pixel target uses the very same patch layout.
+
+The embedding is MAE's linear map of each patch's pixels, or, with `stem_dims`, a
+hierarchical MLP stem (hMLP) [ours; after Touvron et al., "Three things everyone should
+know about Vision Transformers", ECCV 2022]: 2x2 pixel blocks -> Dense -> LayerNorm ->
+GELU, then 2x2 blocks of those, and so on, the last merge -> Dense(width). Every merge
+has kernel = stride, so a token still depends on its own patch only and masking a token
+hides exactly its patch, as in MAE.
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmah_jax.models.transformer import dense
+from cmah_jax.models.transformer import dense, layer_norm
 from cmah_jax.ops.image import patchify
 
 
@@ -34,11 +41,24 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   return emb.astype(np.float32)
 
 
+def merge_2x2(x: jax.Array) -> jax.Array:
+  """`[B, H, W, C] -> [B, H/2, W/2, 4C]`: each 2x2 block's features, concatenated in
+  (row, column, channel) order (H, W even)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
 class ImageTokenizer(nn.Module):
-  """Normalised images -> (tokens, fixed positions, pixel patches)."""
+  """Normalised images -> (tokens, fixed positions, pixel patches).
+
+  `stem_dims`: () = MAE's linear patch embedding; `(c_1, ..., c_m)` = the hMLP stem, whose
+  m + 1 merges need `patch_size == 2 ** (m + 1)`.
+  """
   patch_size: int
   width: int
   dtype: Any = jnp.float32
+  stem_dims: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array):
@@ -51,6 +71,18 @@ class ImageTokenizer(nn.Module):
     _, h, w, _ = images.shape
     p = self.patch_size
     patches = patchify(images.astype(jnp.float32), p)
-    tokens = dense(self.width, self.dtype, "patch_embed")(patches.astype(self.dtype))
+    if not self.stem_dims:
+      tokens = dense(self.width, self.dtype, "patch_embed")(patches.astype(self.dtype))
+    else:
+      if p != 2 ** (len(self.stem_dims) + 1):
+        raise ValueError(f"ImageTokenizer: stem_dims={tuple(self.stem_dims)} makes "
+                         f"{len(self.stem_dims) + 1} 2x2 merges, patches of "
+                         f"{2 ** (len(self.stem_dims) + 1)} pixels; patch_size is {p}")
+      x = images.astype(self.dtype)
+      for i, dim in enumerate(self.stem_dims):
+        x = dense(dim, self.dtype, f"stem{i}")(merge_2x2(x))
+        x = nn.gelu(layer_norm(self.dtype, f"stem{i}_norm")(x), approximate=False)
+      x = dense(self.width, self.dtype, "patch_embed")(merge_2x2(x))  # [B, h/p, w/p, C]
+      tokens = x.reshape(x.shape[0], -1, self.width)
     pos = jnp.asarray(sincos_2d(self.width, h // p, w // p))[None]
     return tokens, pos, patches

@@ -35,6 +35,10 @@ class ModelConfig:
   patch_size: int = 16                 # [MAE]
   image_mask_ratio: float = 0.75       # [MAE]
   image_qkv_bias: bool = True          # [MAE]
+  image_stem_dims: tuple[int, ...] = ()  # (): MAE's linear patch embedding; (c_1, ..., c_m):
+                                       # the hMLP stem, m + 1 patch-local 2x2 merges
+                                       # (patch_size = 2^(m+1)), `ImageTokenizer` [ours;
+                                       # after Touvron et al. ECCV 2022]
   # -- transformers
   width: int = 384                     # [Point-MAE]; ViT-S [MAE]
   depth: int = 12                      # [Point-MAE]; ViT-S [MAE]
@@ -103,6 +107,13 @@ class ModelConfig:
          f"group_size={self.group_size} > num_points={self.num_points}")
     need(self.image_size % self.patch_size == 0,
          f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+    need(all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+             for d in self.image_stem_dims),
+         f"image_stem_dims must be positive ints, got {self.image_stem_dims!r}")
+    need(not self.image_stem_dims or self.patch_size == 2 ** (len(self.image_stem_dims) + 1),
+         f"image_stem_dims={self.image_stem_dims!r} makes {len(self.image_stem_dims) + 1} "
+         f"2x2 merges, patches of {2 ** (len(self.image_stem_dims) + 1)} pixels; "
+         f"patch_size={self.patch_size} (give {_log2_or_none(self.patch_size)} widths)")
     need(self.width % self.num_heads == 0,
          f"width={self.width} is not divisible by num_heads={self.num_heads}")
     need(self.width % self.decoder_num_heads == 0,
@@ -153,6 +164,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _log2_or_none(n: int) -> str:
+  """How many stem widths a patch of `n` pixels takes: log2(n) - 1, or 'no' (n not a power
+  of 2 of at least 4)."""
+  m = n.bit_length() - 2
+  return str(m) if n >= 4 and n & (n - 1) == 0 else "no"
+
+
 def field_names() -> list[str]:
   return [f.name for f in dataclasses.fields(ModelConfig)]
 
@@ -178,6 +196,7 @@ def resolve_config(variant: str, bits: int, overrides: Mapping[str, Any] | None 
         f"{sorted(k for k in valid if k != 'bits')} (code length is the `bits` argument)")
   values = dict(VARIANTS[variant])
   values.update(overrides)
-  if "pointnet_dims" in values:
-    values["pointnet_dims"] = tuple(int(d) for d in values["pointnet_dims"])
+  for name in ("pointnet_dims", "image_stem_dims"):
+    if name in values:
+      values[name] = tuple(int(d) for d in values[name])
   return ModelConfig(bits=bits, **values).validate()
