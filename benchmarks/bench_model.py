@@ -19,6 +19,8 @@ Prints a markdown table.
   .venv/bin/python benchmarks/bench_model.py --variants small --batch small=32
   .venv/bin/python benchmarks/bench_model.py --variants small,small:masked_views=2 \
       --batch small=64                                            # a switch's cost
+  .venv/bin/python benchmarks/bench_model.py --variants "small,small:image_stem_dims=(32,64)" \
+      --batch small=64                                            # tuple values
   .venv/bin/python benchmarks/bench_model.py --variants small,small:+image_views \
       --batch small=64                                            # a second image view
   .venv/bin/python benchmarks/bench_model.py --variants base --batch base=128 \
@@ -117,6 +119,20 @@ def _memory(compiled) -> tuple[float, float | None]:
   return total, peak
 
 
+def split_variants(text: str) -> list[str]:
+  """`--variants` at its top-level commas: `"small,small:image_stem_dims=(32,64)"` -> the
+  two specs (a comma inside brackets belongs to a value)."""
+  specs, depth, current = [], 0, ""
+  for ch in text:
+    depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+    if ch == "," and depth == 0:
+      specs.append(current)
+      current = ""
+    else:
+      current += ch
+  return [s for s in specs + [current] if s]
+
+
 def parse_variant(spec: str) -> tuple[str, dict, losses.LossSpec]:
   """`"small"` or `"small:masked_views=2:point_mask_ratio=0.4"` -> (variant, ModelConfig
   overrides, LossSpec); values are Python literals; an item `+PAIR` adds that pair to the
@@ -189,7 +205,7 @@ def main(argv=None):
     batch[name] = int(value)
 
   rows = [bench_variant(v, batch, args.bits, args.iters, args.dtype)
-          for v in args.variants.split(",")]
+          for v in split_variants(args.variants)]
   device = jax.devices()[0]
   if args.peak_tflops:
     peak, what = args.peak_tflops * 1e12, "given peak"

@@ -252,17 +252,18 @@ def test_round24_candidate_differs_from_cmah_only_in_the_point_mask_ratio(tmp_pa
 
 def test_round25_candidate_differs_from_cmah_only_in_the_image_stem(tmp_path):
   """Round 25's `image_stem` is today's CMAH with the hMLP image stem (resolved configs,
-  field by field): widths 32 and 64, three 2x2 merges for the `small` variant's 8-pixel
-  patches; CMAH's own config leaves the field out of its fingerprint (added later)."""
+  field by field): 4x4-pixel blocks to width 32, then one 2x2 merge, for the `small`
+  variant's 8-pixel patches; CMAH's own config leaves the field out of its fingerprint
+  (added later)."""
   cmah, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
                                   str(tmp_path), seeds=[0], bits=[64],
                                   methods=["cmah", "image_stem"])
   assert resume.config_diff(dataclasses.asdict(cmah.config),
                             dataclasses.asdict(candidate.config)) == [
-      ("model.image_stem_dims", (), (32, 64))]
-  assert candidate.config.model.patch_size == 2 ** 3
+      ("model.image_stem_dims", (), (32,))]
+  assert candidate.config.model.patch_size == 8
   assert "image_stem_dims" not in cmah.config.fingerprint_dict()["model"]
-  assert candidate.config.fingerprint_dict()["model"]["image_stem_dims"] == [32, 64]
+  assert candidate.config.fingerprint_dict()["model"]["image_stem_dims"] == [32]
 
 
 def test_one_seed_has_no_spread_and_never_wins():

@@ -400,32 +400,36 @@ def test_sincos_2d_hand_worked():
 
 
 def _naive_hmlp_stem(image, params, dims, patch):
-  """One image `[H, W, 3]` -> `[T, width]` by loops: for each patch, and inside it for
-  each 2^s-pixel block at stage s, the features of its four half-size blocks (row-major)
-  concatenated -> kernel + bias -> LayerNorm (eps 1e-6) -> exact GELU; the last stage
-  without norm or GELU."""
-  from scipy.special import erf
+  """One image `[H, W, 3]` -> `[T, width]` by loops, patch by patch (row-major): the
+  patch's blocks of patch / 2^m pixels (m = len(dims)), each flattened (row, column,
+  channel) -> stem0 -> LayerNorm (eps 1e-6) -> exact GELU; then, level by level, each 2x2
+  of them concatenated row-major -> the next Dense (the last, `patch_embed`, without norm
+  or GELU)."""
+  from scipy.special import erf  # pylint: disable=import-outside-toplevel
   def gelu(x):
     return 0.5 * x * (1 + erf(x / np.sqrt(2)))
   def norm(x, p):
-    mu, var = x.mean(), x.var()
-    return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
-  def block(r, c, size, stage):  # features of the size x size block at pixel (r, c)
-    if size == 1:
-      return np.asarray(image[r, c], np.float64)
-    half = size // 2
-    x = np.concatenate([block(r + dr * half, c + dc * half, half, stage - 1)
-                        for dr in (0, 1) for dc in (0, 1)])
-    name = "patch_embed" if size == patch else f"stem{stage}"
+    return (x - x.mean()) / np.sqrt(x.var() + 1e-6) * p["scale"] + p["bias"]
+  def layer(x, level):
+    last = level == len(dims)
+    name = "patch_embed" if last else f"stem{level}"
     x = x @ np.asarray(params[name]["kernel"], np.float64) + params[name]["bias"]
-    return x if size == patch else gelu(norm(x, params[f"stem{stage}_norm"]))
+    return x if last else gelu(norm(x, params[f"stem{level}_norm"]))
+  first = patch // 2 ** len(dims)
+  def block(r, c, level):  # the features of the block at pixel (r, c) after `level`
+    if level == 0:
+      return layer(np.asarray(image[r:r + first, c:c + first], np.float64).reshape(-1), 0)
+    half = first * 2 ** (level - 1)
+    return layer(np.concatenate([block(r + dr * half, c + dc * half, level - 1)
+                                 for dr in (0, 1) for dc in (0, 1)]), level)
   h, w, _ = image.shape
-  return np.stack([block(r, c, patch, len(dims)) for r in range(0, h, patch)
+  return np.stack([block(r, c, len(dims)) for r in range(0, h, patch)
                    for c in range(0, w, patch)])
 
 
-def test_hmlp_stem_against_naive_loops_and_patch_local():
-  dims, patch = (4, 6), 8
+@pytest.mark.parametrize("dims", [(4, 6), (5,)])  # first blocks of 2x2 / 4x4 pixels
+def test_hmlp_stem_against_naive_loops_and_patch_local(dims):
+  patch = 8
   tok = ImageTokenizer(patch, 16, stem_dims=dims)
   images = jax.random.normal(jax.random.key(0), (2, 16, 24, 3))
   variables = tok.init(jax.random.key(1), images)
@@ -441,15 +445,16 @@ def test_hmlp_stem_against_naive_loops_and_patch_local():
   assert changed[0].tolist() == [False] * 5 + [True] and not changed[1].any()
 
 
-def test_hmlp_stem_needs_matching_patch_size():
-  with pytest.raises(ValueError, match=r"image_stem_dims=\(32,\).*patch_size=8 \(give 2 widths\)"):
-    resolve_config("tiny", 16, dict(image_stem_dims=(32,)))
+def test_hmlp_stem_needs_a_divisible_patch_size():
+  with pytest.raises(ValueError, match=r"image_stem_dims=\(8, 8, 8, 8\) merges 2x2 blocks 4 "
+                                       r"times, so patch_size must be a multiple of 16; it is 8"):
+    resolve_config("tiny", 16, dict(image_stem_dims=(8, 8, 8, 8)))
   with pytest.raises(ValueError, match="positive ints"):
     resolve_config("tiny", 16, dict(image_stem_dims=(32, 0)))
-  with pytest.raises(ValueError, match="patches of 4 pixels; patch_size is 8"):
-    ImageTokenizer(8, 16, stem_dims=(4,)).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="multiple of 16; it is 8"):
+    ImageTokenizer(8, 16, stem_dims=(4,) * 4).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   # The model builds and trains through it: the stem's first layer gets a gradient.
-  model, variables = build("tiny", 16, jax.random.key(0), image_stem_dims=(8, 16))
+  model, variables = build("tiny", 16, jax.random.key(0), image_stem_dims=(8,))
   images, points = _inputs(model, b=2)
   def loss(params):
     h = model.apply({**variables, "params": params}, images, points, train=False)

@@ -387,12 +387,12 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # Round 25: a nonlinear patch embedding for the image tower, the weaker of the two
     # (image -> image 0.72 against point -> point 0.90 on the carve). Each point token comes
     # from a mini-PointNet; each image token from one linear map of 192 pixels to 64
-    # channels. The hMLP stem (three patch-local 2x2 merges, widths 32 and 64, the
-    # mini-PointNet's) keeps a token its own patch's, so MAE's masking is unchanged
+    # channels. The hMLP stem (4x4-pixel blocks -> 32 channels, LayerNorm, GELU; 2x2 of
+    # them -> the token) keeps a token its own patch's, so MAE's masking is unchanged
     # [ours; after Touvron et al. ECCV 2022].
-    _m("image_stem", "CMAH, hMLP image stem (32, 64)", "candidate",
+    _m("image_stem", "CMAH, hMLP image stem (width 32)", "candidate",
        "[ours; after Touvron et al. ECCV 2022]",
-       model__overrides__image_stem_dims=(32, 64)),
+       model__overrides__image_stem_dims=(32,)),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

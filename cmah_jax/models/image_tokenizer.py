@@ -2,12 +2,13 @@
 [MAE]. Patches come from `ops.image.patchify` (row-major), so token `t = row * gw + col`
 and the MAE pixel target uses the very same patch layout.
 
-The embedding is MAE's linear map of each patch's pixels, or, with `stem_dims`, a
-hierarchical MLP stem (hMLP) [ours; after Touvron et al., "Three things everyone should
-know about Vision Transformers", ECCV 2022]: 2x2 pixel blocks -> Dense -> LayerNorm ->
-GELU, then 2x2 blocks of those, and so on, the last merge -> Dense(width). Every merge
-has kernel = stride, so a token still depends on its own patch only and masking a token
-hides exactly its patch, as in MAE.
+The embedding is MAE's linear map of each patch's pixels, or, with `stem_dims = (c_1, ...,
+c_m)`, a hierarchical MLP stem (hMLP) [ours; after Touvron et al., "Three things everyone
+should know about Vision Transformers", ECCV 2022]: blocks of p / 2^m pixels -> Dense(c_1)
+-> LayerNorm -> GELU; then m times, 2x2 blocks of those -> Dense (c_2, ..., c_m, and
+finally `width`), with LayerNorm and GELU between. (Touvron et al.'s 16-pixel patches: 4x4,
+then 2x2 twice.) Every block is a kernel = stride merge, so a token depends on its own
+patch only and masking a token hides exactly its patch, as in MAE.
 """
 from __future__ import annotations
 
@@ -41,19 +42,19 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
   return emb.astype(np.float32)
 
 
-def merge_2x2(x: jax.Array) -> jax.Array:
-  """`[B, H, W, C] -> [B, H/2, W/2, 4C]`: each 2x2 block's features, concatenated in
-  (row, column, channel) order (H, W even)."""
+def merge_blocks(x: jax.Array, size: int) -> jax.Array:
+  """`[B, H, W, C] -> [B, H/s, W/s, s*s*C]`: each s x s block's features, concatenated in
+  (row, column, channel) order (H, W multiples of s = `size`)."""
   b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h // 2, w // 2, 4 * c)
+  x = x.reshape(b, h // size, size, w // size, size, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // size, w // size, size * size * c)
 
 
 class ImageTokenizer(nn.Module):
   """Normalised images -> (tokens, fixed positions, pixel patches).
 
   `stem_dims`: () = MAE's linear patch embedding; `(c_1, ..., c_m)` = the hMLP stem, whose
-  m + 1 merges need `patch_size == 2 ** (m + 1)`.
+  first blocks are `patch_size / 2^m` pixels wide (`patch_size` a multiple of 2^m).
   """
   patch_size: int
   width: int
@@ -74,15 +75,17 @@ class ImageTokenizer(nn.Module):
     if not self.stem_dims:
       tokens = dense(self.width, self.dtype, "patch_embed")(patches.astype(self.dtype))
     else:
-      if p != 2 ** (len(self.stem_dims) + 1):
-        raise ValueError(f"ImageTokenizer: stem_dims={tuple(self.stem_dims)} makes "
-                         f"{len(self.stem_dims) + 1} 2x2 merges, patches of "
-                         f"{2 ** (len(self.stem_dims) + 1)} pixels; patch_size is {p}")
-      x = images.astype(self.dtype)
+      merges = len(self.stem_dims)
+      if p % 2 ** merges:
+        raise ValueError(f"ImageTokenizer: stem_dims={tuple(self.stem_dims)} merges 2x2 "
+                         f"blocks {merges} times, so patch_size must be a multiple of "
+                         f"{2 ** merges}; it is {p}")
+      x = merge_blocks(images.astype(self.dtype), p // 2 ** merges)
       for i, dim in enumerate(self.stem_dims):
-        x = dense(dim, self.dtype, f"stem{i}")(merge_2x2(x))
+        x = dense(dim, self.dtype, f"stem{i}")(x)
         x = nn.gelu(layer_norm(self.dtype, f"stem{i}_norm")(x), approximate=False)
-      x = dense(self.width, self.dtype, "patch_embed")(merge_2x2(x))  # [B, h/p, w/p, C]
+        x = merge_blocks(x, 2)
+      x = dense(self.width, self.dtype, "patch_embed")(x)  # [B, h/p, w/p, width]
       tokens = x.reshape(x.shape[0], -1, self.width)
     pos = jnp.asarray(sincos_2d(self.width, h // p, w // p))[None]
     return tokens, pos, patches

@@ -36,9 +36,9 @@ class ModelConfig:
   image_mask_ratio: float = 0.75       # [MAE]
   image_qkv_bias: bool = True          # [MAE]
   image_stem_dims: tuple[int, ...] = ()  # (): MAE's linear patch embedding; (c_1, ..., c_m):
-                                       # the hMLP stem, m + 1 patch-local 2x2 merges
-                                       # (patch_size = 2^(m+1)), `ImageTokenizer` [ours;
-                                       # after Touvron et al. ECCV 2022]
+                                       # the hMLP stem, blocks of patch_size / 2^m pixels
+                                       # then m patch-local 2x2 merges (`ImageTokenizer`)
+                                       # [ours; after Touvron et al. ECCV 2022]
   # -- transformers
   width: int = 384                     # [Point-MAE]; ViT-S [MAE]
   depth: int = 12                      # [Point-MAE]; ViT-S [MAE]
@@ -110,10 +110,10 @@ class ModelConfig:
     need(all(isinstance(d, int) and not isinstance(d, bool) and d > 0
              for d in self.image_stem_dims),
          f"image_stem_dims must be positive ints, got {self.image_stem_dims!r}")
-    need(not self.image_stem_dims or self.patch_size == 2 ** (len(self.image_stem_dims) + 1),
-         f"image_stem_dims={self.image_stem_dims!r} makes {len(self.image_stem_dims) + 1} "
-         f"2x2 merges, patches of {2 ** (len(self.image_stem_dims) + 1)} pixels; "
-         f"patch_size={self.patch_size} (give {_log2_or_none(self.patch_size)} widths)")
+    need(self.patch_size % 2 ** len(self.image_stem_dims) == 0,
+         f"image_stem_dims={self.image_stem_dims!r} merges 2x2 blocks "
+         f"{len(self.image_stem_dims)} times, so patch_size must be a multiple of "
+         f"{2 ** len(self.image_stem_dims)}; it is {self.patch_size}")
     need(self.width % self.num_heads == 0,
          f"width={self.width} is not divisible by num_heads={self.num_heads}")
     need(self.width % self.decoder_num_heads == 0,
@@ -162,13 +162,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Paper scale: Point-MAE point tower, ViT-S/16 image tower at 224 [Point-MAE, MAE].
     "base": dict(),
 }
-
-
-def _log2_or_none(n: int) -> str:
-  """How many stem widths a patch of `n` pixels takes: log2(n) - 1, or 'no' (n not a power
-  of 2 of at least 4)."""
-  m = n.bit_length() - 2
-  return str(m) if n >= 4 and n & (n - 1) == 0 else "no"
 
 
 def field_names() -> list[str]:
