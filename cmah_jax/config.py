@@ -128,8 +128,9 @@ class ExperimentConfig:
     unknown = sorted(set(d) - fields)
     if unknown:
       raise ValueError(f"unknown key(s) {unknown} in a resolved config; valid: {sorted(fields)}")
-    model = dict(d["model"])
-    model["pointnet_dims"] = tuple(model["pointnet_dims"])
+    # JSON holds the tuple fields (pointnet_dims, image_stem_dims) as lists; ModelConfig is
+    # hashed as a static module field, so they go back to tuples.
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}
     return cls(
         seed=d["seed"], variant=d["variant"],
         dataset=section(DatasetSpec, d["dataset"], "dataset"),

@@ -264,6 +264,11 @@ def test_round25_candidate_differs_from_cmah_only_in_the_image_stem(tmp_path):
   assert candidate.config.model.patch_size == 8
   assert "image_stem_dims" not in cmah.config.fingerprint_dict()["model"]
   assert candidate.config.fingerprint_dict()["model"]["image_stem_dims"] == [32]
+  # A run's config.json reads back as the same, hashable config (the model is a static
+  # field of the Linen module), stem widths a tuple again.
+  back = config_lib.ExperimentConfig.from_dict(json.loads(json.dumps(candidate.config.to_dict())))
+  assert back == candidate.config and back.model.image_stem_dims == (32,)
+  hash(back.model)
 
 
 def test_one_seed_has_no_spread_and_never_wins():
