@@ -43,11 +43,10 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
 
 
 def merge_blocks(x: jax.Array, size: int) -> jax.Array:
-  """`[B, H, W, C] -> [B, H/s, W/s, s*s*C]`: each s x s block's features, concatenated in
-  (row, column, channel) order (H, W multiples of s = `size`)."""
-  b, h, w, c = x.shape
-  x = x.reshape(b, h // size, size, w // size, size, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h // size, w // size, size * size * c)
+  """`[B, H, W, C] -> [B, H/s, W/s, s*s*C]`: `patchify`'s blocks of s = `size`, each
+  flattened (row, column, channel), kept on their grid."""
+  b, h, w, _ = x.shape
+  return patchify(x, size).reshape(b, h // size, w // size, -1)
 
 
 class ImageTokenizer(nn.Module):
