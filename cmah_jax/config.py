@@ -47,6 +47,10 @@ PAPER_PAIRS = {"loss.pairs": "full_full,masked_masked"}
 # recorded then keep them (`Method.pinned`).
 DEFAULTS_ROUND10 = {"loss.temperature": 0.2, "input.point_scale_isotropic": True,
                     "loss.image_recon_weight": 0.1}
+# MAE's linear patch embedding [paper; MAE]: the `small` variant's image tokenizer until
+# round 25 made the hMLP stem its default (docs/tuning.md). Every run recorded before then
+# pins it (`Method.pinned`), and `configs/<name>.py:paper` applies it with the objective.
+LINEAR_PATCHES = {"model.overrides.image_stem_dims": ()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,13 +4,14 @@
   python main.py --config=configs/default.py:bits=32,runlocal --workdir=work/smoke
 
 Arguments (`:key=value,...`): bits, variant, supervised, runlocal (a smoke run in seconds),
-steps, batch, seed, data_dir, dataset_config, paper (the paper-faithful objective:
-temperature 0.07 and an L_2D weight of 1 instead of our validated 0.2 and 0.1; the point
-scaling is per-axis, Point-MAE's, in both).
+steps, batch, seed, data_dir, dataset_config, paper (the paper-faithful objective and image
+tokens: temperature 0.07, an L_2D weight of 1, L_c's full-full and masked-masked pairs and
+MAE's linear patch embedding, instead of our validated 0.2, 0.1, masked point view against
+the full image and hMLP stem; the point scaling is per-axis, Point-MAE's, in both).
 Every field and its default is in `cmah_jax/config.py`; this file sets only what the
 CPU-sized setting changes.
 """
-from cmah_jax.config import PAPER_OBJECTIVE, PAPER_PAIRS, base_config
+from cmah_jax.config import LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS, base_config
 from cmah_jax.config_args import parse_config_arg
 
 ARGS = dict(bits=64, variant="small", supervised=False, runlocal=False, steps=None,
@@ -42,12 +43,16 @@ def make_config(a: dict):
 
 
 def apply_paper_objective(c):
-  """The paper-faithful objective and augmentation where our defaults depart from it
-  (`cmah_jax.config.PAPER_OBJECTIVE`: temperature 0.07, per-axis point scaling, L_2D
-  weight 1; `PAPER_PAIRS`: L_c over the full-full and masked-masked pairs)."""
-  for key, value in {**PAPER_OBJECTIVE, **PAPER_PAIRS}.items():
-    section, field = key.split(".")
-    c[section][field] = value
+  """The paper-faithful objective, augmentation and image tokens where our defaults
+  depart from them (`cmah_jax.config.PAPER_OBJECTIVE`: temperature 0.07, per-axis point
+  scaling, L_2D weight 1; `PAPER_PAIRS`: L_c over the full-full and masked-masked pairs;
+  `LINEAR_PATCHES`: MAE's linear patch embedding)."""
+  for key, value in {**PAPER_OBJECTIVE, **PAPER_PAIRS, **LINEAR_PATCHES}.items():
+    *parents, field = key.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[field] = value
   return c
 
 

@@ -59,6 +59,13 @@ def test_default_config_values():
     assert {k for k in ours.to_dict()["loss"] if ours.to_dict()["loss"][k]
             != paper.to_dict()["loss"][k]} == {"temperature", "image_recon_weight", "pairs"}
     assert ours.to_dict()["input"] == paper.to_dict()["input"]
+    # The image tokens: the hMLP stem for the `small` variant since round 25, MAE's linear
+    # embedding for the paper-scale `base` and under the `paper` switch.
+    assert (ours.model.image_stem_dims, paper.model.image_stem_dims) == (
+        (32,) if name == "default" else (), ())
+    assert {k for k in ours.to_dict()["model"] if ours.to_dict()["model"][k]
+            != paper.to_dict()["model"][k]} == ({"image_stem_dims"} if name == "default"
+                                                 else set())
 
 
 def test_paper_scale_schedule_in_epochs():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cmah_jax import config as config_lib
-from cmah_jax.config import PAPER_PAIRS
+from cmah_jax.config import LINEAR_PATCHES, PAPER_PAIRS
 from cmah_jax import losses
 from cmah_jax import resume
 from cmah_jax.experiments import gradients
@@ -30,6 +30,7 @@ from cmah_jax.experiments import suites as suites_lib
 from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments.suites import get_suite
 from cmah_jax.models import CMAH, init_variables, resolve_config
+from cmah_jax.models import variants as variants_lib
 from cmah_jax.objectives import get_objective
 from configs import default
 
@@ -38,11 +39,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
   runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 7 ablations x 2 code lengths, then the earlier defaults:
-  # CMAH, contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1
-  # at 3, the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, and UCCH
-  # at its published temperature at 16 and 32 bits; 3 seeds each.
-  assert len(runs) == (6 * 4 + 7 * 2 + 3 * 4 + 3 + 7 + 2) * 3
+  # 6 methods x 4 code lengths + 7 ablations x 2 code lengths + CMAH with MAE's linear
+  # patch embedding (round 25's ablation) at 4, then the earlier defaults: CMAH,
+  # contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1 at 3,
+  # the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, UCCH at its
+  # published temperature at 16 and 32 bits, contrastive-only of rounds 18-24 at 4
+  # lengths, and their bound and paper-masked-pair ablation at 64; 3 seeds each.
+  assert len(runs) == (6 * 4 + 7 * 2 + 4 + 3 * 4 + 3 + 7 + 2 + 4 + 2) * 3
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -183,21 +186,28 @@ def test_verdict_needs_a_margin_above_the_larger_std_in_both_directions():
 
 
 def test_the_trained_methods_of_earlier_defaults_are_the_ones_not_judged():
-  """A trained method pinned to earlier defaults of the objective or augmentation (rounds
-  10-16) is in group "earlier" (tabled beside today's runs, left out of the verdicts), and
-  every method of that group is one; tuning candidates (the carve's suite, decided by
-  `compare`) keep their own group. A pin of L_c's pairs alone (the paper's, until round
-  18) does not make a method earlier: the bound keeps them, and the ablations
-  `paper_masked_pair`, `cmah_paper` and `no_reconstruction` are defined by them."""
+  """A trained method pinned to earlier defaults (of the objective or augmentation, rounds
+  10-16; of the image tokens, rounds 18-24) is in group "earlier" (tabled beside today's
+  runs, left out of the verdicts), and every method of that group is one; tuning
+  candidates (the carve's suite, decided by `compare`) keep their own group. A pin that
+  defines a method does not make it earlier: L_c's pairs (the paper's, until round 18)
+  for the bound, which keeps them, and the ablations `paper_masked_pair`, `cmah_paper`
+  and `no_reconstruction`; MAE's linear patch embedding (until round 25) for the
+  ablations `linear_patches` and `cmah_paper`."""
   earlier = {n for n, m in methods_lib.METHODS.items() if m.group == "earlier"}
   pins = {n: dict(m.pinned) for n, m in methods_lib.METHODS.items()
           if m.kind == "train" and m.group != "candidate"}
-  assert earlier == {n for n, pin in pins.items() if set(pin) - set(PAPER_PAIRS)}
-  assert {n for n, pin in pins.items() if pin == PAPER_PAIRS} == {
-      "supervised", "cmah_paper", "paper_masked_pair", "no_reconstruction"}
-  assert {"cmah_r10", "contrastive_r10", "supervised_r10", "cmah_img1"} <= earlier
+  defined_by_pins = {"supervised": PAPER_PAIRS, "paper_masked_pair": PAPER_PAIRS,
+                     "no_reconstruction": PAPER_PAIRS, "linear_patches": LINEAR_PATCHES,
+                     "cmah_paper": {**PAPER_PAIRS, **LINEAR_PATCHES}}
+  assert {n: pins[n] for n in defined_by_pins} == defined_by_pins
+  assert earlier == {n for n, pin in pins.items() if pin and n not in defined_by_pins}
+  assert {"cmah_r10", "contrastive_r10", "supervised_r10", "cmah_img1", "contrastive_r18",
+          "supervised_r18", "paper_masked_pair_r18"} <= earlier
+  for n in (n for n in earlier if n.endswith("_r18")):  # today's twin + the linear tokens
+    assert pins[n] == {**LINEAR_PATCHES, **pins[n[:-len("_r18")]]}, n
   assert not {"cmah", "contrastive", "supervised", "cmah_paper", "cca_itq",
-              "paper_masked_pair"} & earlier
+              "paper_masked_pair", "linear_patches"} & earlier
   # The sign(h) row of such a method is not judged either; today's CMAH's is an ablation.
   sign = {"method": "cmah", "label": "CMAH", "group": "ours", "codes": "sign"}
   def shown_group(name):
@@ -236,11 +246,12 @@ def test_round18_cmah_differs_from_the_paper_masked_pair_only_in_the_masked_pair
 
 
 def test_round24_candidate_differs_from_cmah_only_in_the_point_mask_ratio(tmp_path):
-  """Round 24's `point_mask0.75` is today's CMAH with 75% of the point groups masked
-  (resolved configs, field by field), which keeps 8 of the 32 groups."""
+  """Round 24's `point_mask0.75` is the CMAH of its day (`linear_patches` since round 25)
+  with 75% of the point groups masked (resolved configs, field by field), which keeps 8
+  of the 32 groups."""
   cmah, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
                                   str(tmp_path), seeds=[0], bits=[64],
-                                  methods=["cmah", "point_mask0.75"])
+                                  methods=["linear_patches", "point_mask0.75"])
   assert resume.config_diff(dataclasses.asdict(cmah.config),
                             dataclasses.asdict(candidate.config)) == [
       ("model.point_mask_ratio", 0.6, 0.75)]
@@ -250,20 +261,34 @@ def test_round24_candidate_differs_from_cmah_only_in_the_point_mask_ratio(tmp_pa
   assert kept.shape == (1, 8)
 
 
-def test_round25_candidate_differs_from_cmah_only_in_the_image_stem(tmp_path):
-  """Round 25's `image_stem` is today's CMAH with the hMLP image stem (resolved configs,
-  field by field): 4x4-pixel blocks to width 32, then one 2x2 merge, for the `small`
-  variant's 8-pixel patches; CMAH's own config leaves the field out of its fingerprint
-  (added later)."""
-  cmah, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
-                                  str(tmp_path), seeds=[0], bits=[64],
-                                  methods=["cmah", "image_stem"])
-  assert resume.config_diff(dataclasses.asdict(cmah.config),
+def test_round25_cmah_differs_from_linear_patches_only_in_the_image_stem(tmp_path,
+                                                                        monkeypatch):
+  """Since round 25 CMAH is the CMAH of rounds 18-24 (`linear_patches`) with the hMLP
+  image stem (resolved configs, field by field): 4x4-pixel blocks to width 32, then one
+  2x2 merge, for the `small` variant's 8-pixel patches. The linear one leaves the field
+  out of its fingerprint (added later). Today's CMAH is the run round 25's candidate
+  `image_stem` was, planned under the defaults of its day (fingerprint, directory and
+  config), and the `paper` switch restores MAE's linear embedding."""
+  old, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
+                                 str(tmp_path), seeds=[0], bits=[64],
+                                 methods=["linear_patches", "cmah"])
+  assert resume.config_diff(dataclasses.asdict(old.config),
                             dataclasses.asdict(candidate.config)) == [
       ("model.image_stem_dims", (), (32,))]
   assert candidate.config.model.patch_size == 8
-  assert "image_stem_dims" not in cmah.config.fingerprint_dict()["model"]
+  assert "image_stem_dims" not in old.config.fingerprint_dict()["model"]
   assert candidate.config.fingerprint_dict()["model"]["image_stem_dims"] == [32]
+  with monkeypatch.context() as m:
+    _as_then(m, "image_stem", (("model.overrides.image_stem_dims", (32,)),))
+    m.setitem(variants_lib.VARIANTS, "small", {
+        k: v for k, v in variants_lib.VARIANTS["small"].items() if k != "image_stem_dims"})
+    (then,) = plan_lib.plan(suites_lib.Suite("tuning", "then", ((("image_stem",), (64,)),),
+                                             protocol="validation"),
+                            default.get_config("steps=100"), str(tmp_path), seeds=[0])
+  assert (candidate.fingerprint, candidate.workdir) == (then.fingerprint, then.workdir)
+  assert candidate.config.to_dict() == then.config.to_dict()
+  paper = config_lib.resolve(default.get_config("paper"))
+  assert paper.model.image_stem_dims == ()
   # A run's config.json reads back as the same, hashable config (the model is a static
   # field of the Linen module), stem widths a tuple again.
   back = config_lib.ExperimentConfig.from_dict(json.loads(json.dumps(candidate.config.to_dict())))
@@ -613,8 +638,12 @@ def test_every_published_run_keeps_its_fingerprint(results_file):
       continue
     # The method that plans it now: its own, or the one that took over its name when a
     # default moved (`Method.recorded_as`; e.g. "cmah" rows of the 1:1 L_2D weight, which
-    # tables written since show as "cmah_img1").
-    names = [n for n in suite.methods if run["method"] in (n, get_method(n).run_name)]
+    # tables written since show as "cmah_img1"), or the one recorded under the name its
+    # run directory has (e.g. rows of the CMAH of rounds 18-24, "cmah" in tables written
+    # then and `linear_patches` since, recorded as "masked_point_full_image").
+    recorded_name = os.path.basename(os.path.dirname(run["workdir"]))
+    names = [n for n in suite.methods
+             if {run["method"], recorded_name} & {n, get_method(n).run_name}]
     planned = [r for r in plan_lib.plan(suite, base, "/unused", seeds=[run["seed"]],
                                         bits=[run["bits"]], methods=names)
                if r.fingerprint[:16] == run["fingerprint"]]
@@ -635,22 +664,25 @@ def _defaults(temperature, isotropic, image_weight):
   c.loss.temperature, c.input.point_scale_isotropic = temperature, isotropic
   c.loss.image_recon_weight = image_weight
   c.loss.pairs = PAPER_PAIRS["loss.pairs"]
+  c.model.overrides.image_stem_dims = ()  # MAE's linear patch embedding, until round 25
   return c
 
 
 def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch):
   """Round 10 moved the L_2D weight from 1 to 0.1 (temperature 0.2, isotropic scaling);
   round 16b moved the point scaling to per-axis; round 18 moved L_c's masked pair to the
-  masked point view against the full image. CMAH planned under each earlier default is
-  the run its pinned method plans today (`cmah_img1`, `cmah_r10`, `paper_masked_pair`:
-  same fingerprint, directory and config), not today's CMAH; the ablation `cmah_aniso` of
-  round 16b is today's `paper_masked_pair`, and the candidate `masked_point_full_image`
-  of round 18 today's CMAH; and under the old defaults `cmah` and `cmah_img1` would be
-  one run, which a plan refuses."""
+  masked point view against the full image; round 25 the image tokens to the hMLP stem.
+  CMAH planned under each earlier default is the run its pinned method plans today
+  (`cmah_img1`, `cmah_r10`, `paper_masked_pair_r18`: same fingerprint, directory and
+  config), not today's CMAH; the ablation `cmah_aniso` of round 16b is today's
+  `paper_masked_pair_r18`, and the candidate `masked_point_full_image` of round 18 today's
+  `linear_patches`; and under the old defaults `cmah` and `cmah_img1` would be one run,
+  which a plan refuses."""
   suite = get_suite("main")
   now = {r.method.name: r for r in plan_lib.plan(
       suite, default.get_config("steps=4800"), "/r", seeds=[1], bits=[64],
-      methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10", "paper_masked_pair"])}
+      methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10", "paper_masked_pair",
+               "linear_patches", "paper_masked_pair_r18"])}
   with monkeypatch.context() as m:
     _as_then(m, "cmah")
     _as_then(m, "contrastive", (("loss.pairs", "full_full"), ("loss.lambda_r", 0.0)))
@@ -668,12 +700,19 @@ def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch
         _defaults(0.2, False, 0.1), "/r", seeds=[1])
   for today, then in ((now["cmah_img1"], before_r10), (now["cmah_r10"], r10["cmah"]),
                       (now["contrastive_r10"], r10["contrastive"]),
-                      (now["paper_masked_pair"], r10["cmah_aniso"]),
-                      (now["cmah"], candidate)):
+                      (now["paper_masked_pair_r18"], r10["cmah_aniso"]),
+                      (now["linear_patches"], candidate)):
     assert (today.fingerprint, today.workdir) == (then.fingerprint, then.workdir)
     assert today.config.to_dict() == then.config.to_dict()
-  assert now["paper_masked_pair"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
-  assert now["cmah"].workdir.split("/runs/")[1].startswith("masked_point_full_image/")
+  assert now["paper_masked_pair_r18"].workdir.split("/runs/")[1].startswith("cmah_aniso/")
+  assert now["linear_patches"].workdir.split("/runs/")[1].startswith(
+      "masked_point_full_image/")
+  # Round 25 moved the image tokens to the hMLP stem: today's CMAH and the ablation of
+  # the paper's masked pair are new runs (the stem in their configs), not those above.
+  assert (now["cmah"].config.model.image_stem_dims,
+          now["paper_masked_pair"].config.model.image_stem_dims,
+          now["linear_patches"].config.model.image_stem_dims) == ((32,), (32,), ())
+  assert now["paper_masked_pair"].fingerprint != now["paper_masked_pair_r18"].fingerprint
   assert (now["cmah"].config.input.point_scale_isotropic,
           now["cmah_r10"].config.input.point_scale_isotropic) == (False, True)
   assert (now["cmah"].config.loss.pairs, now["paper_masked_pair"].config.loss.pairs) == (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cmah_jax.config import DEFAULTS_ROUND10, PAPER_OBJECTIVE, PAPER_PAIRS
+from cmah_jax.config import DEFAULTS_ROUND10, LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS
 
 
 # The group of a trained method pinned to earlier defaults: tabled beside today's runs, not
@@ -85,23 +85,27 @@ def _c(name, label, group, source, **overrides):
   items = {k: v for k, v in PAPER.items() if k != image_weight}
   items.update(overrides)
   items.setdefault(image_weight, PAPER[image_weight])
-  return _m(name, label, group, source, pinned=PAPER_PAIRS, **items)
+  return _m(name, label, group, source, pinned={**PAPER_PAIRS, **LINEAR_PATCHES}, **items)
 
 
 # The defaults of rounds 10-16 (until 16b), as a `pinned` argument: what the runs
-# recorded then ran (L_c's pairs were the paper's until round 18).
-R10 = {**DEFAULTS_ROUND10, **PAPER_PAIRS}
+# recorded then ran (L_c's pairs were the paper's until round 18, the image tokens MAE's
+# linear embedding until round 25).
+R10 = {**DEFAULTS_ROUND10, **PAPER_PAIRS, **LINEAR_PATCHES}
 R10_WHEN = "defaults of rounds 10-16"
+# The defaults of rounds 18-24: today's but MAE's linear patch embedding.
+R18 = LINEAR_PATCHES
+R18_WHEN = "defaults of rounds 18-24"
 
 _CMAH_AND_BASELINES = [
     # -- CMAH: the paper's method with our validated defaults (temperature 0.2, L_2D weight
     #    0.1, Point-MAE's per-axis point scaling since round 16b, L_c's masked pair as the
-    #    masked point view against the full image since round 18; docs/tuning.md); its
-    #    runs made before the switch, as the candidate `masked_point_full_image` (which set
-    #    the pairs by an override), are its own.
+    #    masked point view against the full image since round 18, the `small` variant's
+    #    hMLP image stem since round 25; docs/tuning.md); its runs made before the switch,
+    #    as the candidate `image_stem` (which set the stem by an override), are its own.
     _m("cmah", "CMAH (ours)", "ours", "[paper] arXiv 2408.05711, [ours] defaults",
-       recorded_as="masked_point_full_image",
-       recorded_overrides={"loss.pairs": "full_full,masked_point_full_image"}),
+       recorded_as="image_stem",
+       recorded_overrides={"model.overrides.image_stem_dims": (32,)}),
     # -- baselines. The classic ones read no loss or augmentation setting; they are pinned
     #    to the defaults their runs were recorded under, which leaves those runs theirs.
     _m("random", "random codes (chance)", "baseline", "[ours]", kind="classic", pinned=R10),
@@ -120,8 +124,15 @@ _CMAH_AND_BASELINES = [
     _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
        pinned=PAPER_PAIRS, loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper
+    # The paper's objective and image tokens (MAE's linear patch embedding, pinned: its
+    #    runs were recorded before round 25 and the stem is ours, not the paper's).
     _m("cmah_paper", "CMAH, paper objective (t 0.07, per-axis scaling, L_2D weight 1)",
-       "ablation", "[paper; Point-MAE]", pinned=PAPER_PAIRS, **PAPER),
+       "ablation", "[paper; Point-MAE]", pinned={**PAPER_PAIRS, **LINEAR_PATCHES}, **PAPER),
+    # Round 25's ablation: today's CMAH with MAE's linear patch embedding, i.e. the CMAH of
+    #    rounds 18-24, whose runs were recorded as the candidate `masked_point_full_image`.
+    _m("linear_patches", "CMAH, MAE's linear patch embedding (default until round 25)",
+       "ablation", "[paper; MAE]", recorded_as="masked_point_full_image", pinned=R18,
+       recorded_overrides={"loss.pairs": "full_full,masked_point_full_image"}),
     # Round 18's ablation: today's CMAH with the paper's masked-masked pair, i.e. the
     #    default of rounds 16b-17, whose runs were recorded as `cmah_aniso` (per-axis
     #    scaling then set by an override).
@@ -151,8 +162,17 @@ _RAN_UNDER_ROUND10 = ("contrastive", "ucch", "supervised", "no_point_recon", "no
                       "no_cross_attention", "full_full_only", "with_full_masked")
 _ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_BASELINES
                   if m.name in _RAN_UNDER_ROUND10]
+# The trained methods whose runs were recorded under the defaults of rounds 18-24 (MAE's
+# linear patch embedding), on the test splits or the carve: kept as `<name>_r18`. Not
+# CMAH (its runs then are the ablation `linear_patches`), nor `cmah_paper` (it pins the
+# linear embedding), nor the classic baselines (they build no model).
+_RAN_UNDER_ROUND18 = ("contrastive", "supervised", "paper_masked_pair", "full_full_only",
+                      "no_reconstruction")
+_ROUND18_TWINS = [earlier_default(m, "_r18", R18_WHEN, R18) for m in _CMAH_AND_BASELINES
+                  if m.name in _RAN_UNDER_ROUND18]
 
-METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_TWINS + [
+METHODS: dict[str, Method] = {m.name: m for m in (
+    _CMAH_AND_BASELINES + _ROUND10_TWINS + _ROUND18_TWINS) + [
     # -- earlier defaults kept in the tables under these names, pinned to what they ran
     _m("cmah_r10", "CMAH, defaults of rounds 10-16 (t 0.2, isotropic, L_2D weight 0.1)",
        EARLIER, "[ours: validation carve, rounds 1-10]",
@@ -331,18 +351,22 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
        "sharpened to 5", "candidate", "[HashNet's continuation]", loss__temperature=0.2,
        input__point_scale_isotropic=True, loss__image_recon_weight=0.1,
        model__overrides__hash_sharpness_end=5.0),
+    # -- Rounds 19-24 ran on the defaults of their day: MAE's linear patch embedding is
+    #    pinned (`R18`), so they stay the runs they were once round 25 made the stem the
+    #    default.
     # Round 19 (docs/tuning.md): round 18's masked pair with two masked point views per
     # object, the pair averaged over them (`model.masked_views=2`; the image tower's extra
     # view is not encoded, since no pair reads it). Rounds 14 and 18 both gained from
     # more masked point views in L_c [ours, after multi-crop, Caron et al. NeurIPS 2020].
     _m("point_views2", "CMAH, two masked point views against the full image", "candidate",
-       "[ours; after multi-crop]", model__overrides__masked_views=2),
+       "[ours; after multi-crop]", pinned=R18, model__overrides__masked_views=2),
     # Round 20: the masked auto-encoders alone for the first quarter of the 4,800-step
     # budget, then the full objective (`loss.reconstruction_only_steps=1200`): at today's
     # weights L_3D's and L_2D's gradients on the encoders are 0.0004x and ~0.005x of L_c's,
     # so beside L_c they barely steer them [ours, after MAE / Point-MAE's pre-training].
     _m("recon_first", "CMAH, reconstruction alone for the first 1,200 steps", "candidate",
-       "[ours; after MAE / Point-MAE pre-training]", loss__reconstruction_only_steps=1200),
+       "[ours; after MAE / Point-MAE pre-training]", pinned=R18,
+       loss__reconstruction_only_steps=1200),
     # Round 21: a second rendered view of each object per step, and L_c's image-image pair
     # between the two views' full-pass codes (`loss.pairs` + "image_views"). The image
     # tower bounds cross-modal mAP (image -> image ~0.66 against point -> point ~0.87 at
@@ -353,7 +377,7 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # 2020, and MSN's masked anchor view, Assran et al. ECCV 2022]. Not kept: seed 0 at 64
     # bits -0.094 / -0.110, its image tower weaker (docs/tuning.md, round 21).
     _m("image_views", "CMAH, plus a full-image / masked-second-view image pair",
-       "candidate", "[ours; after CMC and MSN]",
+       "candidate", "[ours; after CMC and MSN]", pinned=R18,
        loss__pairs="full_full,masked_point_full_image,image_views"),
     # Round 22: the image codes' neighbour distribution over the batch's other objects
     # distilled from the point codes' (`loss.relation_weight=1`, the weight of a pair of
@@ -365,7 +389,7 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # over seeds 0-1); the image tower gained, cross-modal mAP did not (docs/tuning.md).
     _m("point_relations", "CMAH, plus the image codes' batch relations taught by the point "
        "codes'", "candidate", "[ours; after relational and cross-modal distillation]",
-       loss__relation_weight=1.0),
+       pinned=R18, loss__relation_weight=1.0),
     # Round 23: round 22's teacher on the rankings retrieval scores: each image code's
     # softmax over the batch's *other objects' point codes*, and each point code's over
     # their image codes, pulled towards the point codes' own (`loss.relation_targets=
@@ -375,7 +399,7 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # -0.003 over seeds 0-1, docs/tuning.md).
     _m("cross_relations", "CMAH, plus cross-modal batch relations taught by the point codes'",
        "candidate", "[ours; after relational and cross-modal distillation]",
-       loss__relation_weight=1.0, loss__relation_targets="cross_modal"),
+       pinned=R18, loss__relation_weight=1.0, loss__relation_targets="cross_modal"),
     # Round 24: a harder masked point view. Round 18's pair (the masked point view against
     # the full image) carries CMAH's lead over contrastive-only; at Point-MAE's 60% it keeps
     # 13 of 32 groups, most of a redundant cloud. Here 75% are hidden (8 of 32 kept, the
@@ -383,16 +407,15 @@ METHODS: dict[str, Method] = {m.name: m for m in _CMAH_AND_BASELINES + _ROUND10_
     # Not kept: +0.011 / +0.002 at 64 bits, -0.015 / -0.011 at 16, seeds 0-1
     # (docs/tuning.md).
     _m("point_mask0.75", "CMAH, 75% of the point groups masked", "candidate",
-       "[ours; MAE's ratio]", model__overrides__point_mask_ratio=0.75),
+       "[ours; MAE's ratio]", pinned=R18, model__overrides__point_mask_ratio=0.75),
     # Round 25: a nonlinear patch embedding for the image tower, the weaker of the two
     # (image -> image 0.72 against point -> point 0.90 on the carve). Each point token comes
     # from a mini-PointNet; each image token from one linear map of 192 pixels to 64
     # channels. The hMLP stem (4x4-pixel blocks -> 32 channels, LayerNorm, GELU; 2x2 of
     # them -> the token) keeps a token its own patch's, so MAE's masking is unchanged
-    # [ours; after Touvron et al. ECCV 2022].
-    _m("image_stem", "CMAH, hMLP image stem (width 32)", "candidate",
-       "[ours; after Touvron et al. ECCV 2022]",
-       model__overrides__image_stem_dims=(32,)),
+    # [ours; after Touvron et al. ECCV 2022]. Kept (docs/tuning.md): the `small` variant's
+    # default since, so its runs are today's `cmah`'s (`recorded_as="image_stem"`), and
+    # the CMAH it was compared with is the ablation `linear_patches`.
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference is

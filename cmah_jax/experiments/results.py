@@ -23,7 +23,12 @@ SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's qua
              "cmah_r10": ("cmah_r10_sign", "CMAH, defaults of rounds 10-16, sign(h) codes"),
              "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes"),
              "paper_masked_pair": ("paper_masked_pair_sign",
-                                   "CMAH, the paper's masked-masked pair, sign(h) codes")}
+                                   "CMAH, the paper's masked-masked pair, sign(h) codes"),
+             "linear_patches": ("linear_patches_sign",
+                                "CMAH, MAE's linear patch embedding, sign(h) codes"),
+             "paper_masked_pair_r18": ("paper_masked_pair_r18_sign",
+                                       "CMAH, the paper's masked-masked pair, defaults of "
+                                       "rounds 18-24, sign(h) codes")}
 
 
 def _shown_as(row: dict, method) -> dict | None:

@@ -27,16 +27,22 @@ PARTS = ("no_point_recon", "no_image_recon", "no_cross_attention", "full_full_on
          "with_full_masked")
 # the paper's objective, the paper's masked pair (round 18), then CMAH's parts
 ABLATIONS = ("cmah_paper", "paper_masked_pair") + PARTS
+# MAE's linear patch embedding (round 25): the CMAH of rounds 18-24, at every code length
+# it ran at, as CMAH
+LINEAR = ("linear_patches",)
 # Earlier defaults (`Method.recorded_as`, `Method.pinned`), at the lengths they were run, so
 # their finished runs stay in the table beside today's: the round-10 defaults (rounds
 # 10-16b: t 0.2, isotropic, L_2D 0.1) of CMAH, the baselines, the bound and the ablations;
 # CMAH and the bound at L_2D weight 1 (before round 10); UCCH at its published temperature
-# (before the carve chose another).
+# (before the carve chose another); the defaults of rounds 18-24 (MAE's linear patch
+# embedding) of the baselines, the bound and an ablation that ran then.
 EARLIER_DEFAULTS = (
     (("cmah_r10", "contrastive_r10", "ucch_r10"), (16, 32, 64, 128)),
     (("cmah_img1",), (16, 32, 64)),
     (("supervised_r10", "supervised_img1") + tuple(f"{m}_r10" for m in PARTS), (64,)),
-    (("ucch_paper",), (16, 32)))
+    (("ucch_paper",), (16, 32)),
+    (("contrastive_r18",), (16, 32, 64, 128)),
+    (("supervised_r18", "paper_masked_pair_r18"), (64,)))
 CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_balance", "cmah_t0.2_iso", "cmah_t0.2_iso_soft",
               "cmah_t0.2_iso_embed", "cmah_t0.2_iso_code", "cmah_t0.2_iso_balance",
@@ -52,11 +58,12 @@ CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
 
 SUITES = {s.name: s for s in [
     Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
-          ((MAIN_METHODS, (16, 32, 64, 128)), (ABLATIONS, (16, 64))) + EARLIER_DEFAULTS),
+          ((MAIN_METHODS, (16, 32, 64, 128)), (ABLATIONS, (16, 64)),
+           (LINEAR, (16, 32, 64, 128))) + EARLIER_DEFAULTS),
     Suite("baselines", "CMAH and the baselines at 16-128 bits",
           ((MAIN_METHODS, (16, 32, 64, 128)),)),
     Suite("ablations", "CMAH and its ablations at 16 and 64 bits",
-          ((("cmah",) + ABLATIONS, (16, 64)),)),
+          ((("cmah",) + ABLATIONS + LINEAR, (16, 64)),)),
     Suite("tuning", "CMAH and candidate remedies for short codes on the validation carve "
           "of the train split (chooses hyper-parameters; never sees query/database)",
           ((("cmah", "cmah_img1", "cmah_paper", "cmah_t0.07") + CANDIDATES
@@ -69,7 +76,10 @@ SUITES = {s.name: s for s in [
             + ("point_relations",)  # round 22
             + ("cross_relations",)  # round 23
             + ("point_mask0.75",)  # round 24
-            + ("image_stem",), (16, 64)),),  # round 25
+            + LINEAR  # round 25: `cmah` before it (`cmah` is its candidate `image_stem`)
+            # the references that ran under the defaults of rounds 18-24
+            + ("contrastive_r18", "supervised_r18", "full_full_only_r18",
+               "no_reconstruction_r18", "paper_masked_pair_r18"), (16, 64)),),
           protocol="validation"),
     Suite("smoke", "every kind of method once, for tests (use a runlocal config)",
           ((("cmah", "random", "cca_itq", "contrastive"), (16,)),)),

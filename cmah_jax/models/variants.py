@@ -154,11 +154,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # CPU default for the embedded dataset: 0.28 GFLOP per example for forward+backward of
     # a train step at 64 bits (benchmarks/bench_model.py; budget ~0.3). Narrow
     # mini-PointNet: at Point-MAE widths (128/256/512) it alone would cost more than the
-    # whole budget. 512 points, 32 groups x 16 cover each point about once [ours].
+    # whole budget. 512 points, 32 groups x 16 cover each point about once [ours]. The
+    # image tokens come from the hMLP stem (4x4-pixel blocks -> 32 channels, then 2x2 of
+    # them -> the token) instead of MAE's one linear map of 192 pixels to 64 channels,
+    # which made the weaker tower's first layer narrow and linear: kept in round 25 on the
+    # validation carve, at a train step's cost within its noise (docs/tuning.md;
+    # `cmah_jax.config.LINEAR_PATCHES` restores MAE's) [ours; after Touvron et al. ECCV 2022].
     "small": dict(
         num_points=512, num_groups=32, group_size=16, pointnet_dims=(32, 64, 64),
         point_pos_hidden=64, image_size=64, patch_size=8, width=64, depth=4, num_heads=4,
-        decoder_depth=1, decoder_num_heads=4, drop_path=0.05),
+        decoder_depth=1, decoder_num_heads=4, drop_path=0.05, image_stem_dims=(32,)),
     # Paper scale: Point-MAE point tower, ViT-S/16 image tower at 224 [Point-MAE, MAE].
     "base": dict(),
 }
