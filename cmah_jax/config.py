@@ -13,6 +13,7 @@ setting changes. `base_config()` builds the ConfigDict skeleton from these datac
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,6 +52,19 @@ DEFAULTS_ROUND10 = {"loss.temperature": 0.2, "input.point_scale_isotropic": True
 # round 25 made the hMLP stem its default (docs/tuning.md). Every run recorded before then
 # pins it (`Method.pinned`), and `configs/<name>.py:paper` applies it with the objective.
 LINEAR_PATCHES = {"model.overrides.image_stem_dims": ()}
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
+  """Set dotted keys (`(key, value)` pairs, e.g. `("loss.temperature", 0.07)`) of a
+  ConfigDict in place; `"model.overrides.depth"` creates the key under `overrides`,
+  which accepts any ModelConfig field."""
+  for key, value in overrides:
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+      node[leaf] = value
 
 
 @dataclasses.dataclass(frozen=True)

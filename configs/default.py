@@ -11,7 +11,8 @@ the full image and hMLP stem; the point scaling is per-axis, Point-MAE's, in bot
 Every field and its default is in `cmah_jax/config.py`; this file sets only what the
 CPU-sized setting changes.
 """
-from cmah_jax.config import LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS, base_config
+from cmah_jax.config import (LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS, apply_overrides,
+                             base_config)
 from cmah_jax.config_args import parse_config_arg
 
 ARGS = dict(bits=64, variant="small", supervised=False, runlocal=False, steps=None,
@@ -47,12 +48,7 @@ def apply_paper_objective(c):
   depart from them (`cmah_jax.config.PAPER_OBJECTIVE`: temperature 0.07, per-axis point
   scaling, L_2D weight 1; `PAPER_PAIRS`: L_c over the full-full and masked-masked pairs;
   `LINEAR_PATCHES`: MAE's linear patch embedding)."""
-  for key, value in {**PAPER_OBJECTIVE, **PAPER_PAIRS, **LINEAR_PATCHES}.items():
-    *parents, field = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[field] = value
+  apply_overrides(c, {**PAPER_OBJECTIVE, **PAPER_PAIRS, **LINEAR_PATCHES}.items())
   return c
 
 

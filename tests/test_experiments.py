@@ -738,7 +738,7 @@ def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
     c.loss.image_recon_weight = default_weight
     overrides = (("loss.temperature", 0.2),) + pinned
     method = Method("m", "m", "candidate", "[test]", "train", overrides)
-    plan_lib.apply_overrides(c, method.overrides)
+    config_lib.apply_overrides(c, method.overrides)
     return plan_lib.run_fingerprint(method, config_lib.resolve(c))
 
   assert fp((("loss.image_recon_weight", 1.0),)) == fp(())
@@ -771,7 +771,7 @@ def test_pinning_a_later_model_field_through_its_override_slot():
       c.model.overrides.masked_views = base_views
     method = Method("m", "m", "ablation", "[test]", "train",
                     (("loss.temperature", 0.2),) + pinned)
-    plan_lib.apply_overrides(c, method.overrides)
+    config_lib.apply_overrides(c, method.overrides)
     return plan_lib.run_fingerprint(method, config_lib.resolve(c))
 
   one_view = (("model.overrides.masked_views", 1),)

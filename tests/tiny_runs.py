@@ -1,5 +1,5 @@
 """A training config sized for tests: the `runlocal` smoke setting of `configs/default.py`."""
-from cmah_jax.experiments.methods import apply_overrides
+from cmah_jax.config import apply_overrides
 from configs import default
 
 

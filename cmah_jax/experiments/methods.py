@@ -436,23 +436,3 @@ def get_method(name: str) -> Method:
 def register(method: Method) -> None:
   """Add a method (e.g. a CMAH variant under study) to the registry."""
   METHODS[method.name] = method
-
-
-def apply_overrides(config, overrides) -> None:
-  """Set dotted keys of a ConfigDict in place (`"model.overrides.depth"` creates the key
-  under `overrides`, which accepts any ModelConfig field)."""
-  for key, value in overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    with node.unlocked() if hasattr(node, "unlocked") else _null():
-      node[leaf] = value
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False

@@ -9,7 +9,7 @@ import os
 
 from cmah_jax import config as config_lib
 from cmah_jax import workdir_lock
-from cmah_jax.experiments.methods import Method, apply_overrides, get_method
+from cmah_jax.experiments.methods import Method, get_method
 from cmah_jax.experiments.suites import Suite
 
 
@@ -131,7 +131,7 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
           continue
         for seed in seeds:
           c = base_config.copy_and_resolve_references()
-          apply_overrides(c, method.pinned + method.overrides)
+          config_lib.apply_overrides(c, method.pinned + method.overrides)
           c.model.bits, c.seed = int(b), int(seed)
           c.eval.protocol = suite.protocol
           cfg = config_lib.resolve(c)
