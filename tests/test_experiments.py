@@ -757,6 +757,19 @@ def test_pinning_a_later_field_at_its_neutral_value_keeps_the_fingerprint():
   c = default.get_config()
   c.model.overrides.masked_views = 3
   assert plan_lib.run_fingerprint(method, config_lib.resolve(c)) == classic[0]
+  # A field of tuples (lists in JSON, `model.image_stem_dims`) pinned by an override at
+  # its neutral value, MAE's linear patch embedding: the run made before the field existed,
+  # whatever the variant's default; pinned elsewhere, the override is listed.
+  def stem_fp(overrides, variant_stem):
+    c = default.get_config()
+    c.model.overrides.image_stem_dims = variant_stem
+    method = Method("m", "m", "candidate", "[test]", "train", overrides)
+    config_lib.apply_overrides(c, method.overrides)
+    return plan_lib.run_fingerprint(method, config_lib.resolve(c))
+  linear, stem = (("model.overrides.image_stem_dims", ()),), (
+      ("model.overrides.image_stem_dims", (32,)),)
+  assert stem_fp(linear, (32,)) == stem_fp(linear, ()) == stem_fp((), ())
+  assert stem_fp(stem, ()) != stem_fp((), (32,))
 
 
 def test_pinning_a_later_model_field_through_its_override_slot():

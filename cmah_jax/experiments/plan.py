@@ -88,7 +88,9 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   A method's `recorded_overrides`, where set, are listed instead of its overrides."""
   def pins_neutral(key, value):
     field = key.replace("model.overrides.", "model.")  # a model field's override slot
-    return field in config_lib.ADDED_LATER and value == config_lib.ADDED_LATER[field]
+    # compared as the resolved config records it (JSON: a tuple of widths is a list)
+    return (field in config_lib.ADDED_LATER
+            and json.loads(json.dumps(value)) == config_lib.ADDED_LATER[field])
 
   listed = method.overrides if method.recorded_overrides is None else method.recorded_overrides
   payload = {"method": method.run_name, "kind": method.kind,
