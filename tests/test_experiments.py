@@ -38,14 +38,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
-  runs = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
-  # 6 methods x 4 code lengths + 7 ablations x 2 code lengths + CMAH with MAE's linear
-  # patch embedding (round 25's ablation) at 4, then the earlier defaults: CMAH,
+  # `main`, what a user runs: 6 methods x 4 code lengths + 7 ablations x 2 code lengths
+  # + CMAH with MAE's linear patch embedding (round 25's ablation) at 4; 3 seeds each.
+  main = plan_lib.plan(get_suite("main"), default.get_config(), str(tmp_path), seeds=range(3))
+  assert len(main) == (6 * 4 + 7 * 2 + 4) * 3
+  kept = {name for names, _ in suites_lib.EARLIER_DEFAULTS for name in names}
+  assert kept and not kept & {r.method.name for r in main}
+  # `published` plans the same runs, then the earlier defaults it keeps: CMAH,
   # contrastive-only and UCCH of rounds 10-16 at 4 lengths, CMAH at L_2D weight 1 at 3,
   # the bound (of both) and the 5 ablations of rounds 10-16 at 64 bits, UCCH at its
   # published temperature at 16 and 32 bits, contrastive-only of rounds 18-24 at 4
   # lengths, and their bound and paper-masked-pair ablation at 64; 3 seeds each.
-  assert len(runs) == (6 * 4 + 7 * 2 + 4 + 3 * 4 + 3 + 7 + 2 + 4 + 2) * 3
+  runs = plan_lib.plan(get_suite("published"), default.get_config(), str(tmp_path),
+                       seeds=range(3))
+  assert len(runs) == len(main) + (3 * 4 + 3 + 7 + 2 + 4 + 2) * 3
+  assert [(r.fingerprint, r.workdir) for r in runs[:len(main)]] == [
+      (r.fingerprint, r.workdir) for r in main]
   assert len({r.fingerprint for r in runs}) == len(runs)
   assert len({r.workdir for r in runs}) == len(runs)
   by = {(r.method.name, r.bits, r.seed): r for r in runs}
@@ -81,7 +89,7 @@ def test_plan_covers_the_suite_with_distinct_fingerprints(tmp_path):
 
 
 def test_a_subset_runs_in_the_order_listed_and_unknown_names_are_refused(tmp_path):
-  suite, base = get_suite("main"), default.get_config()
+  suite, base = get_suite("published"), default.get_config()
   whole = [(r.method.name, r.bits) for r in plan_lib.plan(suite, base, "/r", seeds=[0])]
   # The suite's own order: its blocks, each method at each of its lengths.
   assert whole[:4] == [("cmah", 16), ("cmah", 32), ("cmah", 64), ("cmah", 128)]
@@ -90,11 +98,16 @@ def test_a_subset_runs_in_the_order_listed_and_unknown_names_are_refused(tmp_pat
   assert [(r.method.name, r.bits, r.seed) for r in runs] == [
       (m, b, s) for m in ("no_image_recon", "cmah_r10", "cmah") for b in (64, 16)
       for s in (0, 1)]
-  with pytest.raises(ValueError, match=r"suite 'main' has no method 'contrastiv'; its "
+  with pytest.raises(ValueError, match=r"suite 'published' has no method 'contrastiv'; its "
                      r"methods: cmah, random, "):
     plan_lib.plan(suite, base, "/r", seeds=[0], methods=["cmah", "contrastiv"])
-  with pytest.raises(ValueError, match=r"suite 'main' has no method 'cmah_t0.2_iso'"):
-    plan_lib.plan(suite, base, "/r", seeds=[0], methods=["cmah_t0.2_iso"])  # tuning's
+  # A method of another suite is refused with the suites that have it.
+  with pytest.raises(ValueError, match=r"suite 'published' has no method 'cmah_t0.2_iso'; "
+                     r".*; 'cmah_t0.2_iso' is in suite 'tuning'$"):
+    plan_lib.plan(suite, base, "/r", seeds=[0], methods=["cmah_t0.2_iso"])
+  with pytest.raises(ValueError, match=r"suite 'main' has no method 'cmah_r10'; .*; "
+                     r"'cmah_r10' is in suite 'published'$"):
+    plan_lib.plan(get_suite("main"), base, "/r", seeds=[0], methods=["cmah_r10"])
   with pytest.raises(ValueError, match=r"suite 'ablations' has no code length 32, 128; "
                      r"its lengths: 16, 64"):
     plan_lib.plan(get_suite("ablations"), base, "/r", seeds=[0], bits=[16, 32, 128])
@@ -538,6 +551,12 @@ def test_readme_block_is_generated_from_results():
   assert readme.missing_listing(smoke, 1) == (
       "`cca_itq`: 16 bits seed 0; `contrastive`: 16 bits seed 0", 2)
   assert readme.missing_listing({**smoke, "suite": "not registered"}, 2) == ("", 0)
+  # The runs of earlier defaults a suite keeps are never listed as not yet run: with
+  # nothing run, `published` lacks exactly what `main` lacks.
+  nothing = {"aggregate": []}
+  assert readme.missing_listing({**nothing, "suite": "published"}, 3) == (
+      readme.missing_listing({**nothing, "suite": "main"}, 3))
+  assert readme.missing_listing({**nothing, "suite": "main"}, 3)[1] == (6 * 4 + 7 * 2 + 4) * 3
   # In the block: the `main` suite at 2 seeds lacks, say, contrastive at every length.
   assert "Not yet run (" in out and "`contrastive`: 16, 32, 64 and 128 bits seeds 0-1" in out
   assert "Not yet run" not in readme.table({**data, "suite": "not registered"})
@@ -678,7 +697,7 @@ def test_the_runs_of_earlier_defaults_are_their_pinned_methods_today(monkeypatch
   `paper_masked_pair_r18`, and the candidate `masked_point_full_image` of round 18 today's
   `linear_patches`; and under the old defaults `cmah` and `cmah_img1` would be one run,
   which a plan refuses."""
-  suite = get_suite("main")
+  suite = get_suite("published")
   now = {r.method.name: r for r in plan_lib.plan(
       suite, default.get_config("steps=4800"), "/r", seeds=[1], bits=[64],
       methods=["cmah", "cmah_img1", "cmah_r10", "contrastive_r10", "paper_masked_pair",

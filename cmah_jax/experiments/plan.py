@@ -10,7 +10,7 @@ import os
 from cmah_jax import config as config_lib
 from cmah_jax import workdir_lock
 from cmah_jax.experiments.methods import Method, get_method
-from cmah_jax.experiments.suites import Suite
+from cmah_jax.experiments.suites import SUITES, Suite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,15 +115,18 @@ def plan(suite: Suite, base_config, root: str, seeds, bits=None, methods=None) -
   """
   unknown = [m for m in (methods or ()) if m not in suite.methods]
   if unknown:
+    homes = {m: [repr(s.name) for s in SUITES.values() if m in s.methods] for m in unknown}
+    elsewhere = [f"{m!r} is in suite {', '.join(h)}" for m, h in homes.items() if h]
     raise ValueError(f"suite {suite.name!r} has no method {', '.join(map(repr, unknown))}; "
-                     f"its methods: {', '.join(suite.methods)}")
+                     f"its methods: {', '.join(suite.methods)}"
+                     + "".join(f"; {e}" for e in elsewhere))
   missing = [b for b in (bits or ()) if b not in suite.code_lengths]
   if missing:
     raise ValueError(f"suite {suite.name!r} has no code length "
                      f"{', '.join(map(str, missing))}; its lengths: "
                      f"{', '.join(map(str, suite.code_lengths))}")
   runs = []
-  for names, block_bits in suite.blocks:
+  for names, block_bits in suite.planned_blocks:
     for name in names:
       if methods and name not in methods:
         continue

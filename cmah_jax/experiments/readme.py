@@ -68,9 +68,10 @@ def runs_listing(aggs: list[dict]) -> str:
 
 
 def missing_listing(data: dict, seeds: int) -> tuple[str, int]:
-  """The runs of the suite's plan (`suites.SUITES[data["suite"]]`, seeds 0..seeds-1) that
-  `data` does not hold, as `runs_listing` words them, and how many: `("", 0)` when none is
-  missing or the suite is not a registered one."""
+  """The runs of the suite's comparison (`suites.SUITES[data["suite"]].blocks`, seeds
+  0..seeds-1; not the runs of earlier defaults it keeps) that `data` does not hold, as
+  `runs_listing` words them, and how many: `("", 0)` when none is missing or the suite is
+  not a registered one."""
   suite = SUITES.get(data.get("suite", ""))
   if suite is None:
     return "", 0
@@ -104,8 +105,9 @@ def table(data: dict, command: str = "", seeds: int = PLAN_SEEDS) -> str:
   lines += ["", f"Runs: {runs_listing(aggs)}."]
   missing, count = missing_listing(data, seeds)
   if missing:
-    lines += ["", f"Not yet run ({count} of the `{data['suite']}` suite's runs at {seeds} "
-              f"seeds; its rows and verdicts are incomplete until they are): {missing}."]
+    lines += ["", f"Not yet run ({count} runs of the `{data['suite']}` suite's comparison at "
+              f"{seeds} seeds; its rows and verdicts are incomplete until they are): "
+              f"{missing}."]
   if command:
     lines += ["", f"`{command}`"]
   body = results_lib.markdown(aggs, "", data["protocol"]).split("\n")

@@ -10,16 +10,26 @@ class Suite:
   description: str
   blocks: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]  # (methods, bits) pairs
   protocol: str = "test"          # config.eval.protocol of every run
+  # Runs of earlier defaults kept beside the comparison, as (methods, bits) pairs: planned
+  # like `blocks` (their finished and merged runs join the tables; `--methods` can train
+  # one), but not part of what the suite compares, so the README lists only `blocks`'
+  # runs as not yet run.
+  kept: tuple[tuple[tuple[str, ...], tuple[int, ...]], ...] = ()
+
+  @property
+  def planned_blocks(self) -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
+    """`blocks`, then `kept`: every (methods, bits) pair the suite plans."""
+    return self.blocks + self.kept
 
   @property
   def methods(self) -> tuple[str, ...]:
-    """Every method of the suite once, in the order of its blocks."""
-    return tuple(dict.fromkeys(n for names, _ in self.blocks for n in names))
+    """Every method the suite plans once, in the order of its blocks."""
+    return tuple(dict.fromkeys(n for names, _ in self.planned_blocks for n in names))
 
   @property
   def code_lengths(self) -> tuple[int, ...]:
-    """Every code length of the suite once, ascending."""
-    return tuple(sorted({b for _, bits in self.blocks for b in bits}))
+    """Every code length the suite plans once, ascending."""
+    return tuple(sorted({b for _, bits in self.planned_blocks for b in bits}))
 
 
 MAIN_METHODS = ("cmah", "random", "cca_itq", "contrastive", "ucch", "supervised")
@@ -56,10 +66,17 @@ CANDIDATES = ("cmah_t0.2", "cmah_t0.5", "cmah_t0.2_intra", "cmah_t0.2_lr3x",
               "cmah_t0.2_iso_img0.1_views2", "cmah_t0.2_iso_img0.1_sharp5",
               "ucch_t0.07", "ucch_t0.2", "ucch_t0.5")
 
+COMPARISON = ((MAIN_METHODS, (16, 32, 64, 128)), (ABLATIONS, (16, 64)),
+              (LINEAR, (16, 32, 64, 128)))
+
 SUITES = {s.name: s for s in [
+    # What a user runs (on the embedded set or a real dataset): today's methods only.
     Suite("main", "CMAH against every baseline at 16-128 bits, ablations at 16 and 64 bits",
-          ((MAIN_METHODS, (16, 32, 64, 128)), (ABLATIONS, (16, 64)),
-           (LINEAR, (16, 32, 64, 128))) + EARLIER_DEFAULTS),
+          COMPARISON),
+    # What docs/results/ publishes: the same comparison, and the runs of earlier defaults
+    # beside it (not judged: results.verdict_markdown compares today's methods only).
+    Suite("published", "the main suite and the runs of earlier defaults kept beside it "
+          "(the table docs/results/ publishes)", COMPARISON, kept=EARLIER_DEFAULTS),
     Suite("baselines", "CMAH and the baselines at 16-128 bits",
           ((MAIN_METHODS, (16, 32, 64, 128)),)),
     Suite("ablations", "CMAH and its ablations at 16 and 64 bits",
