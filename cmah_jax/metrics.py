@@ -212,10 +212,28 @@ def tie_aware_mean_average_precision(query_codes, db_codes, query_labels,
   A Hamming ranking only orders the database partially: items at the same distance tie.
   Tie-aware AP [McSherry & Najork 2008] is the mean of AP over every ordering within tie
   groups, so it does not depend on database order (`mean_average_precision` breaks ties by
-  database index instead). Closed form, for a tie group of `n` items, `r` of them relevant,
-  preceded by `N` items of which `R` are relevant: position `p` (1..n) of the group is
-  relevant with probability `r / n`, and given that, the relevant items before it in the
-  group number `(p - 1)(r - 1)/(n - 1)` in expectation (hypergeometric), so the group adds
+  database index instead); each query's is `tie_aware_average_precisions`. Queries with no
+  relevant item are left out, as in `mean_average_precision`; returns 0.0 if every query is.
+
+  Args:
+    query_codes: `[q, K]` {-1, +1}.
+    db_codes: `[n, K]` {-1, +1}.
+    query_labels: `[q]` int or `[q, C]` multi-hot.
+    db_labels: `[n]` int or `[n, C]` multi-hot.
+  """
+  aps = tie_aware_average_precisions(query_codes, db_codes, query_labels, db_labels)
+  aps = aps[~np.isnan(aps)]
+  return float(aps.mean()) if aps.size else 0.0
+
+
+def tie_aware_average_precisions(query_codes, db_codes, query_labels,
+                                 db_labels) -> np.ndarray:
+  """Each query's tie-aware AP@all: its expectation over all orderings of tied distances.
+
+  Closed form, for a tie group of `n` items, `r` of them relevant, preceded by `N` items of
+  which `R` are relevant: position `p` (1..n) of the group is relevant with probability
+  `r / n`, and given that, the relevant items before it in the group number
+  `(p - 1)(r - 1)/(n - 1)` in expectation (hypergeometric), so the group adds
 
     sum_p (r/n) (R + 1 + (p - 1)(r - 1)/(n - 1)) / (N + p)
       = (r/n) [(R + 1) dH + (r - 1)/(n - 1) (n - (N + 1) dH)],  dH = H(N + n) - H(N),
@@ -223,14 +241,10 @@ def tie_aware_mean_average_precision(query_codes, db_codes, query_labels,
   with H the harmonic numbers ((r - 1)/(n - 1) read as 0 when n = 1). AP = the sum over
   groups / the number of relevant items. Computed from per-query histograms over
   distances 0..K, so the cost is that of the distance matrix, one query block at a time.
-  Queries with no relevant item are left out, as in `mean_average_precision`; returns 0.0 if
-  every query is.
 
-  Args:
-    query_codes: `[q, K]` {-1, +1}.
-    db_codes: `[n, K]` {-1, +1}.
-    query_labels: `[q]` int or `[q, C]` multi-hot.
-    db_labels: `[n]` int or `[n, C]` multi-hot.
+  Args: as `tie_aware_mean_average_precision`.
+  Returns:
+    `[q]` float64; NaN for a query with no relevant item in the database.
   """
   q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
   nbits = q.shape[1]
@@ -247,10 +261,47 @@ def tie_aware_mean_average_precision(query_codes, db_codes, query_labels,
     group = np.divide(r, n, out=np.zeros_like(r), where=n > 0) * (
         (before_r + 1) * dh + frac * (n - (before_n + 1) * dh))
     total = r.sum(1)
-    keep = total > 0
-    aps.append(group[keep].sum(1) / total[keep])
-  aps = np.concatenate(aps)
-  return float(aps.mean()) if aps.size else 0.0
+    aps.append(np.divide(group.sum(1), total, out=np.full_like(total, np.nan),
+                         where=total > 0))
+  return np.concatenate(aps) if aps else np.zeros((0,), np.float64)
+
+
+def expected_top_k_labels(query_codes, db_codes, db_labels, k, num_classes: int) -> np.ndarray:
+  """How many of each class a query's k nearest database items hold, in expectation over
+  all orderings of tied Hamming distances (items nearer than the k-th count 1; the items
+  tied at the k-th's distance share the places left equally).
+
+  Args:
+    query_codes: `[q, K]` {-1, +1}; db_codes: `[n, K]` {-1, +1}.
+    db_labels: `[n]` int class ids in [0, num_classes).
+    k: int, or `[q]` ints, each in [1, n] (e.g. the number of a query's relevant items:
+      its R-precision neighbourhood).
+  Returns:
+    `[q, num_classes]` float64; each row sums to its k.
+  """
+  q = _as_codes(query_codes, "query_codes")
+  d = _as_codes(db_codes, "db_codes")
+  dl = np.asarray(db_labels)
+  if dl.ndim != 1 or len(dl) != len(d):
+    raise ValueError(f"db_labels must be [n] = [{len(d)}] class ids, got {dl.shape}")
+  if dl.size and not (0 <= dl.min() and dl.max() < num_classes):
+    raise ValueError(f"db_labels must lie in [0, {num_classes}), got {dl.min()}..{dl.max()}")
+  ks = np.broadcast_to(np.asarray(k, np.int64), (len(q),))
+  if ks.size and not (1 <= ks.min() and ks.max() <= len(d)):
+    raise ValueError(f"k must lie in [1, {len(d)}] (the database size), got "
+                     f"{ks.min()}..{ks.max()}")
+  onehot = np.eye(num_classes)[dl]  # [n, C]
+  out = []
+  for s in range(0, len(q), _QUERY_CHUNK):
+    dist = hamming_distances(q[s:s + _QUERY_CHUNK], d)
+    kk = ks[s:s + _QUERY_CHUNK]
+    cutoff = np.take_along_axis(np.sort(dist, axis=1), (kk - 1)[:, None], 1)  # [c, 1]
+    nearer = dist < cutoff
+    tied = dist == cutoff
+    share = (kk - nearer.sum(1)) / tied.sum(1)  # places left per tied item
+    weight = nearer + tied * share[:, None]
+    out.append(weight @ onehot)
+  return np.concatenate(out) if out else np.zeros((0, num_classes))
 
 
 def _ball_counts(query_codes, db_codes, query_labels, db_labels, radius: int):

@@ -446,6 +446,22 @@ def test_runlocal_suite_runs_and_resumes(tmp_path):
   for dims in spectra.values():  # 16 bits: between 1 and 16 directions, more for more
     counts = [dims[str(f)] for f in representation.SPECTRUM_FRACTIONS]
     assert 1 <= counts[0] <= counts[1] <= counts[2] <= 16, dims
+  # The per-class study scores the run's learned-quantiser codes: the mean of its queries'
+  # APs is the report's tie-aware mAP of those codes; against itself, every difference is 0.
+  study = subprocess.run([sys.executable, "-m", "cmah_jax.experiments.per_class",
+                          f"--workdir={run['workdir']}", f"--against={run['workdir']}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert study.returncode == 0, study.stdout[-2000:] + study.stderr[-2000:]
+  record = json.load(open(os.path.join(run["workdir"], "per_class.json")))
+  for d in ("i2p", "p2i"):
+    assert record[d]["map"] == pytest.approx(report["itq"]["map_tie_aware"][d]["16"],
+                                             abs=1e-12)
+    assert record["against"][d]["ap"] == record[d]["ap"]
+    rows = np.array(record[d]["confusion"], dtype=float)
+    assert np.allclose(rows[~np.isnan(rows).any(1)].sum(1), 1.0)
+  assert len(record["classes"]) == len(record["i2p"]["confusion"])
+  assert "learned quantiser's codes" in study.stdout and "+0.000 / +0.000" in study.stdout
+  assert os.path.getsize(os.path.join(run["workdir"], "per_class.png")) > 0
 
 
 def test_stopping_the_suite_checkpoints_its_runs_and_exits_without_a_traceback(tmp_path):
