@@ -138,9 +138,9 @@ class RetrievalEvaluator:
   def for_run(cls, trained, **kwargs) -> "RetrievalEvaluator":
     """The evaluator of a loaded run (`inference.load_trained`): its dataset, protocol,
     input spec and seed, on a mesh of every device; `kwargs` as the constructor's."""
-    from cmah_jax.train import prepare_dataset  # pylint: disable=import-outside-toplevel
+    from cmah_jax.datasets import prepare as prepare_lib  # pylint: disable=import-outside-toplevel (tfds)
     cfg = trained.config
-    sources = retrieval_sources(prepare_dataset(cfg.dataset), cfg.eval)
+    sources = retrieval_sources(prepare_lib.prepare_on_every_process(cfg.dataset), cfg.eval)
     return cls(trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
                seed=cfg.seed, **kwargs)
 

@@ -7,8 +7,8 @@ train step compiled once ahead of time with the state donated. PRNG: one root ke
 input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
 state and a resumed run continues exactly.
 
-The story of a run, one function each: `prepare_dataset` (then the schedule is sized from
-its train split: `config.resolve_schedule`), `init_or_restore_state` (the newest intact
+The story of a run, one function each: the dataset (`datasets.prepare.prepare_on_every_process`;
+then the schedule is sized from its train split: `config.resolve_schedule`), `init_or_restore_state` (the newest intact
 checkpoint, written with the same config: `resume_check`), `compile_train_step`, the loop
 (`MetricsWindow` logs, checkpoints, periodic evaluation, stop on signal), and the final
 evaluation. Writing the report is the caller's (`cmah_jax.run`).
@@ -269,18 +269,6 @@ def resume_check(cfg: config_lib.ExperimentConfig, workdir: str, directory: str,
   return check
 
 
-def prepare_dataset(dataset: config_lib.DatasetSpec):
-  """The dataset's builder, prepared once (process 0 first, then every other process)."""
-  args = (dataset.name, dataset.data_dir, dataset.config, dataset.manual_dir)
-  if jax.process_index() == 0:
-    builder, summary_text = prepare_lib.prepare(*args)
-    log("Dataset:\n%s", summary_text)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("cmah_dataset_prepared")
-    builder, _ = prepare_lib.prepare(*args)  # reused on a shared filesystem
-  return builder
-
-
 def init_or_restore_state(cfg: config_lib.ExperimentConfig, model: CMAH, tx, mesh, manager,
                           init_key, loss_state=None, check=None):
   """The train state: the newest intact checkpoint of `manager` (damaged newer ones are
@@ -387,7 +375,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
 
   model = CMAH(cfg.model)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-  builder = prepare_dataset(cfg.dataset)
+  builder = prepare_lib.prepare_on_every_process(cfg.dataset, log=log)
   objective = get_objective(cfg.loss, cfg.model.bits)
   sources = retrieval_sources(builder, cfg.eval)
   log("Protocol: %s", sources.description)

@@ -164,8 +164,8 @@ def test_encoder_and_index_use_and_keep_the_quantizers_codes(tmp_path):
   q = quantizer_lib.Quantizer(rng.normal(0, 0.1, BITS).astype(np.float32),
                               itq.random_rotation(BITS, 5).astype(np.float32))
   learned = dataclasses.replace(plain, quantizer=q)
-  assert encode.fingerprint_of(plain)["codes"] == "sign"
-  assert encode.fingerprint_of(learned)["codes"] == f"itq:{quantizer_lib.digest(q)}"
+  assert index_lib.fingerprint_of(plain)["codes"] == "sign"
+  assert index_lib.fingerprint_of(learned)["codes"] == f"itq:{quantizer_lib.digest(q)}"
   points = rng.normal(size=(5, model.config.num_points, 3)).astype(np.float32)
   h = np.asarray(model.apply({"params": params}, points=points, train=False)["point/h"])
   np.testing.assert_array_equal(encode.Encoder(learned, batch_size=4).encode("points", points),
@@ -190,7 +190,7 @@ def test_encoder_and_index_use_and_keep_the_quantizers_codes(tmp_path):
   # Built with the quantiser's codes, it keeps them.
   build.build_index(out, learned, points=str(folder), workdir="run", log=None)
   idx = index_lib.HashIndex.open(out)
-  assert idx.fingerprint["codes"] == encode.fingerprint_of(learned)["codes"]
+  assert idx.fingerprint["codes"] == index_lib.fingerprint_of(learned)["codes"]
   assert cli._model_for(idx, args, lambda w: learned).quantizer is q
   # Its codes are the quantiser's of each file as the readers load it (normalised, seeded by
   # its id), through the model and NumPy here.

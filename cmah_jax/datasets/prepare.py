@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
+import jax
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from cmah_jax import datasets
 
@@ -55,6 +57,20 @@ def prepare(dataset: str, data_dir: str, config: str | None = None,
   if names:
     lines.append(f"classes  {len(names)}: {', '.join(names)}")
   return builder, "\n".join(lines)
+
+
+def prepare_on_every_process(spec, log=print):
+  """The builder of `spec` (a `config.DatasetSpec`: name, data_dir, config, manual_dir),
+  prepared once: process 0 prepares it (or finds it prepared) and `log`s its summary; in a
+  multi-process run the others wait for it, then open it (the data dir must be shared)."""
+  args = (spec.name, spec.data_dir, spec.config, spec.manual_dir)
+  if jax.process_index() == 0:
+    builder, summary_text = prepare(*args)
+    log("Dataset:\n%s" % summary_text)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("cmah_dataset_prepared")
+    builder, _ = prepare(*args)  # reused on a shared filesystem
+  return builder
 
 
 def np_dtype(feature) -> str:

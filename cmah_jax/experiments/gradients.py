@@ -61,6 +61,7 @@ def main(argv):
   del argv
   from cmah_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from cmah_jax import train  # pylint: disable=import-outside-toplevel
+  from cmah_jax.datasets.prepare import prepare_on_every_process  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
   from cmah_jax.input import TrainPipeline  # pylint: disable=import-outside-toplevel
   from cmah_jax.objectives import get_objective  # pylint: disable=import-outside-toplevel
@@ -69,7 +70,7 @@ def main(argv):
   workdir = os.path.abspath(_WORKDIR.value)
   cfg = train.read_config(workdir)
   trained = load_trained(workdir)
-  sources = retrieval_sources(train.prepare_dataset(cfg.dataset), cfg.eval)
+  sources = retrieval_sources(prepare_on_every_process(cfg.dataset), cfg.eval)
   objective = get_objective(cfg.loss, cfg.model.bits)
   term_gradients = make_term_gradients(trained.model, objective)
   loss_state = objective.init_state(len(sources.train)) or None

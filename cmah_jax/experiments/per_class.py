@@ -96,7 +96,7 @@ def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[st
   from cmah_jax.datasets import class_names  # pylint: disable=import-outside-toplevel
   from cmah_jax.evaluate import RetrievalEvaluator  # pylint: disable=import-outside-toplevel
   from cmah_jax.inference import load_trained  # pylint: disable=import-outside-toplevel
-  from cmah_jax.train import prepare_dataset  # pylint: disable=import-outside-toplevel
+  from cmah_jax.datasets.prepare import prepare_on_every_process  # pylint: disable=import-outside-toplevel
 
   trained = load_trained(workdir, codes=codes)
   evaluator = RetrievalEvaluator.for_run(
@@ -109,7 +109,7 @@ def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[st
     splits = [{"image": np.asarray(s["image/code"]), "point": np.asarray(s["point/code"]),
                "label": s["label"]} for s in splits]
     which = "sign(h) codes"
-  names = class_names(prepare_dataset(trained.config.dataset))
+  names = class_names(prepare_on_every_process(trained.config.dataset))
   num_classes = int(max(np.max(s["label"]) for s in splits)) + 1
   names = list(names) if names else [str(c) for c in range(num_classes)]
   return splits[0], splits[1], names, f"{evaluator.sources.description}; {which}"

@@ -49,8 +49,8 @@ def _run(spec: dict) -> int:
   extra = {"method": spec["method"], "run_fingerprint": spec["fingerprint"]}
   if spec["kind"] == "classic":
     from cmah_jax.experiments import classic  # pylint: disable=import-outside-toplevel
-    from cmah_jax.train import prepare_dataset  # pylint: disable=import-outside-toplevel
-    results = classic.run_classic(spec["method"], cfg, prepare_dataset(cfg.dataset))
+    from cmah_jax.datasets.prepare import prepare_on_every_process  # pylint: disable=import-outside-toplevel
+    results = classic.run_classic(spec["method"], cfg, prepare_on_every_process(cfg.dataset))
     results["config"] = cfg.to_dict()
     results["config_fingerprint"] = cfg.fingerprint()
     update_report_json(workdir, extra, results)

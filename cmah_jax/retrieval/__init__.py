@@ -13,14 +13,13 @@ Python API (the command line is `python -m cmah_jax.index`)::
     retrieval.export_faiss(index, "work/shapes.faiss")
 
 Modules: `readers` (files -> model inputs), `encode` (batched sharded encoding, faiss bit
-order, fingerprints), `index` (the format, atomic commits), `build` (build / add),
+order), `index` (the format, a model's fingerprint, atomic commits), `build` (build / add),
 `search` (exact chunked top-k), `faiss_export`, `picture`.
 """
 from cmah_jax.retrieval.build import BuildSummary, add_to_index, build_index
-from cmah_jax.retrieval.encode import (BoundModel, Encoder, bind, fingerprint_of, pack_faiss,
-                                       unpack_faiss)
+from cmah_jax.retrieval.encode import BoundModel, Encoder, bind, pack_faiss, unpack_faiss
 from cmah_jax.retrieval.faiss_export import export_faiss, to_faiss
-from cmah_jax.retrieval.index import BadIndex, FingerprintMismatch, HashIndex
+from cmah_jax.retrieval.index import BadIndex, FingerprintMismatch, HashIndex, fingerprint_of
 from cmah_jax.retrieval.readers import BadInput, load_image, load_points, read_geometry
 from cmah_jax.retrieval.search import (format_results, merge_topk, search_codes,
                                        search_files)

@@ -19,7 +19,7 @@ import numpy as np
 
 from cmah_jax.retrieval import index as index_lib
 from cmah_jax.retrieval import readers
-from cmah_jax.retrieval.encode import Encoder, Progress, fingerprint_of, pack_faiss
+from cmah_jax.retrieval.encode import Encoder, Progress, pack_faiss
 
 
 @dataclasses.dataclass
@@ -260,7 +260,7 @@ def build_index(out: str, bound, *, points: str | None = None, images: str | Non
                          f"ignored); nothing written to {out}")
       record = writer.finish(source, ignored=len(ignored))
       manifest = index_lib.new_manifest(
-          modality, bound.bits, fingerprint_of(bound),
+          modality, bound.bits, index_lib.fingerprint_of(bound),
           {"workdir": os.path.abspath(workdir) if workdir else None,
            "num_points": bound.num_points, "image_size": bound.image_size})
       manifest["segments"] = [record]

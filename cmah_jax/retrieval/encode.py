@@ -29,7 +29,6 @@ import numpy as np
 from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import TrainedModel
-from cmah_jax.retrieval.index import normalize_fingerprint
 
 # modality -> (CMAH argument, its code output, its continuous-code output)
 TOWERS = {"points": ("points", "point/code", "point/h"),
@@ -85,14 +84,6 @@ def bind(model, params, step: int = 0, config_hash: str | None = None) -> BoundM
   return BoundModel(model=model, params=params, step=int(step), bits=int(cfg.bits),
                     num_points=int(cfg.num_points), image_size=int(cfg.image_size),
                     config_hash=str(config_hash))
-
-
-def fingerprint_of(bound) -> dict:
-  """`{config_hash: str, bits: int, step: int, codes: str}` of a bound model,
-  JSON-normalised ("codes": "sign", or "itq:<digest>" with a learned quantiser)."""
-  fp = normalize_fingerprint(bound.fingerprint)
-  return dict(config_hash=str(fp["config_hash"]), bits=int(fp["bits"]), step=int(fp["step"]),
-              codes=str(fp["codes"]))
 
 
 # ----------------------------------------------------------------------------------------

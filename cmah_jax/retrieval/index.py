@@ -110,6 +110,14 @@ def normalize_fingerprint(fp: dict) -> dict:
   return {k: fp.get(k, "sign" if k == "codes" else None) for k in FINGERPRINT_KEYS}
 
 
+def fingerprint_of(bound) -> dict:
+  """`{config_hash: str, bits: int, step: int, codes: str}` of a bound model,
+  JSON-normalised ("codes": "sign", or "itq:<digest>" with a learned quantiser)."""
+  fp = normalize_fingerprint(bound.fingerprint)
+  return dict(config_hash=str(fp["config_hash"]), bits=int(fp["bits"]), step=int(fp["step"]),
+              codes=str(fp["codes"]))
+
+
 def format_fingerprint(fp: dict) -> str:
   """`config_hash=..., bits=..., step=..., codes=...` of a normalised fingerprint."""
   return ", ".join(f"{k}={fp[k]}" for k in FINGERPRINT_KEYS)
@@ -249,7 +257,6 @@ class HashIndex:
 
   def check_model(self, bound, model_name: str = "the model given"):
     """Raise `FingerprintMismatch` unless `bound` (a bound model) made this index."""
-    from cmah_jax.retrieval.encode import fingerprint_of  # pylint: disable=import-outside-toplevel
     check_fingerprint(self.fingerprint, fingerprint_of(bound), self.path, model_name)
 
   # -- codes
