@@ -135,12 +135,15 @@ class RetrievalEvaluator:
     return out
 
   @classmethod
-  def for_run(cls, trained, **kwargs) -> "RetrievalEvaluator":
-    """The evaluator of a loaded run (`inference.load_trained`): its dataset, protocol,
-    input spec and seed, on a mesh of every device; `kwargs` as the constructor's."""
-    from cmah_jax.datasets import prepare as prepare_lib  # pylint: disable=import-outside-toplevel (tfds)
+  def for_run(cls, trained, builder=None, **kwargs) -> "RetrievalEvaluator":
+    """The evaluator of a loaded run (`inference.load_trained`): its dataset (`builder`, or
+    prepared here), protocol, input spec and seed, on a mesh of every device; `kwargs` as
+    the constructor's."""
     cfg = trained.config
-    sources = retrieval_sources(prepare_lib.prepare_on_every_process(cfg.dataset), cfg.eval)
+    if builder is None:
+      from cmah_jax.datasets import prepare as prepare_lib  # pylint: disable=import-outside-toplevel (tfds)
+      builder = prepare_lib.prepare_on_every_process(cfg.dataset)
+    sources = retrieval_sources(builder, cfg.eval)
     return cls(trained.model, sources, cfg.input, shd.make_mesh(None), eval_spec=cfg.eval,
                seed=cfg.seed, **kwargs)
 

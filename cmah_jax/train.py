@@ -7,9 +7,10 @@ train step compiled once ahead of time with the state donated. PRNG: one root ke
 input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
 state and a resumed run continues exactly.
 
-The story of a run, one function each: the dataset (`datasets.prepare.prepare_on_every_process`;
-then the schedule is sized from its train split: `config.resolve_schedule`), `init_or_restore_state` (the newest intact
-checkpoint, written with the same config: `resume_check`), `compile_train_step`, the loop
+The story of a run, one function each: the dataset
+(`datasets.prepare.prepare_on_every_process`; then the schedule is sized from its train
+split: `config.resolve_schedule`), `init_or_restore_state` (the newest intact checkpoint,
+written with the same config: `resume_check`), `compile_train_step`, the loop
 (`MetricsWindow` logs, checkpoints, periodic evaluation, stop on signal), and the final
 evaluation. Writing the report is the caller's (`cmah_jax.run`).
 """

@@ -26,8 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from cmah_jax import metrics
-
-DIRECTIONS = {"i2p": ("image", "point"), "p2i": ("point", "image")}
+from cmah_jax.evaluate import DIRECTIONS  # the two cross-modal directions
 TOP_CONFUSIONS = 3  # other classes named per class in the printout
 
 
@@ -84,13 +83,13 @@ def per_class_study(query: dict, database: dict, num_classes: int) -> dict:
   return out
 
 
-def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[str], str]:
-  """The run's query and database codes as its report scores them, its class names and
-  protocol description.
+def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[str], str, str]:
+  """The run's query and database codes as its report scores them, its class names,
+  protocol description and which codes they are.
 
   Returns:
     (query, database: {"image", "point": [n, K] +-1, "label": [n] int}, class names,
-    "<protocol>; <which codes>").
+    protocol, "learned quantiser's codes" or "sign(h) codes").
   """
   from cmah_jax import quantizer as quantizer_lib  # pylint: disable=import-outside-toplevel
   from cmah_jax.datasets import class_names  # pylint: disable=import-outside-toplevel
@@ -99,8 +98,9 @@ def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[st
   from cmah_jax.datasets.prepare import prepare_on_every_process  # pylint: disable=import-outside-toplevel
 
   trained = load_trained(workdir, codes=codes)
+  builder = prepare_on_every_process(trained.config.dataset)  # once: sources and names
   evaluator = RetrievalEvaluator.for_run(
-      trained, outputs=[(k, k) for k in ("image/code", "point/code", "image/h", "point/h")])
+      trained, builder, outputs=[(k, k) for k in ("image/code", "point/code", "image/h", "point/h")])
   splits = [evaluator.encode(trained.params, s) for s in ("query", "database")]
   if trained.quantizer is not None:
     splits = [quantizer_lib.quantize_split(s, trained.quantizer) for s in splits]
@@ -109,10 +109,10 @@ def scored_codes(workdir: str, codes: str = "auto") -> tuple[dict, dict, list[st
     splits = [{"image": np.asarray(s["image/code"]), "point": np.asarray(s["point/code"]),
                "label": s["label"]} for s in splits]
     which = "sign(h) codes"
-  names = class_names(prepare_on_every_process(trained.config.dataset))
+  names = class_names(builder)
   num_classes = int(max(np.max(s["label"]) for s in splits)) + 1
   names = list(names) if names else [str(c) for c in range(num_classes)]
-  return splits[0], splits[1], names, f"{evaluator.sources.description}; {which}"
+  return splits[0], splits[1], names, evaluator.sources.description, which
 
 
 def plot_confusions(path: str, study: dict, names: list[str], title: str) -> None:
@@ -170,15 +170,15 @@ def main(argv):
   del argv
   args = flags.FLAGS
   workdir = os.path.abspath(os.path.expanduser(args.workdir))
-  query, database, names, description = scored_codes(workdir, args.codes)
+  query, database, names, protocol, which = scored_codes(workdir, args.codes)
   study = per_class_study(query, database, len(names))
   other = None
   if args.against:
     against = os.path.abspath(os.path.expanduser(args.against))
-    o_query, o_database, o_names, o_description = scored_codes(against, args.codes)
-    if (o_names, o_description.split("; ")[0]) != (names, description.split("; ")[0]):
+    o_query, o_database, o_names, o_protocol, _ = scored_codes(against, args.codes)
+    if (o_names, o_protocol) != (names, protocol):
       raise app.UsageError(f"--against={against} is on another dataset or protocol "
-                           f"({o_description}) than {workdir} ({description})")
+                           f"({o_protocol}) than {workdir} ({protocol})")
     other = per_class_study(o_query, o_database, len(names))
   record = _json_ready(study, names)
   if other is not None:
@@ -186,8 +186,8 @@ def main(argv):
   with open(os.path.join(workdir, "per_class.json"), "w") as f:
     json.dump(record, f, indent=2)
   plot_confusions(os.path.join(workdir, "per_class.png"), study, names,
-                  f"{os.path.basename(workdir)}: {description}")
-  print(f"{workdir}\n  {description}\n  tie-aware mAP i2p / p2i: {study['i2p']['map']:.3f} / "
+                  f"{os.path.basename(workdir)}: {protocol}; {which}")
+  print(f"{workdir}\n  {protocol}; {which}\n  tie-aware mAP i2p / p2i: {study['i2p']['map']:.3f} / "
         f"{study['p2i']['map']:.3f}" + (f" (other run {other['i2p']['map']:.3f} / "
                                         f"{other['p2i']['map']:.3f})" if other else ""))
   print("\n".join(format_study(study, names, other)))
