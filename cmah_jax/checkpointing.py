@@ -66,7 +66,7 @@ def make_manager(directory: str, *, max_to_keep: int, save_interval_steps: int =
   Raises:
     CheckpointWriteError: `directory` cannot be created or written (e.g. read-only).
   """
-  directory = os.path.abspath(os.path.expanduser(directory))
+  directory = local_directory(directory, "checkpoint directory")
   check_writable(directory, "checkpoint directory")
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
@@ -75,6 +75,21 @@ def make_manager(directory: str, *, max_to_keep: int, save_interval_steps: int =
       cleanup_tmp_directories=True,
   )
   return CheckpointManager(directory, options=options, step_metadata=step_metadata)
+
+
+def local_directory(path: str, what: str = "directory") -> str:
+  """`path` with `~` expanded, made absolute.
+
+  Raises:
+    CheckpointWriteError: `path` is a URL (`gs://...`): checkpoints, metrics and reports
+      are written with the local file API, so a bucket must be mounted (e.g. gcsfuse).
+  """
+  if "://" in str(path):
+    raise CheckpointWriteError(
+        f"The {what} {path} is a URL; runs write through the local file system. Give a "
+        "directory every process shares (on a TPU pod, e.g. the bucket mounted with gcsfuse "
+        "at /mnt/bucket: --workdir=/mnt/bucket/run).")
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def check_writable(directory: str, what: str = "directory") -> None:

@@ -89,6 +89,27 @@ class OptimSpec:
   min_learning_rate_ratio: float = 0.01  # cosine floor [ours]
   grad_clip_norm: float = 1.0           # [ours]
 
+  def validate(self) -> "OptimSpec":
+    positive = {"base_learning_rate": self.base_learning_rate,
+                "learning_rate_base_batch": self.learning_rate_base_batch,
+                "grad_clip_norm": self.grad_clip_norm}
+    for name, value in positive.items():
+      if not value > 0:
+        raise ValueError(f"config.optim.{name}={value!r} must be > 0")
+    if self.weight_decay < 0:
+      raise ValueError(f"config.optim.weight_decay={self.weight_decay!r} must be >= 0")
+    for name in ("b1", "b2"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"config.optim.{name}={getattr(self, name)!r} must be in [0, 1)")
+    if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int)
+                                              and self.warmup_steps >= 0):
+      raise ValueError(f"config.optim.warmup_steps={self.warmup_steps!r} must be an int >= 0 "
+                       "or None (a fraction of the run)")
+    if not 0.0 <= self.min_learning_rate_ratio <= 1.0:
+      raise ValueError(f"config.optim.min_learning_rate_ratio={self.min_learning_rate_ratio!r}"
+                       " must be in [0, 1]")
+    return self
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
@@ -111,6 +132,10 @@ class EvalSpec:
     for name in ("validation_fraction", "validation_query_fraction"):
       if not 0.0 < getattr(self, name) < 1.0:
         raise ValueError(f"config.eval.{name}={getattr(self, name)!r} must be in (0, 1)")
+    if self.hamming_radius < 0:
+      raise ValueError(f"config.eval.hamming_radius={self.hamming_radius!r} must be >= 0")
+    if not self.precision_ks or min(self.precision_ks) < 1:
+      raise ValueError(f"config.eval.precision_ks={self.precision_ks!r}: cut-offs >= 1")
     return self
 
 
@@ -155,7 +180,7 @@ class ExperimentConfig:
         input=section(InputSpec, d["input"], "input").validate(),
         model=ModelConfig(**model).validate(),
         loss=section(LossSpec, d["loss"], "loss").validate(),
-        optim=section(OptimSpec, d["optim"], "optim"),
+        optim=section(OptimSpec, d["optim"], "optim").validate(),
         eval=section(EvalSpec, d["eval"], "eval").validate(),
         **{k: d[k] for k in ("total_steps", "log_every_steps", "checkpoint_every_steps",
                              "keep_checkpoints", "eval_every_steps", "init_from")},
@@ -353,7 +378,7 @@ def resolve(config: Any) -> ExperimentConfig:
       input=_section(InputSpec, input_raw, "input").validate(),
       model=model,
       loss=_section(LossSpec, _as_dict(raw.get("loss")), "loss").validate(),
-      optim=_section(OptimSpec, _as_dict(raw.get("optim")), "optim"),
+      optim=_section(OptimSpec, _as_dict(raw.get("optim")), "optim").validate(),
       eval=_section(EvalSpec, _as_dict(raw.get("eval")), "eval").validate(),
       total_steps=top["total_steps"], log_every_steps=top["log_every_steps"],
       checkpoint_every_steps=top["checkpoint_every_steps"],

@@ -14,8 +14,16 @@ import numpy as np
 
 
 def _scalar(v):
+  """A number or array -> a JSON value: a Python scalar or nested lists, with NaN / inf as
+  None (JSON has no token for them)."""
   v = np.asarray(v)
-  return v.item() if v.size == 1 else v.tolist()
+  return _finite_or_none(v.item() if v.size == 1 else v.tolist())
+
+
+def _finite_or_none(v):
+  if isinstance(v, list):
+    return [_finite_or_none(x) for x in v]
+  return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 class JsonlWriter:
@@ -32,8 +40,7 @@ class JsonlWriter:
       return
     row = {"step": int(step)}
     for k, v in metrics.items():
-      v = _scalar(v)
-      row[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+      row[k] = _scalar(v)
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
@@ -43,11 +50,22 @@ class JsonlWriter:
     if not self.enabled or not os.path.exists(self.path):
       return
     rows = [r for r in read_jsonl(self.path) if r["step"] <= step]
-    with open(self.path, "w") as f:
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:   # replaced whole, so a kill now loses no row
       f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, self.path)
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """All rows of a metrics file (for tests and plots)."""
+  """The rows of a metrics file (for resuming, tests and plots), without a line that does
+  not parse as a row with a step: the last line of a run killed while writing it."""
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and "step" in row:
+        rows.append(row)
+  return rows

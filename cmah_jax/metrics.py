@@ -15,9 +15,14 @@ _QUERY_CHUNK = 256  # queries per block: bounds memory at [chunk, n_db]
 
 
 def _as_codes(codes, name: str) -> np.ndarray:
+  """`[n, K]` codes -> {-1, +1} int32 (`>= 0` is +1, so real-valued codes are signed).
+  Raises ValueError on another rank, or on {0, 1} bits, which would all read as +1."""
   codes = np.asarray(codes)
   if codes.ndim != 2:
     raise ValueError(f"{name} must be [n, K] codes in {{-1, +1}}, got shape {codes.shape}")
+  if codes.size and codes.min() == 0 and np.isin(codes, (0, 1)).all():
+    raise ValueError(f"{name} are {{0, 1}} bits; the metrics take {{-1, +1}} codes "
+                     "(pass 2 * bits - 1)")
   return np.where(codes >= 0, 1, -1).astype(np.int32)
 
 
@@ -26,6 +31,9 @@ def _check(query_codes, db_codes, query_labels, db_labels):
   d = _as_codes(db_codes, "db_codes")
   if q.shape[1] != d.shape[1]:
     raise ValueError(f"code lengths differ: queries {q.shape} vs database {d.shape}")
+  if not len(q) or not len(d):
+    raise ValueError(f"no {'queries' if not len(q) else 'database items'} to score: "
+                     f"query codes {q.shape}, database codes {d.shape}")
   ql, dl = np.asarray(query_labels), np.asarray(db_labels)
   if len(ql) != len(q) or len(dl) != len(d):
     raise ValueError(
@@ -82,16 +90,20 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels,
 
   AP of a query = mean, over the relevant items within the top k, of the precision at
   their rank. Queries with no relevant item within the top k are left out of the mean
-  (as in the DCMH/UCCH evaluation code). Returns 0.0 if every query is left out.
+  (as HashNet's mAP@k code does; DCMH's and UCCH's `calc_map` instead count a query with
+  no relevant item in the whole database as 0, which at mAP@all differs only where such
+  a query exists). Returns 0.0 if every query is left out.
 
   Args:
     query_codes: `[q, K]` {-1, +1}.
     db_codes: `[n, K]` {-1, +1}.
     query_labels: `[q]` int or `[q, C]` multi-hot.
     db_labels: `[n]` int or `[n, C]` multi-hot.
-    top_k: rank cut-off, or None for the whole database.
+    top_k: rank cut-off (>= 1), or None for the whole database.
   """
   q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
+  if top_k is not None and int(top_k) < 1:
+    raise ValueError(f"top_k must be >= 1 or None (the whole database), got {top_k}")
   k = d.shape[0] if top_k is None else min(int(top_k), d.shape[0])
   aps = np.concatenate([_average_precisions(rel[:, :k])
                         for _, rel in _ranked_relevance(q, d, ql, dl)])
@@ -124,6 +136,9 @@ def similarity_mean_average_precision(similarity, query_labels, db_labels) -> fl
   ql, dl = np.asarray(query_labels), np.asarray(db_labels)
   if s.ndim != 2 or s.shape != (len(ql), len(dl)):
     raise ValueError(f"similarity {s.shape} must be [q, n] = [{len(ql)}, {len(dl)}]")
+  if not s.size:
+    raise ValueError(f"no {'queries' if not len(ql) else 'database items'} to score: "
+                     f"similarity {s.shape}")
   aps = []
   for start in range(0, len(ql), _QUERY_CHUNK):
     block = s[start:start + _QUERY_CHUNK]
@@ -141,6 +156,8 @@ def precision_at_k(query_codes, db_codes, query_labels, db_labels, ks=(1, 10, 50
     dict `{k: precision}` (k clipped to the database size).
   """
   q, d, ql, dl = _check(query_codes, db_codes, query_labels, db_labels)
+  if any(int(k) < 1 for k in ks):
+    raise ValueError(f"precision_at_k: every k must be >= 1, got {list(ks)}")
   ks = [min(int(k), d.shape[0]) for k in ks]
   sums = {k: 0.0 for k in ks}
   for _, rel in _ranked_relevance(q, d, ql, dl):

@@ -20,7 +20,7 @@ def run_experiment(config, workdir: str, devices=None, *,
   Raises:
     workdir_lock.WorkdirBusyError: another live process uses `workdir` (it is named).
   """
-  checkpointing.check_writable(os.path.abspath(os.path.expanduser(workdir)), "workdir")
+  checkpointing.check_writable(checkpointing.local_directory(workdir, "workdir"), "workdir")
   with workdir_lock.hold(workdir, "training"):
     result = _train_and_report(config, workdir, devices, allow_config_change)
   if jax.process_count() > 1:

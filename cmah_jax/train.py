@@ -2,9 +2,9 @@
 
 One code path from one CPU to a multi-host pod: a 1D mesh over every device of every
 process, the global batch sharded on `"data"`, params and optimizer state replicated, a
-train step compiled once ahead of time with the state donated. PRNG: one root key from
-`config.seed`; step `s` uses `fold_in(root, s)` (split into mask and dropout keys) and the
-input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
+train step compiled once ahead of time with the state donated. PRNG: `run_keys(config.seed)`
+gives an init key and a train key; step `s` uses `step_keys(train_key, s)` (its `fold_in`,
+split into mask and dropout keys) and the input pipeline derives its augmentation from `(config.seed, s)`, so no key lives in the loop
 state and a resumed run continues exactly.
 
 The story of a run, one function each: the dataset
@@ -56,6 +56,20 @@ def train_outputs(model: CMAH, params, batch: dict, mask_key, dropout_key, **kwa
                      second_images=batch.get("images_second"), **kwargs)
 
 
+def run_keys(seed: int):
+  """`(init_key, train_key)` of a run: the parameters' initialisation, and the key whose
+  `step_keys` every training step uses."""
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  return init_key, train_key
+
+
+def step_keys(train_key, step):
+  """`(mask_key, dropout_key)` of training step `step` (int or int32 []): `fold_in` of the
+  run's `train_key`, split in two."""
+  mask_key, dropout_key = jax.random.split(jax.random.fold_in(train_key, step))
+  return mask_key, dropout_key
+
+
 def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=None):
   """`(state, batch) -> (state, metrics)`, a pure function to be jitted.
 
@@ -76,7 +90,7 @@ def make_train_step(model: CMAH, tx, schedule, objective, root_key, total_steps=
 
   def train_step(state, batch):
     step = state["step"]
-    mask_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, step))
+    mask_key, dropout_key = step_keys(root_key, step)
     sharp = {} if sharpness_end == 1 else {
         "hash_sharpness": hash_sharpness(step, total_steps, sharpness_end)}
 
@@ -364,7 +378,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
       not be written (the previous one is left intact).
   """
   cfg = config_lib.resolve(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = checkpointing.local_directory(workdir, "workdir")
   checkpointing.check_writable(workdir, "workdir")
   writer = JsonlWriter(workdir)
 
@@ -375,7 +389,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
       jax.devices()[0].platform, jax.process_count(), cfg.input.batch_size)
 
   model = CMAH(cfg.model)
-  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  init_key, train_key = run_keys(cfg.seed)
   builder = prepare_lib.prepare_on_every_process(cfg.dataset, log=log)
   objective = get_objective(cfg.loss, cfg.model.bits)
   sources = retrieval_sources(builder, cfg.eval)

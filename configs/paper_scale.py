@@ -24,7 +24,7 @@ def get_paper_config(dataset: str, arg=None):
   a = parse_config_arg(arg, ARGS)
   c = default.make_config(dict(a, runlocal=False, steps=None, batch=None))
   c.dataset.name = dataset
-  c.dataset.config = a["dataset_config"] or "default"
+  c.dataset.config = a["dataset_config"] or ("tiny" if a["runlocal"] else "default")
   c.dataset.manual_dir = a["manual_dir"]
   c.input.batch_size = 128                      # [Point-MAE]
   c.input.eval_batch_size = 256                 # [ours]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the same training command on every worker of a TPU VM pod slice.
-#   TPU_NAME=my-pod ZONE=us-central2-b CONFIG=configs/shapenet55.py WORKDIR=gs://.../run \
+#   TPU_NAME=my-pod ZONE=us-central2-b CONFIG=configs/shapenet55.py WORKDIR=/mnt/bucket/run \
 #     bash launch/tpu_pod.sh
+# WORKDIR must be a directory every worker shares (a bucket mounted with gcsfuse at the same
+# path on each worker, or NFS / Filestore): runs write through the local file system, and
+# a gs:// URL is refused.
 # Each worker: installs requirements + jax[tpu] (once), then `python main.py --distributed`.
 # jax.distributed discovers the pod topology itself; the script checks that every worker
 # sees the same global device count and fails loudly otherwise.

@@ -31,6 +31,8 @@ def test_every_config_file_resolves_and_builds(name, arg):
   assert cfg.input.image_size == cfg.model.image_size > 0
   if arg and "bits=16" in arg:
     assert (cfg.model.bits, cfg.total_steps, cfg.input.batch_size) == (16, 10, 32)
+  # A smoke run prepares the dataset's smallest config, not the paper-scale one.
+  assert (cfg.dataset.config == "tiny") == (arg == "runlocal"), cfg.dataset
   shapes = jax.eval_shape(lambda: abstract_variables(CMAH(cfg.model)))
   assert shapes["params"]["point_hash"]["proj"]["kernel"].shape[-1] == cfg.model.bits
 
@@ -98,6 +100,31 @@ def test_resolve_rejects_unknown_and_inconsistent_keys():
   c.log_every_steps = 0
   with pytest.raises(ValueError, match="log_every_steps"):
     config_lib.resolve(c)
+
+
+
+@pytest.mark.parametrize("section,key,value,words", [
+    ("optim", "base_learning_rate", -1e-3, "must be > 0"),     # gradient ascent
+    ("optim", "grad_clip_norm", 0.0, "must be > 0"),           # every update zero
+    ("optim", "learning_rate_base_batch", 0, "must be > 0"),   # lr / 0
+    ("optim", "warmup_steps", -5, "an int >= 0 or None"),
+    ("optim", "b2", 1.0, r"in \[0, 1\)"),
+    ("optim", "weight_decay", -0.1, ">= 0"),
+    ("optim", "min_learning_rate_ratio", 2.0, r"in \[0, 1\]"),
+    ("eval", "hamming_radius", -3, ">= 0"),
+    ("eval", "precision_ks", (10, 0), "cut-offs >= 1"),
+])
+def test_resolve_names_a_bad_optimiser_or_evaluation_value(section, key, value, words):
+  c = importlib.import_module("configs.default").get_config()
+  c[section][key] = value
+  with pytest.raises(ValueError, match=rf"config\.{section}\.{key}=.*{words}"):
+    config_lib.resolve(c)
+  # The same config round-trips through its dict form (a checkpoint's) only when valid.
+  good = config_lib.resolve(importlib.import_module("configs.default").get_config())
+  bad = good.to_dict()
+  bad[section][key] = list(value) if isinstance(value, tuple) else value
+  with pytest.raises(ValueError, match=rf"config\.{section}\.{key}="):
+    config_lib.ExperimentConfig.from_dict(bad)
 
 
 def test_input_sizes_follow_explicit_input_values():

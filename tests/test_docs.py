@@ -91,3 +91,29 @@ def test_readme_results_block_is_generated_from_the_committed_results():
       "README.md's results block differs from docs/results/results.json: regenerate it with "
       "python -m cmah_jax.experiments.readme --results=docs/results/results.json "
       "--readme=README.md")
+
+
+def _pins(name):
+  """{normalised package name: version} of the `pkg[extra]==version` lines of a file."""
+  pins = {}
+  with open(os.path.join(REPO, name)) as f:
+    for line in f:
+      m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)", line.strip())
+      if m:
+        pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(3)
+  return pins
+
+
+def test_every_requirement_is_pinned_and_its_pin_is_the_constraint():
+  """requirements.txt pins each package it lists; constraints.txt (the venv's freeze) pins
+  those at the same versions, so setup.sh's `-r requirements.txt -c constraints.txt` can
+  be satisfied, and pins the dependencies they pull in (jaxlib's ml_dtypes, orbax's
+  tensorstore, tfds's protobuf)."""
+  with open(os.path.join(REPO, "requirements.txt")) as f:
+    listed = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+  required, constrained = _pins("requirements.txt"), _pins("constraints.txt")
+  assert len(required) == len(listed), "a requirement without ==version"
+  assert {k: constrained.get(k) for k in required} == required
+  assert {"ml-dtypes", "tensorstore", "protobuf"} <= set(constrained)
+  with open(os.path.join(REPO, "launch", "setup.sh")) as f:
+    assert "-r requirements.txt -c constraints.txt" in f.read()

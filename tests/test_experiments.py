@@ -148,6 +148,48 @@ def test_changed_config_is_never_reused(tmp_path):
   assert not run.finished()
 
 
+def test_no_jobs_or_no_seeds_is_refused_by_name(tmp_path):
+  """--jobs=0 would wait forever for a free slot; --seeds=0 plans nothing."""
+  for flag in ("--jobs=0", "--seeds=0"):
+    out = subprocess.run(
+        [sys.executable, "-m", "cmah_jax.experiments", "--suite=smoke", "--dry_run",
+         f"--config=configs/default.py:runlocal,data_dir={tmp_path / 'data'}",
+         f"--workdir={tmp_path / 'suite'}", flag], cwd=REPO,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert flag in out.stderr and "must be at least 1" in out.stderr
+
+
+def test_where_the_files_are_and_how_often_a_run_logs_plan_no_new_run(tmp_path):
+  """The same data by another path (another machine's), or other logging, checkpointing
+  and evaluation batching, give the same runs; what is trained does not."""
+  def runs(args="", **top):
+    c = default.get_config(args)
+    c.update(top)
+    return [(r.fingerprint, r.workdir) for r in plan_lib.plan(
+        get_suite("smoke"), c, str(tmp_path), seeds=[0, 1])]
+
+  assert runs(f"data_dir={tmp_path}/elsewhere/data") == runs() == runs(
+      log_every_steps=5, checkpoint_every_steps=800, keep_checkpoints=5,
+      eval_every_steps=100)
+  moved = default.get_config()
+  moved.dataset.manual_dir = str(tmp_path / "downloads")
+  moved.input.prefetch, moved.input.eval_batch_size = 4, 512
+  assert runs() == [(r.fingerprint, r.workdir) for r in plan_lib.plan(
+      get_suite("smoke"), moved, str(tmp_path), seeds=[0, 1])]
+  assert not set(runs()) & set(runs(total_steps=2401))
+  assert not set(runs()) & set(runs("batch=32"))
+  # Only fields a resumed run may change, read at configs/default.py's values.
+  assert set(plan_lib.FINGERPRINT_AS) <= resume.FREE_FIELDS
+  resolved = config_lib.resolve(default.get_config()).to_dict()
+  for path, value in plan_lib.FINGERPRINT_AS.items():
+    node = resolved
+    for key in path.split("."):
+      node = node[key]
+    assert node == value, path
+
+
 def test_aggregate_mean_and_sample_std():
   rows = [{"method": "m", "label": "M", "group": "ours", "bits": 16, "seed": s,
            "map": {"i2p": v, "p2i": 2 * v}, "map_tie_aware": {"i2p": v, "p2i": v},
@@ -161,6 +203,8 @@ def test_aggregate_mean_and_sample_std():
   assert agg["map/p2i/std"] == pytest.approx(2 * np.sqrt(0.13))
   md = results_lib.markdown([agg], "t", "p")
   assert "0.500 ± 0.361 / 1.000 ± 0.721" in md
+  assert "## precision within Hamming radius 2" in md
+  assert "## precision within Hamming radius 3" in results_lib.markdown([agg], "t", "p", 3)
   # A seed recorded twice would count twice in the mean: refused, named.
   with pytest.raises(ValueError, match="m 16 bits seed 1 has two rows"):
     results_lib.aggregate(rows + [dict(rows[1])])
@@ -585,6 +629,26 @@ def test_readme_block_is_generated_from_results():
     readme.replace_block("no markers", "x")
 
 
+def test_readme_command_names_the_bad_file(tmp_path):
+  """A missing or runless results file, or a README without the block's markers, stop
+  with a line naming the file, and leave the README as it was."""
+  (tmp_path / "empty.json").write_text(json.dumps({"suite": "main", "runs": []}))
+  with open(os.path.join(REPO, "docs", "results", "results.json")) as f:
+    (tmp_path / "full.json").write_text(f.read())
+  (tmp_path / "README.md").write_text("no markers here\n")
+  for results, words in (("missing.json", "missing.json: cannot read it as JSON"),
+                         ("empty.json", "empty.json holds no run"),
+                         ("full.json", "README.md: the markers")):
+    out = subprocess.run(
+        [sys.executable, "-m", "cmah_jax.experiments.readme",
+         f"--results={tmp_path / results}", f"--readme={tmp_path / 'README.md'}"],
+        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert words in out.stderr, out.stderr
+  assert (tmp_path / "README.md").read_text() == "no markers here\n"
+
+
 def test_term_gradients_add_up_to_the_training_gradient():
   """Per-term gradients (`experiments.gradients`) recombined with the loss weights are the
   gradient the train step takes; the contrastive term never reaches the decoders."""
@@ -599,7 +663,7 @@ def test_term_gradients_add_up_to_the_training_gradient():
   objective = get_objective(spec, 16)
   key = jax.random.key(2)
   term_gradients = gradients.make_term_gradients(model, objective)
-  grads = term_gradients(params, batch, key, jnp.int32(0), None)
+  grads = term_gradients(params, batch, key, key, jnp.int32(0), None)
   assert set(grads) == {"loss/contrastive", "loss/point_recon", "loss/image_recon"}
 
   def total(p):

@@ -205,6 +205,9 @@ def test_cmah_loss_clear_errors():
     losses.LossSpec(temperature=0.0).validate()
   with pytest.raises(TypeError, match="LossSpec"):
     losses.cmah_loss(out, dict(pairs="full_full"))
+  # A spec built directly (not through config.resolve) is checked by the loss itself.
+  with pytest.raises(ValueError, match=r"config\.loss\.lambda_r must be >= 0, got -1\.0"):
+    losses.cmah_loss(out, losses.LossSpec(lambda_r=-1.0))
   eval_out = {"point/h": out["point/h"], "image/h": out["image/h"]}
   with pytest.raises(KeyError, match="point/h_masked"):
     losses.cmah_loss(eval_out, losses.LossSpec(pairs="masked_masked", lambda_r=0.0))

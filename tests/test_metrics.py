@@ -82,6 +82,31 @@ def test_perfect_and_errors():
     metrics.mean_average_precision(codes, codes[:, :1], labels, labels)
 
 
+def test_bad_codes_and_cut_offs_are_named():
+  """{0, 1} bits would all read as +1 (every code the same): refused, as are cut-offs
+  below 1 and empty query sets, each with a message naming what is wrong."""
+  bits = (Q > 0).astype(np.int32)
+  for score in (lambda: metrics.mean_average_precision(bits, D, QL, DL),
+                lambda: metrics.tie_aware_mean_average_precision(Q, (D > 0) * 1, QL, DL),
+                lambda: metrics.code_usage(bits)):
+    with pytest.raises(ValueError, match=r"\{0, 1\} bits.*2 \* bits - 1"):
+      score()
+  # The same codes as {-1, +1} (2 * bits - 1) score as the hand-worked example.
+  assert metrics.mean_average_precision(2 * bits - 1, D, QL, DL) == pytest.approx(
+      metrics.mean_average_precision(Q, D, QL, DL))
+  for top_k in (0, -2):
+    with pytest.raises(ValueError, match=f"top_k must be >= 1 or None.*got {top_k}"):
+      metrics.mean_average_precision(Q, D, QL, DL, top_k=top_k)
+  with pytest.raises(ValueError, match=r"every k must be >= 1, got \[1, 0\]"):
+    metrics.precision_at_k(Q, D, QL, DL, ks=(1, 0))
+  with pytest.raises(ValueError, match="no queries to score"):
+    metrics.precision_at_k(Q[:0], D, QL[:0], DL)
+  with pytest.raises(ValueError, match="no database items to score"):
+    metrics.mean_average_precision(Q, D[:0], QL, DL[:0])
+  with pytest.raises(ValueError, match="no queries to score"):
+    metrics.similarity_mean_average_precision(np.zeros((0, 5)), QL[:0], DL)
+
+
 # ---------------------------------------------------------------------------------------
 # Tie-aware mAP [McSherry & Najork 2008] and precision within a Hamming radius.
 # ---------------------------------------------------------------------------------------

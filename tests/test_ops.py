@@ -164,6 +164,23 @@ def test_normalize_unit_sphere():
   ref = centred / np.linalg.norm(centred, axis=-1).max(axis=1)[:, None, None]
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
   assert np.all(np.isfinite(pointcloud.normalize_unit_sphere(jnp.ones((4, 3)))))
+  # Its gradient: finite on a coincident cloud (sqrt'(0) is infinite), and on a spread
+  # one equal to central finite differences (float64 NumPy reference).
+  weights = np.random.default_rng(6).normal(size=(100, 3))
+  loss = lambda p: jnp.sum(pointcloud.normalize_unit_sphere(p) * weights)
+  assert np.all(np.isfinite(np.asarray(jax.grad(loss)(jnp.ones((100, 3))))))
+  grad = np.asarray(jax.grad(loss)(jnp.asarray(pts[0])))
+
+  def ref_loss(p):
+    c = p - p.mean(0)
+    return np.sum(c / np.linalg.norm(c, axis=-1).max() * weights)
+
+  p0 = pts[0].astype(np.float64)
+  for i, j in ((0, 0), (17, 2), (63, 1)):
+    step = np.zeros_like(p0)
+    step[i, j] = 1e-5
+    fd = (ref_loss(p0 + step) - ref_loss(p0 - step)) / 2e-5
+    np.testing.assert_allclose(grad[i, j], fd, rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- masking
@@ -293,6 +310,24 @@ def test_hamming_topk_rejects_bad_k():
     hashing.hamming_topk(np.zeros((1, 2), np.uint8), np.zeros((4, 1), np.uint8), 1)
 
 
+
+def test_unpacked_or_unsigned_codes_are_refused_by_name():
+  """±1 int8 codes given where packed bytes go would read as bytes (-1 = 0xff); {0, 1}
+  or bool codes given to `pack_codes` would all read as +1."""
+  codes = np.array([[1, -1, -1, -1, -1, -1, -1, -1]], np.int8)
+  for fn in (hashing.hamming_distance, lambda q, d: hashing.hamming_topk(q, d, 1)):
+    with pytest.raises(ValueError, match=r"queries must be packed codes \[rows, nbytes\] "
+                       r"uint8.*got \(1, 8\) int8"):
+      fn(codes, hashing.pack_codes(codes))
+    with pytest.raises(ValueError, match=r"database must be packed codes.*got \(1,\) uint8"):
+      fn(hashing.pack_codes(codes), hashing.pack_codes(codes)[0])
+  for bits in (codes > 0, (codes > 0).astype(np.uint8)):
+    with pytest.raises(ValueError, match=r"pack_codes: .*2 \* bits - 1"):
+      hashing.pack_codes(bits)
+  # 2 * bits - 1 is the first code again: one bit set, the most significant (0x80).
+  assert int(hashing.pack_codes(2 * (codes > 0).astype(np.int32) - 1)[0, 0]) == 0x80
+
+
 # ----------------------------------------------------------------------------- image
 def test_patchify_roundtrip_and_layout():
   img = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
@@ -303,6 +338,8 @@ def test_patchify_roundtrip_and_layout():
   np.testing.assert_array_equal(image.unpatchify(jnp.asarray(patches), 2, 4, 6), img)
   with pytest.raises(ValueError, match="multiple of the patch size"):
     image.patchify(jnp.zeros((1, 5, 4, 3)), 2)
+  with pytest.raises(ValueError, match=r"\[B, H, W, C\], got shape \(4, 6, 3\)"):
+    image.patchify(jnp.asarray(img[0]), 2)
 
 
 def test_normalize_images():

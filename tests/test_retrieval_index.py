@@ -12,6 +12,7 @@ import pytest
 from cmah_jax.ops import hashing
 from cmah_jax.retrieval import encode, faiss_export, search
 from cmah_jax.retrieval import index as index_lib
+from cmah_jax.retrieval.readers import BadInput
 
 FP = {"config_hash": "abc", "bits": 16, "step": 7}
 
@@ -98,6 +99,12 @@ def test_chunked_search_equals_stable_argsort(tmp_path, chunk_rows):
   ents = idx.entries([999, 0, 400, 750])
   assert [e["id"] for e in ents] == ["o00999", "o00000", "o00400", "o00750"]
   assert ents[0]["path"] == "/src/o00999"
+  # Rows across segments, in any order, are the codes' rows; a row outside is named.
+  np.testing.assert_array_equal(idx.codes([999, 0, 400, 750]), codes[[999, 0, 400, 750]])
+  for bad in ([0, -1], [1000]):
+    for read in (idx.codes, idx.entries):
+      with pytest.raises(IndexError, match=rf"rows outside \[0, 1000\): \[{bad[-1]}\]"):
+        read(bad)
 
 
 def test_search_argument_errors(tmp_path):
@@ -265,3 +272,10 @@ def test_duplicate_ids_within_one_write_are_refused(tmp_path):
     index_lib.write_codes(tmp_path / "i", np.zeros((3, 2), np.uint8), ["a", "b", "b"],
                           modality="points", bits=16, fingerprint=FP)
   assert not [n for n in os.listdir(tmp_path / "i") if n.startswith("seg-")]
+
+
+def test_a_query_of_unknown_kind_is_named_before_anything_is_read(tmp_path):
+  """The missing .npy would be unreadable: the .xyz is reported first, by name, with no
+  model built and no file read."""
+  with pytest.raises(BadInput, match=r"query .*q\.xyz: extension is not one of .*\.npy"):
+    search.encode_files(None, [str(tmp_path / "missing.npy"), str(tmp_path / "q.xyz")])

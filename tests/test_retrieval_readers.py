@@ -43,10 +43,10 @@ def write_obj(path):
   path.write_text("\n".join(lines) + "\n")
 
 
-def write_off(path, counts_on_header=False):
+def write_off(path, counts_on_header=False, face_colour=""):
   head = ["OFF 8 6 0"] if counts_on_header else ["OFF", "# comment", "8 6 0"]
   lines = head + [f"{x} {y} {z}" for x, y, z in VERTS]
-  lines += ["4 " + " ".join(map(str, q)) for q in QUADS]
+  lines += ["4 " + " ".join(map(str, q)) + face_colour for q in QUADS]
   path.write_text("\n".join(lines) + "\n")
 
 
@@ -77,6 +77,7 @@ MESH_WRITERS = {
     "box.obj": write_obj,
     "box.off": write_off,
     "header.off": lambda p: write_off(p, counts_on_header=True),
+    "colour.off": lambda p: write_off(p, face_colour=" 0.5 0.25 1.0"),  # per-face RGB
     "ascii.stl": write_stl_ascii,
     "binary.stl": write_stl_binary,
 }
@@ -220,6 +221,12 @@ def _bad_files(tmp_path):
   (tmp_path / "trunc.off").write_text("\n".join((tmp_path / "b.off").read_text().split("\n")[:8]))
   (tmp_path / "flat.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")
   (tmp_path / "badface.obj").write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\n")
+  for name, index in (("badface.ply", 8), ("negface.ply", -1)):
+    v = np.array([tuple(p) for p in VERTS], [("x", "f4"), ("y", "f4"), ("z", "f4")])
+    f = np.array([([0, 1, index],)], [("vertex_indices", "i4", (3,))])
+    plyfile.PlyData([plyfile.PlyElement.describe(v, "vertex"),
+                     plyfile.PlyElement.describe(f, "face")]).write(str(tmp_path / name))
+  (tmp_path / "badface.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 3\n")
   (tmp_path / "text.png").write_text("this is not an image\n")
   Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "f.png")
   (tmp_path / "trunc.png").write_bytes((tmp_path / "f.png").read_bytes()[:400])
@@ -231,6 +238,9 @@ def _bad_files(tmp_path):
           "trunc.stl": "truncated or corrupt binary STL", "trunc_ascii.stl": "endsolid",
           "trunc.off": "truncated",
           "flat.obj": "zero surface area", "badface.obj": "bad face",
+          "badface.ply": r"face vertex index 8 outside \[0, 8\)",
+          "negface.ply": r"face vertex index -1 outside \[0, 8\)",
+          "badface.off": r"face vertex index 3 outside \[0, 3\)",
           "text.png": "not an image", "trunc.png": "truncated", "trunc.jpg": "truncated",
           "empty.jpg": "empty"}
 

@@ -27,7 +27,7 @@ from cmah_jax import checkpointing, collectives, losses, optim, resume, run, tra
 from cmah_jax import config as config_lib
 from cmah_jax import sharding as shd
 from cmah_jax.inference import load_trained
-from cmah_jax.metric_writer import read_jsonl
+from cmah_jax.metric_writer import JsonlWriter, read_jsonl
 from configs import default
 from tiny_runs import tiny_config
 
@@ -602,3 +602,33 @@ def test_ucch_losses_have_no_collectives_inside_control_flow():
                    ("ranking", lambda a, b: deep.cross_modal_ranking_loss(a, b, 0.2, 0.1))]:
     text = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(u_x, u_y).compile().as_text()
     assert collectives.collectives_outside_entry(text) == [], name
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_stop_the_resume(tmp_path):
+  """A kill while a row is written leaves a cut last line: reading skips it and resuming
+  (`truncate_after`) drops it; NaN / inf, also inside arrays, are written as null."""
+  writer = JsonlWriter(str(tmp_path))
+  writer.write(1, {"loss": 0.5, "per_bit": np.array([0.25, np.nan, np.inf])})
+  writer.write(2, {"loss": float("nan")})
+  with open(writer.path, "a") as f:
+    f.write('{"step": 3, "loss": 0.2')            # the row the kill cut
+  assert read_jsonl(writer.path) == [{"step": 1, "loss": 0.5, "per_bit": [0.25, None, None]},
+                                     {"step": 2, "loss": None}]
+  writer.truncate_after(1)
+  with open(writer.path) as f:
+    assert [json.loads(line) for line in f] == [
+        {"step": 1, "loss": 0.5, "per_bit": [0.25, None, None]}]
+  assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  """`gs://b/run` would become the local folder `./gs:/b/run` on each worker: refused,
+  named, by the trainer and by the checkpoint manager, with no folder made."""
+  monkeypatch.chdir(tmp_path)
+  for call in (lambda: train.train_and_evaluate(default.get_config("runlocal"), "gs://b/run"),
+               lambda: run.run_experiment(default.get_config("runlocal"), "gs://b/run"),
+               lambda: checkpointing.make_manager("gs://b/run/ckpt", max_to_keep=1)):
+    with pytest.raises(checkpointing.CheckpointWriteError, match=r"gs://b/run\S* is a URL"):
+      call()
+  assert os.listdir(tmp_path) == []
+  assert checkpointing.local_directory("~/r") == os.path.join(os.path.expanduser("~"), "r")

@@ -198,6 +198,11 @@ def test_registered_and_rejects_meaningless_settings():
     deep.UcchObjective(dataclasses.replace(SPEC, supervised=True), 32)
   with pytest.raises(ValueError, match="temperature"):
     deep.UcchObjective(SPEC, 32, deep.UcchSettings(temperature=0.0))
+  # Every term CMAH adds to L_c, set, is named: UCCH's loss would ignore it.
+  for name, value in (("relation_weight", 1.0), ("queue_size", 256), ("embed_weight", 2.0),
+                      ("reconstruction_only_steps", 100), ("prototype_weight", 0.5)):
+    with pytest.raises(ValueError, match=rf"config\.loss\.{name}=0"):
+      deep.UcchObjective(dataclasses.replace(SPEC, **{name: value}), 32)
 
 
 def test_config_temperature_reaches_the_loss():

@@ -195,6 +195,14 @@ def update_memory(memory: jax.Array, index: jax.Array, u_x: jax.Array, u_y: jax.
 
 
 # ----------------------------------------------------------------------------- objective
+# The weights and sizes of the terms `losses.cmah_loss` adds to L_c (tuning rounds 1-23),
+# all 0 when off: UCCH's objective reads none of them, so one set would only rename a run.
+CMAH_ONLY_TERMS = ("soft_target_weight", "embed_weight", "code_contrast_weight",
+                   "queue_size", "nn_positive_weight", "debias_positive_prior",
+                   "prototype_weight", "prototype_queue_size", "reconstruction_only_steps",
+                   "relation_weight")
+
+
 @dataclasses.dataclass(frozen=True)
 class UcchObjective:
   """UCCH [Hu et al., TPAMI 2023] on CMAH's towers: `beta L_c + (1 - beta) L_r` on the
@@ -223,6 +231,8 @@ class UcchObjective:
             float(w) for w in (spec.balance_weight, spec.decorrelation_weight,
                                spec.quantization_weight)),
     }
+    # CMAH's own additions (`losses.spec`): UCCH's objective never reads them.
+    wrong.update({f"{name}=0": not float(getattr(spec, name)) for name in CMAH_ONLY_TERMS})
     bad = [k for k, ok in wrong.items() if not ok]
     if bad:
       raise ValueError(

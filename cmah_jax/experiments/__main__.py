@@ -91,7 +91,8 @@ def collect(suite, runs, root) -> dict:
     rows.extend(results_lib.run_rows(r, report) if report is not None
                 else results_lib.relabel(r, merged_rows))
   protocol = next((row["protocol"] for row in rows if row.get("protocol")), "")
-  return results_lib.write(root, suite, rows, protocol)
+  radius = runs[0].config.eval.hamming_radius if runs else 2
+  return results_lib.write(root, suite, rows, protocol, radius)
 
 
 def execute(suite, runs, root: str, jobs: int, collected=None, cpu_sets=None) -> dict:
@@ -102,6 +103,8 @@ def execute(suite, runs, root: str, jobs: int, collected=None, cpu_sets=None) ->
   `cpu_sets`: `jobs` disjoint CPU sets (`cpus.cpu_slots`); each running run is pinned to
   a free one (None: unpinned)."""
   collected = runs if collected is None else collected
+  if jobs < 1:
+    raise ValueError(f"execute: jobs must be at least 1, got {jobs}")
   if cpu_sets is not None and len(cpu_sets) != jobs:
     raise ValueError(f"execute: {len(cpu_sets)} CPU sets for {jobs} jobs")
   free_cpus = list(cpu_sets) if cpu_sets is not None else [None] * jobs  # a run holds one
@@ -208,6 +211,9 @@ def main(argv):
   del argv
   suite = get_suite(_SUITE.value)
   root = os.path.abspath(_WORKDIR.value)
+  if _JOBS.value < 1 or _SEEDS.value < 1:
+    raise SystemExit(f"[experiments] --jobs={_JOBS.value} --seeds={_SEEDS.value}: both "
+                     "must be at least 1")
   try:
     bits = [int(b) for b in _BITS.value] if _BITS.value else None
   except ValueError:

@@ -37,20 +37,21 @@ def group_norms(grads) -> dict[str, float]:
 
 
 def make_term_gradients(model, objective):
-  """A jitted `(params, batch, key, step, loss_state) -> {term name: gradient tree}` over
-  every loss term the objective logs (`loss/...`) except the total; compiled once, reused
-  for every batch.
+  """A jitted `(params, batch, mask_key, dropout_key, step, loss_state) -> {term name:
+  gradient tree}` over every loss term the objective logs (`loss/...`) except the total;
+  compiled once, reused for every batch.
 
   Args:
     model: the `CMAH` module; objective: `get_objective(...)`. The returned function takes
-      the model's params, a training batch (`TrainPipeline`), the masking and dropout key,
-      the step the objective sees (int32 [], schedules inside an objective use it) and the
-      objective's carried state (`objective.init_state(n)`; None when it carries none).
+      the model's params, a training batch (`TrainPipeline`), the masking and dropout keys
+      (`train.step_keys`), the step the objective sees (int32 [], schedules inside an
+      objective use it) and the objective's carried state (`objective.init_state(n)`; None
+      when it carries none).
   """
   from cmah_jax.train import loss_terms, train_outputs  # pylint: disable=import-outside-toplevel
 
-  def terms_of(params, batch, key, step, loss_state):
-    out = train_outputs(model, params, batch, key, key)
+  def terms_of(params, batch, mask_key, dropout_key, step, loss_state):
+    out = train_outputs(model, params, batch, mask_key, dropout_key)
     _, terms, _ = objective(out, batch, loss_state, step)
     return {n: terms[n] for n in loss_terms(terms)}
 
@@ -75,13 +76,14 @@ def main(argv):
   term_gradients = make_term_gradients(trained.model, objective)
   loss_state = objective.init_state(len(sources.train)) or None
   sums: dict = {}
+  _, train_key = train.run_keys(cfg.seed)
   with TrainPipeline(sources.train, "train", cfg.input, shd.make_mesh(None), seed=cfg.seed,
                      start_step=trained.step) as pipe:
     it = iter(pipe)
-    for b in range(_BATCHES.value):
-      key = jax.random.fold_in(jax.random.key(cfg.seed), trained.step + b)
-      grads = term_gradients(trained.params, next(it), key, jnp.int32(trained.step),
-                             loss_state)
+    for b in range(_BATCHES.value):  # the batches and keys of steps step, step + 1, ...
+      mask_key, dropout_key = train.step_keys(train_key, trained.step + b)
+      grads = term_gradients(trained.params, next(it), mask_key, dropout_key,
+                             jnp.int32(trained.step), loss_state)
       for term, g in grads.items():
         for group, norm in group_norms(g).items():
           sums[term, group] = sums.get((term, group), 0.0) + norm / _BATCHES.value

@@ -155,8 +155,8 @@ _CMAH_AND_BASELINES = [
        "ablation", "[ours]", pinned=PAPER_PAIRS, loss__lambda_r=0.0),
 ]
 # The trained methods that ran under the defaults of rounds 10-16, each recorded under its
-# name: its published runs, kept in the tables as `<name>_r10`. Not CMAH, which is recorded
-# as `cmah_aniso` today and as "cmah" then (`cmah_r10` below), nor `cmah_paper`, whose
+# name: its published runs, kept in the tables as `<name>_r10`. Not CMAH, whose runs then
+# were recorded as "cmah" (`cmah_r10` below; today's are `image_stem`'s), nor `cmah_paper`, whose
 # overrides set every pinned key (it is the same run either way).
 _RAN_UNDER_ROUND10 = ("contrastive", "ucch", "supervised", "no_point_recon", "no_image_recon",
                       "no_cross_attention", "full_full_only", "with_full_masked")
@@ -418,8 +418,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # the CMAH it was compared with is the ablation `linear_patches`.
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
-    # pretrained features, and our towers train from scratch [ours]. The reference is
-    # `ucch` itself (t 0.9) on the same carve. Only UCCH's rows read the result.
+    # pretrained features, and our towers train from scratch [ours]. The reference was
+    # UCCH at its published t 0.9 on the same carve (0.2 won: `ucch` trains at it since;
+    # `ucch_paper` keeps 0.9). Only UCCH's rows read the result.
     *[_m(f"ucch_t{t}", f"UCCH, temperature {t}", "candidate",
          "[Hu et al., TPAMI 2023; the temperature ours]", pinned=R10, **UCCH,
          loss__ucch_temperature=t)

@@ -175,10 +175,13 @@ def main(argv):
   other = None
   if args.against:
     against = os.path.abspath(os.path.expanduser(args.against))
-    o_query, o_database, o_names, o_protocol, _ = scored_codes(against, args.codes)
+    o_query, o_database, o_names, o_protocol, o_which = scored_codes(against, args.codes)
     if (o_names, o_protocol) != (names, protocol):
       raise app.UsageError(f"--against={against} is on another dataset or protocol "
                            f"({o_protocol}) than {workdir} ({protocol})")
+    if o_which != which:  # e.g. --codes=auto: one run has a learned quantiser, one not
+      raise app.UsageError(f"--against={against} would be scored on {o_which}, {workdir} "
+                           f"on {which}; pass --codes=sign to compare the same kind")
     other = per_class_study(o_query, o_database, len(names))
   record = _json_ready(study, names)
   if other is not None:

@@ -77,6 +77,23 @@ class Run:
     return 0
 
 
+# Where a run's files are and how often it logs, checkpoints and batches its evaluation:
+# neither its parameters nor its report depend on these (a resumed run may change them,
+# `resume.FREE_FIELDS`), so its fingerprint reads them at the values configs/default.py
+# gives, which every published run had. Pointing a suite at the same data by another path
+# (another machine's, to `--merge` its runs), or checkpointing more often, plans no new run.
+FINGERPRINT_AS = {
+    "dataset.data_dir": "work/data",
+    "dataset.manual_dir": None,
+    "log_every_steps": 25,
+    "checkpoint_every_steps": 400,
+    "keep_checkpoints": 2,
+    "eval_every_steps": 0,
+    "input.prefetch": 2,
+    "input.eval_batch_size": 128,
+}
+
+
 def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   """sha256 (16 hex) of the method (name, kind, overrides) and the resolved config
   (`fingerprint_dict`: fields added since at their neutral value are left out). An override
@@ -85,7 +102,8 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
   since changed keeps its runs). A method that does not train reads no loss weight: none
   is fingerprinted (`fingerprint_dict(trains=False)`). A method's `pinned` settings (the
   defaults its runs were recorded under) are not listed: the resolved config holds them.
-  A method's `recorded_overrides`, where set, are listed instead of its overrides."""
+  A method's `recorded_overrides`, where set, are listed instead of its overrides. The
+  fields of `FINGERPRINT_AS` are read at its values."""
   def pins_neutral(key, value):
     field = key.replace("model.overrides.", "model.")  # a model field's override slot
     # compared as the resolved config records it (JSON: a tuple of widths is a list)
@@ -93,9 +111,16 @@ def run_fingerprint(method: Method, cfg: config_lib.ExperimentConfig) -> str:
             and json.loads(json.dumps(value)) == config_lib.ADDED_LATER[field])
 
   listed = method.overrides if method.recorded_overrides is None else method.recorded_overrides
+  config = cfg.fingerprint_dict(trains=method.kind == "train")
+  for path, value in FINGERPRINT_AS.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   payload = {"method": method.run_name, "kind": method.kind,
              "overrides": [[k, repr(v)] for k, v in listed if not pins_neutral(k, v)],
-             "config": cfg.fingerprint_dict(trains=method.kind == "train")}
+             "config": config}
   text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 

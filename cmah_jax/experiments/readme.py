@@ -149,15 +149,28 @@ def replace_block(text: str, block: str) -> str:
 
 def main(argv):
   del argv
-  with open(_RESULTS.value) as f:
-    data = json.load(f)
-  with open(_README.value) as f:
-    text = f.read()
-  command = _COMMAND.value
-  if command is None:
-    command = command_of(split_block(text)[1])
+  try:
+    with open(_RESULTS.value) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"[readme] --results={_RESULTS.value}: cannot read it as JSON ({e})"
+                     ) from None
+  if not data.get("runs"):
+    raise SystemExit(f"[readme] --results={_RESULTS.value} holds no run: nothing to show "
+                     "(run the suite, or `--tables_only` over merged results, first)")
+  try:
+    with open(_README.value) as f:
+      text = f.read()
+    command = _COMMAND.value
+    if command is None:
+      command = command_of(split_block(text)[1])
+    block = replace_block(text, table(data, command, _SEEDS.value))
+  except OSError as e:
+    raise SystemExit(f"[readme] --readme={_README.value}: {e.strerror or e}") from None
+  except ValueError as e:
+    raise SystemExit(f"[readme] --readme={_README.value}: {e}") from None
   with open(_README.value, "w") as f:
-    f.write(replace_block(text, table(data, command, _SEEDS.value)))
+    f.write(block)
   print(f"updated the results block of {_README.value}", file=sys.stderr)
 
 

@@ -156,8 +156,9 @@ def _method_table(aggs: list[dict], fmt) -> list[str]:
   return lines
 
 
-def markdown(aggs: list[dict], title: str, protocol: str) -> str:
-  """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std."""
+def markdown(aggs: list[dict], title: str, protocol: str, radius: int = 2) -> str:
+  """Tables: rows = methods, columns = code lengths, cells `i2p / p2i` as mean ± std;
+  `radius`: the Hamming radius of the runs' precision within it (`eval.hamming_radius`)."""
   if not aggs:
     return f"# {title}\n\nNo run has finished yet.\n"
   most_seeds = max(a["n"] for a in aggs)
@@ -165,7 +166,7 @@ def markdown(aggs: list[dict], title: str, protocol: str) -> str:
            "fewer seeds than the table's most says how many; one seed has no spread); each "
            "cell image -> point cloud / point cloud -> image.", ""]
   for m, name in list(METRICS.items()) + [("precision_within_radius",
-                                           "precision within Hamming radius 2")]:
+                                           f"precision within Hamming radius {radius}")]:
     lines += [f"## {name}", ""]
     lines += _method_table(aggs, lambda a, m=m: cell(a, m, most_seeds)) + [""]
   lines += usage_markdown(aggs)
@@ -295,8 +296,9 @@ def plot(aggs: list[dict], path: str, metric: str = "map_tie_aware") -> None:
   plt.close(fig)
 
 
-def write(root: str, suite, rows: list[dict], protocol: str) -> dict:
-  """Write results.json, results.md and map_vs_bits.png under `root`; return the JSON."""
+def write(root: str, suite, rows: list[dict], protocol: str, radius: int = 2) -> dict:
+  """Write results.json, results.md and map_vs_bits.png under `root`; return the JSON.
+  `radius`: the Hamming radius of the rows' precision within it."""
   aggs = aggregate(rows)
   data = {"suite": suite.name, "description": suite.description, "protocol": protocol,
           "runs": rows, "aggregate": aggs}
@@ -305,7 +307,7 @@ def write(root: str, suite, rows: list[dict], protocol: str) -> dict:
     json.dump(data, f, indent=2)
   os.replace(tmp, os.path.join(root, "results.json"))
   with open(os.path.join(root, "results.md"), "w") as f:
-    f.write(markdown(aggs, f"Suite `{suite.name}`: {suite.description}", protocol))
+    f.write(markdown(aggs, f"Suite `{suite.name}`: {suite.description}", protocol, radius))
     f.write("\n" + verdict_markdown(aggs))
   if aggs:
     plot(aggs, os.path.join(root, "map_vs_bits.png"))

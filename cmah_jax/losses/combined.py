@@ -96,6 +96,7 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
   """
   if not isinstance(spec, LossSpec):
     raise TypeError(f"cmah_loss: spec must be a LossSpec, got {type(spec).__name__}")
+  spec.validate()  # Python checks, at trace time only
   temperature, pairs = float(spec.temperature), spec.pairs
   supervised = bool(spec.supervised)
   if supervised and labels is None:

@@ -28,9 +28,9 @@ def parse_pairs(pairs: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """Settings of `cmah_loss` (`config.loss`), validated on construction.
-
-  `pairs` may be given as `"full_full,masked_masked"`; it is stored as a tuple.
+  """Settings of `cmah_loss` (`config.loss`). `pairs` is checked on construction and may be
+  given as `"full_full,masked_masked"` (stored as a tuple); the rest by `validate()`, which
+  `config.resolve` and `cmah_loss` call.
   """
   temperature: float = 0.2                  # [ours: chosen on the validation carve of the
                                             # train split (0.07, 0.2, 0.5 at 16 bits);

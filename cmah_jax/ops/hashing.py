@@ -45,6 +45,9 @@ def pack_codes(codes: jax.Array) -> jax.Array:
   Returns:
     `[..., ceil(K / 8)]` uint8.
   """
+  if codes.dtype == jnp.bool_ or jnp.issubdtype(codes.dtype, jnp.unsignedinteger):
+    raise ValueError(f"pack_codes: codes are {{-1, +1}}; {codes.dtype} cannot hold -1, so "
+                     "every bit would be set (for {0, 1} bits pass 2 * bits - 1)")
   k = codes.shape[-1]
   nbytes = -(-k // 8)
   bits = (codes >= 0).astype(jnp.uint8)
@@ -80,6 +83,20 @@ def _to_words(packed: jax.Array) -> jax.Array:
       padded.reshape(packed.shape[:-1] + (nwords, 4)), jnp.uint32)
 
 
+def _check_packed(fn: str, query_packed, db_packed) -> None:
+  """Both `[rows, nbytes]` uint8 (`pack_codes`'s), of one byte width; else a ValueError
+  naming `fn` and the shapes and dtypes given (dtype and shape are static under jit)."""
+  for name, x in (("queries", query_packed), ("database", db_packed)):
+    if x.ndim != 2 or x.dtype != jnp.uint8:
+      raise ValueError(
+          f"{fn}: {name} must be packed codes [rows, nbytes] uint8 (pack_codes of {{-1, +1}} "
+          f"codes), got {tuple(x.shape)} {x.dtype}")
+  if query_packed.shape[-1] != db_packed.shape[-1]:
+    raise ValueError(
+        f"{fn}: byte widths differ: queries {tuple(query_packed.shape)} vs "
+        f"database {tuple(db_packed.shape)}")
+
+
 def hamming_distance(query_packed: jax.Array, db_packed: jax.Array) -> jax.Array:
   """All-pairs Hamming distance between packed codes.
 
@@ -89,10 +106,7 @@ def hamming_distance(query_packed: jax.Array, db_packed: jax.Array) -> jax.Array
   Returns:
     `[q, n]` int32.
   """
-  if query_packed.shape[-1] != db_packed.shape[-1]:
-    raise ValueError(
-        f"hamming_distance: byte widths differ: queries {tuple(query_packed.shape)} vs "
-        f"database {tuple(db_packed.shape)}")
+  _check_packed("hamming_distance", query_packed, db_packed)
   qw, dw = _to_words(query_packed), _to_words(db_packed)
   dist = jnp.zeros((qw.shape[0], dw.shape[0]), jnp.int32)
   for w in range(qw.shape[-1]):  # static, tiny loop: one [q, n] word at a time
@@ -223,10 +237,7 @@ def hamming_topk(query_packed: jax.Array, db_packed: jax.Array, k: int,
     distances: `[q, k]` int32, ascending.
     indices: `[q, k]` int32 database indices.
   """
-  if query_packed.shape[-1] != db_packed.shape[-1]:
-    raise ValueError(
-        f"hamming_topk: byte widths differ: queries {tuple(query_packed.shape)} vs "
-        f"database {tuple(db_packed.shape)}")
+  _check_packed("hamming_topk", query_packed, db_packed)
   n = db_packed.shape[0]
   if not 1 <= k <= n:
     raise ValueError(f"hamming_topk: k={k} must be in [1, n={n}]")

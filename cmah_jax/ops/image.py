@@ -39,6 +39,9 @@ def patchify(images: jax.Array, patch: int) -> jax.Array:
   Returns:
     `[B, (H/p) * (W/p), p * p * C]`; each patch flattened as (row, col, channel).
   """
+  if images.ndim != 4:
+    raise ValueError(f"patchify: images must be [B, H, W, C], got shape {tuple(images.shape)}"
+                     " (one image: images[None])")
   b, h, w, c = images.shape
   if h % patch or w % patch:
     raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")

@@ -22,7 +22,8 @@ def random_mask(key: jax.Array, batch_size: int, num_tokens: int, mask_ratio: fl
     key: PRNG key.
     batch_size: B (static).
     num_tokens: T (static).
-    mask_ratio: fraction masked, in [0, 1).
+    mask_ratio: fraction masked, in [0, 1) (static: it sets the output shapes; under
+      `jit` pass it with `static_argnums` or close over it).
   Returns:
     ids_keep: `[B, T_keep]` int32, sorted ascending (tokens keep their order).
     ids_masked: `[B, T_mask]` int32, sorted ascending.

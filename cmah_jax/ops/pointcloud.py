@@ -164,9 +164,12 @@ def normalize_unit_sphere(points: jax.Array, eps: float = 1e-12) -> jax.Array:
   Args:
     points: `[..., N, 3]` float.
   Returns:
-    `[..., N, 3]` float, same dtype. A cloud of coincident points maps to the origin.
+    `[..., N, 3]` float, same dtype. A cloud of coincident points maps to the origin, with
+    a finite gradient (the radius is floored at `eps` before the square root's, whose
+    derivative at 0 is infinite).
   """
   _check_points(points)
   centred = points - jnp.mean(points, axis=-2, keepdims=True)
-  radius = jnp.sqrt(jnp.max(jnp.sum(centred * centred, axis=-1), axis=-1))
-  return centred / jnp.maximum(radius, eps)[..., None, None]
+  radius_sq = jnp.max(jnp.sum(centred * centred, axis=-1), axis=-1)
+  radius = jnp.sqrt(jnp.maximum(radius_sq, eps * eps))
+  return centred / radius[..., None, None]

@@ -272,7 +272,10 @@ class HashIndex:
     if rows is None:
       parts = [np.asarray(s.codes) for s in self.segments]
       return np.concatenate(parts) if parts else np.zeros((0, self.code_bytes), np.uint8)
-    rows = np.asarray(rows, np.int64)
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+      raise IndexError(f"rows outside [0, {self.count}): "
+                       f"{rows[(rows < 0) | (rows >= self.count)][:5].tolist()}")
     out = np.zeros((len(rows), self.code_bytes), np.uint8)
     seg = np.searchsorted(self._starts, rows, side="right") - 1
     for s in np.unique(seg):
@@ -290,7 +293,8 @@ class HashIndex:
     """`{"id", "path"}` of global rows (any order)."""
     rows = np.asarray(rows, np.int64).reshape(-1)
     if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
-      raise IndexError(f"rows outside [0, {self.count})")
+      raise IndexError(f"rows outside [0, {self.count}): "
+                       f"{rows[(rows < 0) | (rows >= self.count)][:5].tolist()}")
     seg = np.searchsorted(self._starts, rows, side="right") - 1
     out = [None] * len(rows)
     for s in np.unique(seg):

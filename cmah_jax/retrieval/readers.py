@@ -208,19 +208,16 @@ def _read_off(path: str):
     verts = np.asarray([[float(x) for x in ln.split()[:3]] for ln in body[:nv]], np.float64)
     polys = []
     for ln in body[nv:nv + nf]:
-      vals = [int(x) for x in ln.split()[1:]]
-      n = int(ln.split()[0])
-      if len(vals) < n or n < 3:
+      n, *rest = ln.split()   # n indices, then optional per-face colour values
+      n = int(n)
+      if len(rest) < n or n < 3:
         raise ValueError(f"bad face line {ln!r}")
-      polys.append(vals[:n])
+      polys.append([int(x) for x in rest[:n]])
   except (ValueError, IndexError) as e:
     raise BadInput(f"bad OFF data: {e}") from e
   if verts.shape != (nv, 3):
     raise BadInput(f"bad OFF vertex lines (parsed shape {verts.shape}, expected ({nv}, 3))")
-  faces = _fan(polys) if polys else None
-  if faces is not None and (faces.min() < 0 or faces.max() >= nv):
-    raise BadInput(f"OFF face index outside [0, {nv})")
-  return verts, faces
+  return verts, (_fan(polys) if polys else None)
 
 
 def _read_stl(path: str):
@@ -269,6 +266,9 @@ def read_geometry(path: str) -> tuple[np.ndarray, np.ndarray | None]:
   if bad.any():
     raise BadInput(f"non-finite coordinates (NaN / inf) in {int(bad.sum())} of {len(verts)} "
                    "vertices")
+  if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(verts)):
+    raise BadInput(f"face vertex index {int(faces.min() if faces.min() < 0 else faces.max())}"
+                   f" outside [0, {len(verts)})")
   return verts, faces
 
 

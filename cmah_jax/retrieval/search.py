@@ -86,6 +86,10 @@ def encode_files(bound, files: list[str], encoder: Encoder | None = None) -> np.
 
   Raises `readers.BadInput` naming the first unusable file and its reason.
   """
+  unknown = [f for f in files if readers.modality_of(f) is None]
+  if unknown:  # before any file is read or encoded
+    raise readers.BadInput(f"query {unknown[0]}: extension is not one of "
+                           f"{', '.join(readers.POINT_EXTS + readers.IMAGE_EXTS)}")
   encoder = encoder or Encoder(bound, batch_size=min(64, max(1, len(files))))
   out = np.zeros((len(files), -(-bound.bits // 8)), np.uint8)
   for modality in readers.MODALITIES:
@@ -100,10 +104,6 @@ def encode_files(bound, files: list[str], encoder: Encoder | None = None) -> np.
       except readers.BadInput as e:
         raise readers.BadInput(f"query {files[j]}: {e}") from e
     out[pos] = pack_faiss(encoder.encode(modality, np.stack(xs)))
-  unknown = [f for f in files if readers.modality_of(f) is None]
-  if unknown:
-    raise readers.BadInput(f"query {unknown[0]}: extension is not one of "
-                           f"{', '.join(readers.POINT_EXTS + readers.IMAGE_EXTS)}")
   return out
 
 
