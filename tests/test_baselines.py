@@ -74,6 +74,22 @@ def test_point_features_reference_values():
   pairs = np.argsort(r.random((500, 64)), axis=1)[:, :2]
   d = [np.linalg.norm(pts[0, a] - pts[0, b]) for a, b in pairs]
   np.testing.assert_allclose(f[:8], np.histogram(d, 8, (0, 2))[0] / 500, atol=1e-6)
+  # A3: the angle at the middle point of the same generator's next 500 triples.
+  triples = np.argsort(r.random((500, 64)), axis=1)[:, :3]
+  angles = []
+  for a, m, b in triples:
+    u, v = pts[0, a] - pts[0, m], pts[0, b] - pts[0, m]
+    angles.append(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+  np.testing.assert_allclose(f[8:12], np.histogram(angles, 4, (0, np.pi))[0] / 500,
+                             atol=1e-6)
+  # Radial: distances from the centroid (not the origin) on [0, 1.5].
+  radial = np.linalg.norm(pts[0] - pts[0].mean(0), axis=1)
+  np.testing.assert_allclose(f[12:16], np.histogram(radial, 4, (0, 1.5))[0] / 64, atol=1e-6)
+  # Height x ring: y on [-1, 1] (rows) by distance from the y axis on [0, 1] (columns).
+  joint, _, _ = np.histogram2d(np.clip(pts[0, :, 1], -1, 0.999),
+                               np.clip(np.hypot(pts[0, :, 0], pts[0, :, 2]), 0, 0.999),
+                               bins=2, range=((-1, 1), (0, 1)))
+  np.testing.assert_allclose(f[16:20], joint.ravel() / 64, atol=1e-6)
   # Moments: covariance eigenvalues and extents.
   c = np.cov(pts[0].T, bias=True)
   np.testing.assert_allclose(f[-6:-3], np.sort(np.linalg.eigvalsh(c))[::-1], rtol=1e-4)
@@ -239,10 +255,28 @@ def test_cca_itq_codes_and_cross_modal_retrieval():
   np.testing.assert_array_equal(model.encode_points(pts[450:451]), cp[50:51])
 
 
-def test_cca_itq_power_scales_directions():
+@pytest.mark.parametrize("power", [0.0, 2.0])
+def test_cca_itq_is_gong_and_lazebniks_recipe(power):
+  """Codes = sign(((f - mean) / std) W diag(corr ** power) R), R fitted by ITQ on both
+  modalities' stacked, centred training projections, built here step by step from the
+  tested CCA and ITQ; the fitted rotation quantises better than the random start."""
   img, pts, _ = _two_views(seed=1)
-  model = baselines.CcaItq(power=2.0).fit(img, pts, bits=4)
-  np.testing.assert_allclose(model.scale, model.model.correlations ** 2)
+  train_img, train_pts, test_img, test_pts = img[:400], pts[:400], img[400:], pts[400:]
+  model = baselines.CcaItq(power=power).fit(train_img, train_pts, bits=6, seed=3)
+  xs = (train_img - train_img.mean(0)) / train_img.std(0)
+  ys = (train_pts - train_pts.mean(0)) / train_pts.std(0)
+  ref = cca.fit_cca(xs, ys, 6, 1e-3)
+  scale = ref.correlations ** power
+  stacked = np.concatenate([(xs - ref.mean_x) @ ref.wx, (ys - ref.mean_y) @ ref.wy]) * scale
+  rotation = itq.fit_itq(stacked - stacked.mean(0), 50, 3)
+  for encode, feats, train, w, mean in (
+      (model.encode_images, test_img, train_img, ref.wx, ref.mean_x),
+      (model.encode_points, test_pts, train_pts, ref.wy, ref.mean_y)):
+    z = (((feats - train.mean(0)) / train.std(0) - mean) @ w * scale) @ rotation
+    np.testing.assert_array_equal(encode(feats), np.where(z >= 0, 1.0, -1.0))
+  centred = stacked - stacked.mean(0)
+  assert (itq.quantization_loss(centred, model.rotation)
+          < itq.quantization_loss(centred, itq.random_rotation(6, 3)))
 
 
 def test_cca_itq_errors():

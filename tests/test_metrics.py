@@ -135,10 +135,8 @@ def test_tie_aware_map_hand_worked():
   dl = np.array([1, 0, 1, 1, 0])
   got = metrics.tie_aware_mean_average_precision(q, d, np.array([1]), dl)
   assert got == pytest.approx(49 / 54)
-  # The closed form in the docstring for the d=1 group (N=1, R=1, n=3, r=2):
-  # dH = 1/2 + 1/3 + 1/4 = 13/12; (2/3) [2 dH + (1/2)(3 - 2 dH)] = 31/18.
-  dh = 1 / 2 + 1 / 3 + 1 / 4
-  assert (2 / 3) * (2 * dh + 0.5 * (3 - 2 * dh)) == pytest.approx(31 / 18)
+  # (The closed form in the docstring gives the same for the d=1 group, N=1, R=1, n=3,
+  # r=2: dH = 1/2 + 1/3 + 1/4 = 13/12; (2/3) [2 dH + (1/2)(3 - 2 dH)] = 31/18.)
   # Index-tie-broken order 1,0,1,1,0 gives (1 + 2/3 + 3/4) / 3 instead.
   assert metrics.mean_average_precision(q, d, np.array([1]), dl) == pytest.approx(
       (1 + 2 / 3 + 3 / 4) / 3)
@@ -301,3 +299,65 @@ def test_similarity_map_of_codes_is_the_hamming_map(multi_hot):
     ql, dl = rng.integers(0, 4, 300), rng.integers(0, 4, 90)
   assert metrics.similarity_mean_average_precision(q @ d.T, ql, dl) == pytest.approx(
       metrics.mean_average_precision(q, d, ql, dl), abs=1e-12)
+
+
+def _naive_scores(q, d, ql, dl, ks, radius):
+  """Per-query loops in plain NumPy/Python: Hamming distance by counting differing bits,
+  relevance by equal class or any shared label, ties by database index."""
+  def relevant(i, j):
+    return bool(np.any(ql[i] & dl[j])) if ql.ndim == 2 else ql[i] == dl[j]
+
+  nbits = q.shape[1]
+  aps, prec_k = [], {k: [] for k in ks}
+  pr_prec = [[] for _ in range(nbits + 1)]
+  pr_rec = [[] for _ in range(nbits + 1)]
+  ball = []
+  for i in range(len(q)):
+    dist = np.array([int(np.sum(q[i] != d[j])) for j in range(len(d))])
+    rel = np.array([relevant(i, j) for j in range(len(d))])
+    ranked = rel[np.argsort(dist, kind="stable")]
+    if ranked.any():
+      hits = np.flatnonzero(ranked)
+      aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+    for k in ks:
+      prec_k[k].append(ranked[:k].mean())
+    for r in range(nbits + 1):
+      inside = dist <= r
+      if inside.any():
+        pr_prec[r].append(rel[inside].mean())
+      if rel.any():
+        pr_rec[r].append(rel[inside].sum() / rel.sum())
+    inside = dist <= radius
+    ball.append(rel[inside].mean() if inside.any() else 0.0)
+  return (np.mean(aps), {k: np.mean(v) for k, v in prec_k.items()},
+          np.array([np.mean(v) if v else np.nan for v in pr_prec]),
+          np.array([np.mean(v) for v in pr_rec]), np.mean(ball))
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_metrics_match_per_query_loops_over_several_chunks(multi_hot):
+  """300 queries (two of the metrics' 256-query chunks), 6-bit codes (many ties), against
+  `_naive_scores`; multi-hot labels overlap, and one query and one item have none."""
+  rng = np.random.default_rng(11)
+  q = np.where(rng.random((300, 6)) < 0.5, 1, -1)
+  d = np.where(rng.random((90, 6)) < 0.5, 1, -1)
+  if multi_hot:
+    ql = (rng.random((300, 4)) < 0.35).astype(np.int32)
+    dl = (rng.random((90, 4)) < 0.35).astype(np.int32)
+    ql[7], dl[3] = 0, 0
+  else:
+    ql, dl = rng.integers(0, 5, 300), rng.integers(0, 5, 90)
+  ks = (1, 7, 50, 90)
+  want_map, want_pk, want_prec, want_rec, want_ball = _naive_scores(q, d, ql, dl, ks, 2)
+  assert metrics.mean_average_precision(q, d, ql, dl) == pytest.approx(want_map, rel=1e-12)
+  got_pk = metrics.precision_at_k(q, d, ql, dl, ks=ks)
+  assert got_pk == pytest.approx(want_pk, rel=1e-12)
+  radii, prec, rec = metrics.precision_recall_curve(q, d, ql, dl)
+  np.testing.assert_array_equal(radii, np.arange(7))
+  np.testing.assert_allclose(prec, want_prec, rtol=1e-12)
+  np.testing.assert_allclose(rec, want_rec, rtol=1e-12)
+  assert metrics.precision_within_radius(q, d, ql, dl, 2) == pytest.approx(want_ball, rel=1e-12)
+  dist, idx = metrics.rank_database(q, d, k=10)
+  naive = np.array([[np.sum(q[i] != d[j]) for j in range(len(d))] for i in range(len(q))])
+  np.testing.assert_array_equal(idx, np.argsort(naive, axis=1, kind="stable")[:, :10])
+  np.testing.assert_array_equal(dist, np.sort(naive, axis=1)[:, :10])

@@ -212,7 +212,7 @@ def test_color_jitter_hand_worked():
   np.testing.assert_allclose(grey, np.repeat(luma[..., None], 3, -1), rtol=1e-5)
 
 
-def test_jitter_changes_images_within_range(train_source):
+def test_jitter_changes_the_images_and_no_other_draw(train_source):
   plain = P.train_local_batch(train_source, 3, replace(CFG, color_jitter=0.0), SEED)
   jit = P.train_local_batch(train_source, 3, CFG, SEED)
   np.testing.assert_array_equal(plain["points"], jit["points"])  # same other draws

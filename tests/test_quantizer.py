@@ -137,6 +137,11 @@ def test_file_round_trip_and_errors(tmp_path):
   back = quantizer_lib.load(str(tmp_path))
   np.testing.assert_array_equal(back.mean, q.mean)
   np.testing.assert_array_equal(back.rotation, q.rotation)
+  # A quantiser is the one of the checkpoint it was fitted at: asked for another, none.
+  quantizer_lib.save(str(tmp_path), q, step=3)
+  np.testing.assert_array_equal(quantizer_lib.load(str(tmp_path), step=3).rotation, q.rotation)
+  assert quantizer_lib.load(str(tmp_path), step=4) is None
+  assert quantizer_lib.load(str(tmp_path)) is not None
   np.savez(path, mean=np.zeros(3), rotation=np.eye(4))
   with pytest.raises(ValueError, match="quantizer.npz"):
     quantizer_lib.load(str(tmp_path))

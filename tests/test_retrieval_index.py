@@ -69,7 +69,6 @@ def test_pack_faiss_equals_faiss_own_packing():
 def test_merge_topk_against_sort():
   rng = np.random.default_rng(2)
   d = rng.integers(0, 4, (6, 40)).astype(np.int32)
-  r = np.arange(40)[None].repeat(6, 0)
   for cut in (0, 1, 17, 40):
     a = np.argsort(d[:, :cut], 1, kind="stable")
     b = np.argsort(d[:, cut:], 1, kind="stable") + cut
@@ -78,7 +77,6 @@ def test_merge_topk_against_sort():
     want = np.argsort(d, 1, kind="stable")[:, :11]
     np.testing.assert_array_equal(mr, want)
     np.testing.assert_array_equal(md, np.take_along_axis(d, want, 1))
-    assert r.shape == d.shape
 
 
 @pytest.mark.parametrize("chunk_rows", [97, 1 << 22])
