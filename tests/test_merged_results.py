@@ -87,9 +87,14 @@ def test_a_run_merged_under_two_method_names_is_one_row(tmp_path):
     json.dump({"runs": [_row("ucch_paper", 0, "a" * 16, 0.40, 0.39),
                         _row("ucch", 0, "c" * 16, 0.60, 0.58)]}, f)
   root = str(tmp_path / "root")
-  lines = merged_lib.merge_files(root, [str(before), str(after)], {"a" * 16})
+  # A dry run reports the same merge and writes nothing.
+  lines, preview = merged_lib.merge_files(root, [str(before), str(after)], {"a" * 16},
+                                          write=False)
+  assert not os.path.exists(root)
+  assert lines == merged_lib.merge_files(root, [str(before), str(after)], {"a" * 16})[0]
   assert "merged" in lines[1] and ": 1 of 2 rows new" in lines[1]
   by = merged_lib.load(root)
+  assert by == preview
   assert sorted(by) == ["a" * 16, "b" * 16, "c" * 16]
   assert [r["method"] for r in by["a" * 16]] == ["ucch"]  # the first kept, as it was
   # A file merged with the repeat before this was mended still shows the run once.

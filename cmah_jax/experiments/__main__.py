@@ -227,9 +227,12 @@ def main(argv):
     raise SystemExit(f"[experiments] {e}") from None
   if not runs:
     raise SystemExit("the suite, --bits and --methods select no run")
-  if _MERGE.value:
+  merged = None
+  if _MERGE.value:  # a dry run shows the merge without writing it
     try:
-      lines = merged_lib.merge_files(root, _MERGE.value, {r.fingerprint for r in everything})
+      lines, merged = merged_lib.merge_files(root, _MERGE.value,
+                                             {r.fingerprint for r in everything},
+                                             write=not _DRY_RUN.value)
     except ValueError as e:
       raise SystemExit(str(e)) from None
     print("\n".join(lines), flush=True)
@@ -241,7 +244,8 @@ def main(argv):
     except (ValueError, RuntimeError) as e:
       raise SystemExit(str(e)) from None
   if _DRY_RUN.value:
-    print("\n".join(plan_lib.describe(runs, merged_lib.load(root))))
+    print("\n".join(plan_lib.describe(runs, merged_lib.load(root) if merged is None
+                                       else merged)))
     return
   os.makedirs(root, exist_ok=True)
   if _TABLES_ONLY.value:

@@ -37,11 +37,15 @@ def load(root: str) -> dict[str, list[dict]]:
   if not os.path.exists(path(root)):
     return {}
   with open(path(root)) as f:
-    rows = json.load(f)["runs"]
-  by_fingerprint: dict[str, list[dict]] = {}
+    return by_fingerprint(json.load(f)["runs"])
+
+
+def by_fingerprint(rows: list[dict]) -> dict[str, list[dict]]:
+  """fingerprint -> its rows (one per kind of codes: the first of any repeats)."""
+  out: dict[str, list[dict]] = {}
   for row in unseen_rows(rows, set()):
-    by_fingerprint.setdefault(row["fingerprint"], []).append(row)
-  return by_fingerprint
+    out.setdefault(row["fingerprint"], []).append(row)
+  return out
 
 
 def unseen_rows(rows: list[dict], seen: set) -> list[dict]:
@@ -76,11 +80,16 @@ def read_rows(results_path: str, who: str = "--merge") -> list[dict]:
   return data["runs"]
 
 
-def merge_files(root: str, results_paths: list[str], planned_fingerprints) -> list[str]:
+def merge_files(root: str, results_paths: list[str], planned_fingerprints,
+                write: bool = True) -> tuple[list[str], dict[str, list[dict]]]:
   """Add the rows of `results_paths` to `<root>/merged_results.json` (a row already there,
-  same fingerprint and codes, is kept as it was, whatever method name either carries);
-  returns one line per file saying what it added and how many of its runs match
-  `planned_fingerprints`."""
+  same fingerprint and codes, is kept as it was, whatever method name either carries).
+
+  Returns:
+    one line per file saying what it added and how many of its runs match
+    `planned_fingerprints`; and the merged rows as `load` would read them back. With
+    `write=False` (a dry run) nothing is written.
+  """
   current = [row for rows in load(root).values() for row in rows]
   have = {row_key(r) for r in current}
   planned = set(planned_fingerprints)
@@ -96,9 +105,10 @@ def merge_files(root: str, results_paths: list[str], planned_fingerprints) -> li
                  + ("" if runs <= planned else
                     f" ({len(runs - planned)} made by another config or outside the plan: "
                     "kept, not shown)"))
-  os.makedirs(root, exist_ok=True)
-  tmp = path(root) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"runs": current}, f, indent=2)
-  os.replace(tmp, path(root))
-  return lines
+  if write:
+    os.makedirs(root, exist_ok=True)
+    tmp = path(root) + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"runs": current}, f, indent=2)
+    os.replace(tmp, path(root))
+  return lines, by_fingerprint(current)
