@@ -172,6 +172,11 @@ def test_a_renamed_method_keeps_its_runs_and_shows_its_own_name(tmp_path):
     assert shown["map"] == itq["map"]
     assert [r["method"] for r in results_lib.relabel(old, [itq, sign])] == [
         "cmah", "cmah_sign"]
+    # Merged from before the learned quantiser too ("own" codes): the itq row alone counts.
+    own = dict(itq, codes="own", map={"i2p": 0.5, "p2i": 0.5})
+    shown = results_lib.relabel(old, [own, itq, sign])
+    assert [(r["method"], r["codes"]) for r in shown] == [("cmah", "itq"), ("cmah_sign", "sign")]
+    assert [r["codes"] for r in results_lib.relabel(old, [own])] == ["own"]
     # While its config equals the method it was recorded as, the two are one run.
     both = Suite("t", "test", ((("cmah", "cmah_before"), (16,)),))
     with pytest.raises(ValueError, match="methods cmah and cmah_before are one run"):

@@ -59,7 +59,11 @@ def run_rows(run, report: dict) -> list[dict]:
 def relabel(run, rows: list[dict]) -> list[dict]:
   """Rows recorded elsewhere for `run` (`merged.py`), shown as `run_rows` would show
   them today: under its method's name, label and group (a method renamed since,
-  `Method.recorded_as`, shows its own), the sign(h) row only where that method has one."""
+  `Method.recorded_as`, shows its own), the sign(h) row only where that method has one.
+  A run merged both from before the learned quantiser ("own" codes) and after ("itq")
+  shows the "itq" row, as `run_rows` does, not both (its seed would count twice)."""
+  if any(row.get("codes") == "itq" for row in rows):
+    rows = [row for row in rows if row.get("codes") != "own"]
   return [shown for row in rows if (shown := _shown_as(row, run.method))]
 
 
