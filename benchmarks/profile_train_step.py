@@ -60,7 +60,7 @@ from cmah_jax import config as config_lib  # noqa: E402
 from cmah_jax.models import CMAH, init_variables  # noqa: E402
 from cmah_jax.objectives import get_objective  # noqa: E402
 from cmah_jax.optim import make_optimizer  # noqa: E402
-from cmah_jax.train import make_train_step  # noqa: E402
+from cmah_jax.train import make_train_step, run_keys  # noqa: E402
 
 # Runtime bookkeeping events of the CPU thunk executor, not ops.
 _INFRA = ("ThreadpoolListener", "ThunkExecutor", "end: ")
@@ -82,15 +82,18 @@ def load_config(spec: str, dtype: str | None = None, pairs: str | None = None):
   return config_lib.resolve(config)
 
 
-def build_step(cfg):
-  """(jitted train step with the state donated, state, batch) for `cfg`."""
+def build_step(cfg, train_examples: int = 4000):
+  """(jitted train step with the state donated, state, batch) for `cfg`; `train_examples`
+  sizes an objective's carried state (UCCH's memory bank: one row per training object;
+  default the embedded set's 4,000)."""
   model = CMAH(cfg.model)
-  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps)
+  tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps,
+                                restart_step=cfg.loss.reconstruction_only_steps)
   objective = get_objective(cfg.loss, cfg.model.bits)
-  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  init_key, train_key = run_keys(cfg.seed)
   params = jax.jit(lambda k: init_variables(model, k)["params"])(init_key)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  loss_state = objective.init_state(cfg.input.batch_size)
+  loss_state = objective.init_state(train_examples)
   if loss_state:
     state["loss_state"] = loss_state
   b, s, n = cfg.input.batch_size, cfg.model.image_size, cfg.model.num_points
@@ -201,6 +204,8 @@ def main(argv=None):
                       help="loss.pairs (default: the config's), e.g. "
                            "full_full,masked_point_full_image,image_views")
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
+  parser.add_argument("--train_examples", type=int, default=4000,
+                      help="training-set size an objective's carried state is sized by")
   parser.add_argument("--trace_steps", type=int, default=10, help="steps under the profiler")
   parser.add_argument("--top", type=int, default=25, help="ops listed")
   parser.add_argument("--no_peak", action="store_true", help="skip the matmul-rate runs")
@@ -210,7 +215,7 @@ def main(argv=None):
 
   cfg = load_config(args.config, args.dtype or None, args.pairs or None)
   peak = 0.0 if args.no_peak else matmul_flops_per_s()
-  step, state, batch = build_step(cfg)
+  step, state, batch = build_step(cfg, args.train_examples)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
