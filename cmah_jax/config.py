@@ -136,6 +136,9 @@ class EvalSpec:
       raise ValueError(f"config.eval.hamming_radius={self.hamming_radius!r} must be >= 0")
     if not self.precision_ks or min(self.precision_ks) < 1:
       raise ValueError(f"config.eval.precision_ks={self.precision_ks!r}: cut-offs >= 1")
+    if self.num_examples_in_figure < 1:
+      raise ValueError(f"config.eval.num_examples_in_figure={self.num_examples_in_figure!r}"
+                       " must be >= 1 (query rows in retrieval_examples.png)")
     return self
 
 

@@ -188,8 +188,9 @@ def main(argv=None, loader=None) -> int:
             f"{8 * index.code_bytes} bits) and {path}.ids.jsonl")
     elif args.command == "info":
       print(info_text(retrieval.HashIndex.open(args.index), args.skipped))
-  except (retrieval.BadIndex, retrieval.BadInput, ValueError, FileNotFoundError,
-          ImportError) as e:
+  except (retrieval.BadIndex, retrieval.BadInput, ValueError, OSError, RuntimeError,
+          ImportError) as e:  # OSError: an unwritable --out / --json, a missing file;
+    # RuntimeError: a damaged or unreadable checkpoint of --workdir
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

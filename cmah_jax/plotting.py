@@ -13,7 +13,7 @@ def draw_points(ax, pts):
   depth = -x * np.sin(az) + z * np.cos(az)
   v = y * np.cos(el) - depth * np.sin(el)        # screen vertical
   near = y * np.sin(el) + depth * np.cos(el)     # towards the viewer
-  order = np.argsort(-near)
+  order = np.argsort(near)                       # farthest first: nearer ones cover them
   ax.scatter(u[order], v[order], s=1.0, c=near[order], cmap="Greys", vmin=-1.5, vmax=1.0,
              linewidths=0)
   ax.set_xlim(-1.1, 1.1)

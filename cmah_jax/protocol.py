@@ -37,9 +37,13 @@ def validation_carve(num_train: int, eval_spec: EvalSpec):
   order = np.random.default_rng(VALIDATION_SEED).permutation(num_train)
   held = max(2, int(round(eval_spec.validation_fraction * num_train)))
   queries = max(1, int(round(eval_spec.validation_query_fraction * held)))
-  if held >= num_train or queries >= held:
+  if held >= num_train:
     raise ValueError(f"config.eval.validation_fraction={eval_spec.validation_fraction} of "
-                     f"{num_train} train records leaves no training or no database")
+                     f"{num_train} train records holds out {held}: none left to train on")
+  if queries >= held:
+    raise ValueError(f"config.eval.validation_query_fraction="
+                     f"{eval_spec.validation_query_fraction} of the {held} held-out records "
+                     f"makes {queries} queries: none left for the validation database")
   return (np.sort(order[held:]), np.sort(order[:queries]), np.sort(order[queries:held]))
 
 

@@ -14,9 +14,10 @@ compares it with the new resolved config:
   allow_config_change=True)`), e.g. to train an old run for more steps. An allowed change
   is logged and appended to `workdir/config_changes.jsonl`.
 
-A field missing from an older checkpoint's config that is at its default now (a field added
-since) is not a change, except the fields of `ABSENT_MEANS`, whose absence stands for the
-behaviour before they existed.
+A field missing from an older checkpoint's config (a field added since) stands for the
+behaviour before it existed: the value `config.ADDED_LATER` or `ABSENT_MEANS` gives it, so
+it is a change where today's value differs (an L_2D weight of 1 then, 0.1 now); a field in
+neither is no change where it is at its default now.
 """
 from __future__ import annotations
 
@@ -95,13 +96,15 @@ def check_config(saved: Mapping[str, Any] | None, cfg, *, where: str,
   """
   if saved is None:
     return []
+  from cmah_jax.config import ADDED_LATER  # pylint: disable=import-outside-toplevel
+  absent_means = {**ADDED_LATER, **ABSENT_MEANS}
   new = cfg.to_dict()
   changes = []
   for path, old, value in config_diff(saved, new):
     if path in FREE_FIELDS:
       continue
-    if old == "<absent>" and path in ABSENT_MEANS:
-      old = ABSENT_MEANS[path]
+    if old == "<absent>" and path in absent_means:
+      old = absent_means[path]
       if _normalise(old) == _normalise(value):
         continue
     elif old == "<absent>" and defaults is not None and _lookup(defaults, path) == value:

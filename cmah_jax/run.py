@@ -8,7 +8,7 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
-from cmah_jax import checkpointing, train, workdir_lock
+from cmah_jax import checkpointing, multihost, train, workdir_lock
 
 
 def run_experiment(config, workdir: str, devices=None, *,
@@ -22,7 +22,12 @@ def run_experiment(config, workdir: str, devices=None, *,
   """
   checkpointing.check_writable(checkpointing.local_directory(workdir, "workdir"), "workdir")
   with workdir_lock.hold(workdir, "training"):
-    result = _train_and_report(config, workdir, devices, allow_config_change)
+    result, error = None, None
+    try:
+      result = _train_and_report(config, workdir, devices, allow_config_change)
+    except Exception as e:  # pylint: disable=broad-except  (e.g. the report, process 0 only)
+      error = e
+    multihost.raise_if_any_failed(error, "training or writing the report")
   if jax.process_count() > 1:
     # No process may exit while another still talks to the coordination service (the
     # leader's exit would abort the others).

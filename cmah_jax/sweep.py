@@ -4,7 +4,11 @@
       --bits=16,32,64,128
 
 Each code length runs in `WORKDIR/bits_K` (resumable like any run); the table of mAP@all in
-both directions goes to `WORKDIR/sweep.md` and `WORKDIR/sweep.json`.
+both directions goes to `WORKDIR/sweep.md` and `WORKDIR/sweep.json`. A finished run of the
+same config is not run again; with a config sized in epochs (the real datasets'), whose
+step count is known only once the data is prepared, a finished run is resumed at its last
+step and evaluated again, not retrained. Comparisons with baselines and seeds:
+`python -m cmah_jax.experiments`.
 """
 import json
 import os
@@ -41,7 +45,7 @@ def finished(report_path: str, config) -> bool:
 def main(argv):
   del argv
   from cmah_jax import config as config_lib
-  from cmah_jax import run
+  from cmah_jax import resume, run
 
   rows = []
   for bits in (int(b) for b in _BITS.value):
@@ -51,7 +55,13 @@ def main(argv):
     workdir = os.path.join(_WORKDIR.value, f"bits_{bits}")
     report_path = os.path.join(workdir, "report.json")
     if not finished(report_path, resolved):  # finished runs of this config are not redone
-      run.run_experiment(resolved, workdir)
+      try:
+        result = run.run_experiment(resolved, workdir)
+      except resume.ConfigChangedError as e:
+        raise SystemExit(f"[sweep] {workdir}: {e}\n(the sweep has no --allow_config_change: "
+                         "give it another --workdir)") from None
+      if result.results is None:  # stopped by a signal: checkpointed, no report yet
+        raise SystemExit(f"[sweep] stopped during {workdir}; the same command resumes it")
     with open(report_path) as f:
       rows.append(json.load(f))
   table = sweep_table(rows)

@@ -7,10 +7,14 @@ writer of a run directory holds `<workdir>/.cmah.lock` while it works:
   with workdir_lock.hold(workdir, "training"):
     ...
 
-The file (JSON: pid, host, the process's start time, what it does, since when) is created
-with `O_CREAT | O_EXCL`, so of two processes racing for it exactly one wins. A lock left by
-a process that no longer runs (killed with SIGKILL, the machine rebooted) is stale and taken
-over; a live holder makes `hold` raise `WorkdirBusyError` naming it. Liveness is known only
+The file (JSON: pid, host, the process's start time, what it does, since when) is written
+whole under a temporary name and hard-linked into place (`link` fails if the name exists),
+so of two processes racing for it exactly one wins and no one ever reads it half-written. A
+lock left by a process that no longer runs (killed with SIGKILL, the machine rebooted) is
+stale and taken over: it is removed only under an `flock` on `<lock>.takeover` and only if
+it still holds the stale content, so two processes taking over one stale lock cannot
+remove the fresh lock one of them has just made (the kernel drops an `flock` when its
+process dies). A live holder makes `hold` raise `WorkdirBusyError` naming it. Liveness is known only
 on the holder's own host (its pid, and its start time, so a reused pid is not mistaken for
 it); a lock from another host counts as held, and the error says how to remove it.
 
@@ -21,6 +25,7 @@ raises if it could not.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -131,30 +136,46 @@ def acquire(workdir: str, what: str) -> bool:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   content = dict(_me(), what=what, since=time.time())
   for _ in range(20):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      owner = _read(path)
-      if owner == {}:  # being written by its creator, or left empty by a crash
-        time.sleep(0.2)
-        owner = _read(path)
-      if owner is None:
-        continue  # released in between: try again
-      if owner and _is_me(owner):
-        return False
-      if owner and _alive(owner):
-        raise _busy(path, owner)
-      # Stale (or empty): move it aside under a unique name (of two processes doing this,
-      # one succeeds; the other finds the file gone) and try again.
-      aside = f"{path}.stale-{uuid.uuid4().hex[:8]}"
-      with contextlib.suppress(FileNotFoundError):
-        os.rename(path, aside)
-        os.remove(aside)
-      continue
-    with os.fdopen(fd, "w") as f:
-      json.dump(content, f)
-    return True
+    if _create(path, content):
+      return True
+    owner = _read(path)
+    if owner is None:
+      continue  # released in between: try again
+    if owner and _is_me(owner):
+      return False
+    if owner and _alive(owner):
+      raise _busy(path, owner)
+    _remove_if_unchanged(path, owner)  # stale (or empty: damaged), then try again
   raise WorkdirBusyError(f"could not take the lock {path}: it kept changing hands")
+
+
+def _create(path: str, content: dict) -> bool:
+  """Create the lock file at `path` holding `content`, complete from the first moment it
+  exists; False if the name is taken."""
+  tmp = f"{path}.new-{uuid.uuid4().hex[:8]}"
+  with open(tmp, "w") as f:
+    json.dump(content, f)
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    os.remove(tmp)
+
+
+def _remove_if_unchanged(path: str, stale: dict) -> None:
+  """Remove the lock file if it still holds `stale` (a dead holder's content), under an
+  exclusive `flock` of `<path>.takeover`: of processes taking over one stale lock, the
+  first removes it and the others find it gone or replaced by a live holder's."""
+  guard = os.open(f"{path}.takeover", os.O_CREAT | os.O_RDWR, 0o644)
+  try:
+    fcntl.flock(guard, fcntl.LOCK_EX)
+    if _read(path) == stale:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+  finally:
+    os.close(guard)  # and with it the flock
 
 
 def release(workdir: str) -> None:
@@ -172,21 +193,15 @@ def hold(workdir: str, what: str) -> Iterator[None]:
   0 holds it and all processes raise if it could not be taken."""
   import jax  # pylint: disable=import-outside-toplevel
 
+  from cmah_jax import multihost  # pylint: disable=import-outside-toplevel
+
   taken, error = False, None
   if jax.process_index() == 0:
     try:
       taken = acquire(workdir, what)
-    except WorkdirBusyError as e:
+    except Exception as e:  # pylint: disable=broad-except  (raised below, on every process)
       error = e
-  if jax.process_count() > 1:
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    failed = multihost_utils.process_allgather(np.array([error is not None]))
-    if error is None and bool(np.any(failed)):
-      error = WorkdirBusyError(f"{workdir} is in use by another process (process 0 could "
-                               "not take its lock; see its log)")
-  if error is not None:
-    raise error
+  multihost.raise_if_any_failed(error, f"taking the lock of {workdir}", WorkdirBusyError)
   try:
     yield
   finally:

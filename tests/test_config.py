@@ -113,6 +113,7 @@ def test_resolve_rejects_unknown_and_inconsistent_keys():
     ("optim", "min_learning_rate_ratio", 2.0, r"in \[0, 1\]"),
     ("eval", "hamming_radius", -3, ">= 0"),
     ("eval", "precision_ks", (10, 0), "cut-offs >= 1"),
+    ("eval", "num_examples_in_figure", 0, ">= 1"),   # else the report's figure fails last
 ])
 def test_resolve_names_a_bad_optimiser_or_evaluation_value(section, key, value, words):
   c = importlib.import_module("configs.default").get_config()

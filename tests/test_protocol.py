@@ -30,6 +30,14 @@ def test_validation_carve_hand_checked():
                                 np.arange(80))
   with pytest.raises(ValueError, match="validation_fraction"):
     EvalSpec(protocol="validation", validation_fraction=1.5).validate()
+  # Too few records for a carve: the message names the fraction that leaves a part empty.
+  with pytest.raises(ValueError, match=r"validation_fraction=0.5 of 2 train records holds "
+                     r"out 2: none left"):
+    validation_carve(2, EvalSpec(protocol="validation", validation_fraction=0.5))
+  with pytest.raises(ValueError, match=r"validation_query_fraction=0.9 of the 2 held-out "
+                     r"records makes 2 queries"):
+    validation_carve(10, EvalSpec(protocol="validation", validation_fraction=0.2,
+                                  validation_query_fraction=0.9))
 
 
 def test_sources_of_each_protocol(tiny):

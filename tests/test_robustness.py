@@ -241,6 +241,20 @@ def test_config_diff_and_policy():
   with pytest.raises(resume.ConfigChangedError,
                      match="input.point_scale_isotropic: False -> True"):
     resume.check_config(old, iso, where="x", defaults=defaults)
+  # A field added later (config.ADDED_LATER) whose default has moved since: its absence is
+  # the value runs had then (L_2D weight 1, MAE's linear patch embedding), a change now.
+  assert a.loss.image_recon_weight == 0.1 and a.model.image_stem_dims == ()  # tiny: linear
+  old = a.to_dict()
+  del old["loss"]["image_recon_weight"], old["model"]["image_stem_dims"]
+  with pytest.raises(resume.ConfigChangedError) as err:
+    resume.check_config(old, a, where="x", defaults=defaults)
+  assert "loss.image_recon_weight: 1.0 -> 0.1" in str(err.value)
+  assert "image_stem_dims" not in str(err.value)  # absent meant (), as tiny has now
+  small = config_lib.resolve(default.get_config("steps=6"))
+  old = small.to_dict()
+  del old["model"]["image_stem_dims"]
+  with pytest.raises(resume.ConfigChangedError, match=r"model.image_stem_dims: \[\] -> \[32\]"):
+    resume.check_config(old, small, where="x", defaults=defaults)
   with pytest.raises(resume.ConfigChangedError, match="model.bits: 64 -> 32"):
     resume.check_config(a.to_dict(), b, where="x")
   assert resume.check_config(a.to_dict(), b, where="x", allow_change=True)

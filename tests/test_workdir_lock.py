@@ -74,6 +74,32 @@ def test_a_reused_pid_an_empty_file_and_another_host(tmp_path):
   assert os.path.exists(workdir_lock.lock_path(str(tmp_path)))
 
 
+def test_two_takeovers_of_one_stale_lock_leave_one_holder(tmp_path, monkeypatch):
+  """B finds a dead process's lock; before B removes it, A takes it over and holds it. B
+  must then find A, not remove A's fresh lock and take the directory too."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  me = workdir_lock._me()  # pylint: disable=protected-access
+  _write_lock(tmp_path, pid=int(dead.stdout), host=me["host"], start_ticks=1, what="dead")
+  real_remove = workdir_lock._remove_if_unchanged  # pylint: disable=protected-access
+  other = []
+
+  def a_takes_over_first(path, stale):
+    if not other:
+      other.append(_holder_process(tmp_path))  # A: takes over the stale lock, holds it
+    real_remove(path, stale)
+
+  monkeypatch.setattr(workdir_lock, "_remove_if_unchanged", a_takes_over_first)
+  try:
+    with pytest.raises(workdir_lock.WorkdirBusyError, match="in use: a test holder, pid"):
+      workdir_lock.acquire(str(tmp_path), "B")
+    assert workdir_lock.holder(str(tmp_path))["pid"] == other[0].pid
+  finally:
+    for proc in other:
+      proc.kill()
+      proc.wait()
+
+
 def test_nested_holds_pass_and_only_the_outer_releases(tmp_path):
   path = workdir_lock.lock_path(str(tmp_path))
   with workdir_lock.hold(str(tmp_path), "outer"):
@@ -126,3 +152,41 @@ def test_the_suite_leaves_a_run_in_use_elsewhere_to_its_holder(tmp_path):
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "0 finished, 1 to run" in again.stdout, again.stdout[-2000:]
   assert run_.finished() and not os.path.exists(workdir_lock.lock_path(run_.workdir))
+
+
+_TWO_PROCESSES = """
+import os, sys
+import jax
+pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                           process_id=pid)
+from cmah_jax import workdir_lock
+try:
+  with workdir_lock.hold(workdir, "a two-process test"):
+    print("held", flush=True)
+except Exception as e:
+  print(f"{type(e).__name__}: {e}", flush=True)
+  jax.distributed.shutdown()
+  sys.exit(3)
+jax.distributed.shutdown()
+"""
+
+
+def test_a_failure_on_process_0_stops_every_process(tmp_path):
+  """Process 0 alone takes the lock; an error there other than a busy workdir (here the
+  lock's name is a directory) must reach process 1 too, not leave it at the barrier."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  os.makedirs(workdir_lock.lock_path(str(tmp_path / "run")))  # not a file: cannot be taken
+  script = tmp_path / "worker.py"
+  script.write_text(_TWO_PROCESSES)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path / "run")],
+                            env=env, stdout=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=240)[0] for p in procs]
+  assert [p.returncode for p in procs] == [3, 3], outs
+  assert "IsADirectoryError" in outs[0]
+  assert "WorkdirBusyError: process 0 failed while taking the lock of" in outs[1], outs[1]

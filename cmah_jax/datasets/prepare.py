@@ -15,9 +15,8 @@ import time
 
 import jax
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 
-from cmah_jax import datasets
+from cmah_jax import datasets, multihost
 
 
 def _dir_size(path) -> int:
@@ -64,11 +63,15 @@ def prepare_on_every_process(spec, log=print):
   prepared once: process 0 prepares it (or finds it prepared) and `log`s its summary; in a
   multi-process run the others wait for it, then open it (the data dir must be shared)."""
   args = (spec.name, spec.data_dir, spec.config, spec.manual_dir)
+  error = None
   if jax.process_index() == 0:
-    builder, summary_text = prepare(*args)
-    log("Dataset:\n%s" % summary_text)
+    try:
+      builder, summary_text = prepare(*args)
+      log("Dataset:\n%s" % summary_text)
+    except Exception as e:  # pylint: disable=broad-except  (raised below, on every process)
+      error = e
+  multihost.raise_if_any_failed(error, f"preparing the dataset {spec.name}")
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("cmah_dataset_prepared")
     builder, _ = prepare(*args)  # reused on a shared filesystem
   return builder
 
