@@ -3,7 +3,11 @@
 Splits `train` (self-supervised training), `query` and `database` (retrieval evaluation);
 their objects are disjoint (each split draws from its own seed stream) and class-balanced
 (object `i` of a split has label `i % 20`). Record `i` of a split is object `i`
-(`disable_shuffling`), so a split is a pure function of the builder config.
+(`disable_shuffling`), so a split is a pure function of the builder config. The classes
+interleave rather than sort, so breaking Hamming ties by database index gives no class an
+edge to speak of: on the default database a constant code scores mAP 0.0530 tie-broken,
+0.0537 with the database shuffled, 0.0541 tie-aware (the headline metric, independent of
+order); the real datasets' records are stored in a seeded shuffle instead.
 
 Stored as ArrayRecord with the `Tensor` features of `cmah_jax.datasets.features` (raw
 bytes: fast to write and read, and ArrayRecord compresses the records), so preparing and
