@@ -49,7 +49,7 @@ class JsonlWriter:
     """Drop rows with `step > step` (a resumed run logs those steps again)."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    rows = [r for r in read_jsonl(self.path) if r["step"] <= step]
+    rows = [r for r in read_jsonl(self.path) if r.get("step", step) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:   # replaced whole, so a kill now loses no row
       f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -57,8 +57,9 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The rows of a metrics file (for resuming, tests and plots), without a line that does
-  not parse as a row with a step: the last line of a run killed while writing it."""
+  """The rows (JSON objects, one a line) of a metrics or changes file, for resuming, tests
+  and plots, without a line that does not parse as one: the last line of a run killed while
+  writing it."""
   rows = []
   with open(path) as f:
     for line in f:
@@ -66,6 +67,6 @@ def read_jsonl(path: str) -> list[dict]:
         row = json.loads(line)
       except ValueError:
         continue
-      if isinstance(row, dict) and "step" in row:
+      if isinstance(row, dict):
         rows.append(row)
   return rows

@@ -633,6 +633,10 @@ def test_a_metrics_line_cut_by_a_kill_does_not_stop_the_resume(tmp_path):
     assert [json.loads(line) for line in f] == [
         {"step": 1, "loss": 0.5, "per_bit": [0.25, None, None]}]
   assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left
+  # Rows need no step to be read (config_changes.jsonl's have none).
+  resume.record_change(str(tmp_path), 3, [("loss.temperature", 0.2, 0.5)])
+  assert read_jsonl(str(tmp_path / "config_changes.jsonl")) == [{
+      "resumed_at_step": 3, "changes": [{"field": "loss.temperature", "old": 0.2, "new": 0.5}]}]
 
 
 def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
