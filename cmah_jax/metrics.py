@@ -26,14 +26,19 @@ def _as_codes(codes, name: str) -> np.ndarray:
   return np.where(codes >= 0, 1, -1).astype(np.int32)
 
 
+def _require_both(num_queries: int, num_db: int, given: str) -> None:
+  """ValueError naming the empty side when there are no queries or no database items."""
+  if not num_queries or not num_db:
+    raise ValueError(f"no {'queries' if not num_queries else 'database items'} to score: "
+                     f"{given}")
+
+
 def _check(query_codes, db_codes, query_labels, db_labels):
   q = _as_codes(query_codes, "query_codes")
   d = _as_codes(db_codes, "db_codes")
   if q.shape[1] != d.shape[1]:
     raise ValueError(f"code lengths differ: queries {q.shape} vs database {d.shape}")
-  if not len(q) or not len(d):
-    raise ValueError(f"no {'queries' if not len(q) else 'database items'} to score: "
-                     f"query codes {q.shape}, database codes {d.shape}")
+  _require_both(len(q), len(d), f"query codes {q.shape}, database codes {d.shape}")
   ql, dl = np.asarray(query_labels), np.asarray(db_labels)
   if len(ql) != len(q) or len(dl) != len(d):
     raise ValueError(
@@ -136,9 +141,7 @@ def similarity_mean_average_precision(similarity, query_labels, db_labels) -> fl
   ql, dl = np.asarray(query_labels), np.asarray(db_labels)
   if s.ndim != 2 or s.shape != (len(ql), len(dl)):
     raise ValueError(f"similarity {s.shape} must be [q, n] = [{len(ql)}, {len(dl)}]")
-  if not s.size:
-    raise ValueError(f"no {'queries' if not len(ql) else 'database items'} to score: "
-                     f"similarity {s.shape}")
+  _require_both(len(ql), len(dl), f"similarity {s.shape}")
   aps = []
   for start in range(0, len(ql), _QUERY_CHUNK):
     block = s[start:start + _QUERY_CHUNK]

@@ -272,16 +272,21 @@ class HashIndex:
     if rows is None:
       parts = [np.asarray(s.codes) for s in self.segments]
       return np.concatenate(parts) if parts else np.zeros((0, self.code_bytes), np.uint8)
-    rows = np.asarray(rows, np.int64).reshape(-1)
-    if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
-      raise IndexError(f"rows outside [0, {self.count}): "
-                       f"{rows[(rows < 0) | (rows >= self.count)][:5].tolist()}")
+    rows = self._checked_rows(rows)
     out = np.zeros((len(rows), self.code_bytes), np.uint8)
     seg = np.searchsorted(self._starts, rows, side="right") - 1
     for s in np.unique(seg):
       m = seg == s
       out[m] = self.segments[s].codes[rows[m] - self.segments[s].start]
     return out
+
+  def _checked_rows(self, rows) -> np.ndarray:
+    """`rows` as int64 `[n]`; IndexError naming (up to 5 of) those outside the index."""
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    bad = rows[(rows < 0) | (rows >= self.count)]
+    if len(bad):
+      raise IndexError(f"rows outside [0, {self.count}): {bad[:5].tolist()}")
+    return rows
 
   def locate(self, row: int) -> tuple["Segment", int]:
     if not 0 <= row < self.count:
@@ -291,10 +296,7 @@ class HashIndex:
 
   def entries(self, rows) -> list[dict]:
     """`{"id", "path"}` of global rows (any order)."""
-    rows = np.asarray(rows, np.int64).reshape(-1)
-    if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
-      raise IndexError(f"rows outside [0, {self.count}): "
-                       f"{rows[(rows < 0) | (rows >= self.count)][:5].tolist()}")
+    rows = self._checked_rows(rows)
     seg = np.searchsorted(self._starts, rows, side="right") - 1
     out = [None] * len(rows)
     for s in np.unique(seg):
