@@ -23,6 +23,8 @@ Prints a markdown table.
       --batch small=64                                            # tuple values
   .venv/bin/python benchmarks/bench_model.py --variants small,small:+image_views \
       --batch small=64                                            # a second image view
+  .venv/bin/python benchmarks/bench_model.py --variants small,small:-masked_point_full_image \
+      --batch small=64                                            # a pair removed
   .venv/bin/python benchmarks/bench_model.py --variants base --batch base=128 \
       --dtype bfloat16                                            # on an accelerator
 
@@ -136,12 +138,19 @@ def split_variants(text: str) -> list[str]:
 def parse_variant(spec: str) -> tuple[str, dict, losses.LossSpec]:
   """`"small"` or `"small:masked_views=2:point_mask_ratio=0.4"` -> (variant, ModelConfig
   overrides, LossSpec); values are Python literals; an item `+PAIR` adds that pair to the
-  default `loss.pairs` (`small:+image_views`: a second image view and its pair)."""
+  default `loss.pairs` (`small:+image_views`: a second image view and its pair), `-PAIR`
+  removes one (`small:-masked_point_full_image`: the full-full pair only)."""
   name, *items = spec.split(":")
   overrides, pairs = {}, LOSS_SPEC.pairs
   for item in items:
     if item.startswith("+"):
       pairs = pairs + (item[1:],)
+      continue
+    if item.startswith("-"):
+      if item[1:] not in pairs:
+        raise SystemExit(f"--variants {spec!r}: cannot remove pair {item[1:]!r}: the pairs "
+                         f"are {', '.join(pairs)}")
+      pairs = tuple(p for p in pairs if p != item[1:])
       continue
     key, sep, value = item.partition("=")
     if not sep:
