@@ -123,3 +123,19 @@ def test_the_printout_lists_the_weakest_class_first_with_its_confusions():
   assert lines[1].endswith("a 0.50, c 0.20")
   other = {d: {"ap": np.array([1.0, 0.5, 0.5])} for d in ("i2p", "p2i")}
   assert "-0.100 / -0.100" in per_class.format_study(study, ["a", "b", "c"], other)[1]
+
+
+@pytest.mark.parametrize("other, message", [
+    ((["a", "b"], "validation protocol", "sign(h) codes"), "would be scored on sign\\(h\\) codes"),
+    ((["a", "b"], "test protocol", "learned quantiser's codes"), "another dataset or protocol"),
+    ((["a", "c"], "validation protocol", "learned quantiser's codes"),
+     "another dataset or protocol"),
+])
+def test_against_refuses_another_kind_of_codes_or_protocol(monkeypatch, other, message):
+  codes = {"image": np.ones((2, 4)), "point": np.ones((2, 4)), "label": np.arange(2)}
+  monkeypatch.setattr(per_class, "scored_codes",
+                      lambda workdir, which: (codes, codes, *other))
+  ours = (["a", "b"], "validation protocol", "learned quantiser's codes")
+  with pytest.raises(per_class.app.UsageError, match=message):
+    per_class.comparable_codes("/runs/b", "auto", "/runs/a", ours)
+  assert per_class.comparable_codes("/runs/b", "auto", "/runs/a", other)[0] is codes

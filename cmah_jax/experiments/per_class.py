@@ -166,22 +166,33 @@ def _json_ready(study: dict, names: list[str]) -> dict:
       for d, v in study.items()}}
 
 
+def comparable_codes(against: str, codes: str, workdir: str,
+                     scored: tuple[list[str], str, str]) -> tuple[dict, dict]:
+  """`against`'s (query, database) codes as `scored_codes` gives them, after checking that
+  they are on `workdir`'s dataset and protocol and of the same kind; `scored`: `workdir`'s
+  (class names, protocol, which codes). Raises `app.UsageError` naming both runs."""
+  names, protocol, which = scored
+  o_query, o_database, o_names, o_protocol, o_which = scored_codes(against, codes)
+  if (o_names, o_protocol) != (names, protocol):
+    raise app.UsageError(f"--against={against} is on another dataset or protocol "
+                         f"({o_protocol}) than {workdir} ({protocol})")
+  if o_which != which:  # e.g. --codes=auto: one run has a learned quantiser, one not
+    raise app.UsageError(f"--against={against} would be scored on {o_which}, {workdir} "
+                         f"on {which}; pass --codes=sign to compare the same kind")
+  return o_query, o_database
+
+
 def main(argv):
   del argv
   args = flags.FLAGS
   workdir = os.path.abspath(os.path.expanduser(args.workdir))
   query, database, names, protocol, which = scored_codes(workdir, args.codes)
   study = per_class_study(query, database, len(names))
-  other = None
+  other = against = None
   if args.against:
     against = os.path.abspath(os.path.expanduser(args.against))
-    o_query, o_database, o_names, o_protocol, o_which = scored_codes(against, args.codes)
-    if (o_names, o_protocol) != (names, protocol):
-      raise app.UsageError(f"--against={against} is on another dataset or protocol "
-                           f"({o_protocol}) than {workdir} ({protocol})")
-    if o_which != which:  # e.g. --codes=auto: one run has a learned quantiser, one not
-      raise app.UsageError(f"--against={against} would be scored on {o_which}, {workdir} "
-                           f"on {which}; pass --codes=sign to compare the same kind")
+    o_query, o_database = comparable_codes(against, args.codes, workdir,
+                                           (names, protocol, which))
     other = per_class_study(o_query, o_database, len(names))
   record = _json_ready(study, names)
   if other is not None:
