@@ -5,9 +5,9 @@
 
 Each code length runs in `WORKDIR/bits_K` (resumable like any run); the table of mAP@all in
 both directions goes to `WORKDIR/sweep.md` and `WORKDIR/sweep.json`. A finished run of the
-same config is not run again; with a config sized in epochs (the real datasets'), whose
-step count is known only once the data is prepared, a finished run is resumed at its last
-step and evaluated again, not retrained. Comparisons with baselines and seeds:
+same config is not run again (a config sized in epochs, the real datasets', has its step
+counts filled in from the prepared training split first, as training does). Comparisons
+with baselines and seeds:
 `python -m cmah_jax.experiments`.
 """
 import json
@@ -42,6 +42,19 @@ def finished(report_path: str, config) -> bool:
           and report.get("steps") == config.total_steps)
 
 
+def with_schedule(config):
+  """`config` (resolved) with every step count known: one sized in epochs (the real
+  datasets') prepares its dataset and counts the training examples, as training does, so
+  that its fingerprint is the one a finished run's report holds."""
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if config_lib.schedule_resolved(config):
+    return config
+  from cmah_jax.datasets.prepare import prepare_on_every_process  # pylint: disable=import-outside-toplevel
+  from cmah_jax.protocol import retrieval_sources  # pylint: disable=import-outside-toplevel
+  sources = retrieval_sources(prepare_on_every_process(config.dataset), config.eval)
+  return config_lib.resolve_schedule(config, len(sources.train))
+
+
 def main(argv):
   del argv
   from cmah_jax import config as config_lib
@@ -54,7 +67,7 @@ def main(argv):
     resolved = config_lib.resolve(config)
     workdir = os.path.join(_WORKDIR.value, f"bits_{bits}")
     report_path = os.path.join(workdir, "report.json")
-    if not finished(report_path, resolved):  # finished runs of this config are not redone
+    if not finished(report_path, with_schedule(resolved)):  # finished runs are not redone
       try:
         result = run.run_experiment(resolved, workdir)
       except resume.ConfigChangedError as e:
