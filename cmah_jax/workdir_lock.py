@@ -14,9 +14,11 @@ lock left by a process that no longer runs (killed with SIGKILL, the machine reb
 stale and taken over: it is removed only under an `flock` on `<lock>.takeover` and only if
 it still holds the stale content, so two processes taking over one stale lock cannot
 remove the fresh lock one of them has just made (the kernel drops an `flock` when its
-process dies). A live holder makes `hold` raise `WorkdirBusyError` naming it. Liveness is known only
-on the holder's own host (its pid, and its start time, so a reused pid is not mistaken for
-it); a lock from another host counts as held, and the error says how to remove it.
+process dies). A live holder makes `hold` raise `WorkdirBusyError` naming it. Liveness is
+known only where the holder's pid means the same process: on its own host and in its own
+pid namespace (containers sharing a host name, e.g. `docker run --network host`, each have
+one); there its pid and start time are checked, so a reused pid is not mistaken for it. A
+lock from another host or pid namespace counts as held, and the error says how to remove it.
 
 Nested `hold`s by the process that holds the lock (a suite worker around `run_experiment`)
 pass through. In a multi-process run only process 0 takes the lock, and every process
@@ -60,19 +62,35 @@ def _start_ticks(pid: int) -> int | None:
     return None
 
 
+def _pid_namespace() -> str | None:
+  """This process's pid namespace (Linux: `"pid:[4026531836]"`), or None without /proc."""
+  try:
+    return os.readlink("/proc/self/ns/pid")
+  except OSError:
+    return None
+
+
 def _me() -> dict:
-  return {"pid": os.getpid(), "host": socket.gethostname(),
+  return {"pid": os.getpid(), "host": socket.gethostname(), "pid_ns": _pid_namespace(),
           "start_ticks": _start_ticks(os.getpid())}
 
 
 def _is_me(owner: dict) -> bool:
   me = _me()
-  return all(owner.get(k) == me[k] for k in ("pid", "host", "start_ticks"))
+  return all(owner.get(k) == me[k] for k in ("pid", "host", "pid_ns", "start_ticks"))
+
+
+def _checkable_here(owner: dict) -> bool:
+  """Whether the holder's pid can be looked up here: same host and same pid namespace (a
+  lock written before namespaces were recorded has none: read as this one)."""
+  return (owner.get("host") == socket.gethostname()
+          and owner.get("pid_ns", _pid_namespace()) == _pid_namespace())
 
 
 def _alive(owner: dict) -> bool:
-  """Whether the lock's holder still runs (True when that cannot be known: another host)."""
-  if owner.get("host") != socket.gethostname():
+  """Whether the lock's holder still runs (True when that cannot be known: another host or
+  pid namespace)."""
+  if not _checkable_here(owner):
     return True
   pid = owner.get("pid")
   if not isinstance(pid, int) or pid <= 0:
@@ -115,9 +133,9 @@ def describe_holder(owner: dict) -> str:
 
 
 def _busy(path: str, owner: dict) -> WorkdirBusyError:
-  other_host = owner.get("host") != socket.gethostname()
-  hint = (" If that process is gone (it ran on another host, so this one cannot check), "
-          f"delete {path}." if other_host else
+  hint = (" If that process is gone (it ran on another host or in another container's pid "
+          f"namespace, so this process cannot check), delete {path}."
+          if not _checkable_here(owner) else
           " Wait for it to finish, or stop it (it saves a checkpoint on SIGTERM) and run "
           "again to resume.")
   return WorkdirBusyError(f"{os.path.dirname(path)} is in use: {describe_holder(owner)} "

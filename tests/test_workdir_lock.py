@@ -190,3 +190,26 @@ def test_a_failure_on_process_0_stops_every_process(tmp_path):
   assert [p.returncode for p in procs] == [3, 3], outs
   assert "IsADirectoryError" in outs[0]
   assert "WorkdirBusyError: process 0 failed while taking the lock of" in outs[1], outs[1]
+
+
+def test_a_holder_in_another_pid_namespace_counts_as_held(tmp_path):
+  """Two containers sharing a host name (`--network host`) do not see each other's pids: a
+  lock from the other one must not look stale because its pid is not found here."""
+  me = workdir_lock._me()  # pylint: disable=protected-access
+  if me["pid_ns"] is None:
+    pytest.skip("no /proc/self/ns/pid here")
+  dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True).stdout)
+  lock = dict(pid=dead, host=me["host"], start_ticks=5, what="training")
+  _write_lock(tmp_path, **lock, pid_ns="pid:[1]")  # no namespace has inode 1: not ours
+  assert workdir_lock.holder(str(tmp_path))["pid"] == dead
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=r"another container's pid namespace"):
+    workdir_lock.acquire(str(tmp_path), "training")
+  # The same dead pid in this namespace, or in a lock written before namespaces were
+  # recorded: stale, taken over.
+  for content in (dict(lock, pid_ns=me["pid_ns"]), lock):
+    _write_lock(tmp_path, **content)
+    assert workdir_lock.holder(str(tmp_path)) is None
+    assert workdir_lock.acquire(str(tmp_path), "training") is True
+    assert workdir_lock.holder(str(tmp_path))["pid_ns"] == me["pid_ns"]
+    workdir_lock.release(str(tmp_path))
