@@ -52,6 +52,9 @@ DEFAULTS_ROUND10 = {"loss.temperature": 0.2, "input.point_scale_isotropic": True
 # round 25 made the hMLP stem its default (docs/tuning.md). Every run recorded before then
 # pins it (`Method.pinned`), and `configs/<name>.py:paper` applies it with the objective.
 LINEAR_PATCHES = {"model.overrides.image_stem_dims": ()}
+# UCCH's bank and negatives drawn from seed 0 in every run: what UCCH's runs recorded
+# before 2026-12-07 did (`loss.ucch_seed_per_run`); they pin it.
+UCCH_SEED_0 = {"loss.ucch_seed_per_run": False}
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
@@ -246,6 +249,7 @@ ADDED_LATER = {
     "loss.relation_weight": 0.0,
     "loss.relation_targets": "image_image",
     "model.image_stem_dims": [],
+    "loss.ucch_seed_per_run": False,
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
@@ -257,6 +261,8 @@ INERT_WHEN = {
                            lambda loss: not LossSpec(**loss).reconstruction_on()[1]),
     "ucch_temperature": ("the objective is not UCCH's",
                          lambda loss: loss["objective"] != "ucch"),
+    "ucch_seed_per_run": ("the objective is not UCCH's",
+                          lambda loss: loss["objective"] != "ucch"),
     "relation_targets": ("the relational term is off",
                          lambda loss: not LossSpec(**loss).relation_on()),
 }

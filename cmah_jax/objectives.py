@@ -9,7 +9,8 @@ An objective is called inside the jitted train step:
 (`points`, `images`, `label`, `index` = dataset record index), `loss_state` a pytree the
 objective carries across steps (e.g. a memory bank) or None. `init_state(num_examples)`
 gives its initial value ({} when it carries nothing; the train state then has no
-`loss_state`). Objectives must use labels only when `spec.supervised`.
+`loss_state`). Objectives must use labels only when `spec.supervised`. An objective that
+draws random numbers (UCCH's sampled negatives) draws them from the run's `seed`.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class CmahObjective:
   """`L_c + lambda_r (L_3D + L_2D)` (+ optional code-quality terms): `losses.cmah_loss`."""
   spec: LossSpec
   bits: int
+  seed: int = 0  # the run's; CMAH's objective draws nothing (the model draws the masks)
 
   def init_state(self, num_examples: int) -> dict:
     """{}, plus `{key: NegativeQueue.empty(size, bits)}` for each memory of `MEMORIES`
@@ -81,11 +83,11 @@ class CmahObjective:
     return total, {**terms, "loss/total": total, "contrastive_on": on}
 
 
-_REGISTRY: dict[str, Callable[[LossSpec, int], Any]] = {"cmah": CmahObjective}
+_REGISTRY: dict[str, Callable[[LossSpec, int, int], Any]] = {"cmah": CmahObjective}
 
 
-def register(name: str, factory: Callable[[LossSpec, int], Any]) -> None:
-  """Make `config.loss.objective = name` build `factory(spec, bits)`."""
+def register(name: str, factory: Callable[[LossSpec, int, int], Any]) -> None:
+  """Make `config.loss.objective = name` build `factory(spec, bits, seed=seed)`."""
   _REGISTRY[name] = factory
 
 
@@ -94,13 +96,14 @@ def available() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def get_objective(spec: LossSpec, bits: int):
-  """The objective named by `spec.objective`, for codes of `bits` bits."""
+def get_objective(spec: LossSpec, bits: int, seed: int = 0):
+  """The objective named by `spec.objective`, for codes of `bits` bits, in a run of `seed`
+  (`config.seed`)."""
   _load_baselines()
   if spec.objective not in _REGISTRY:
     raise ValueError(f"unknown config.loss.objective={spec.objective!r}; "
                      f"known: {sorted(_REGISTRY)}")
-  return _REGISTRY[spec.objective](spec, bits)
+  return _REGISTRY[spec.objective](spec, bits, seed=seed)
 
 
 def _load_baselines():

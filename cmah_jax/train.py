@@ -391,7 +391,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
   model = CMAH(cfg.model)
   init_key, train_key = run_keys(cfg.seed)
   builder = prepare_lib.prepare_on_every_process(cfg.dataset, log=log)
-  objective = get_objective(cfg.loss, cfg.model.bits)
+  objective = get_objective(cfg.loss, cfg.model.bits, cfg.seed)
   sources = retrieval_sources(builder, cfg.eval)
   log("Protocol: %s", sources.description)
   cfg = config_lib.resolve_schedule(cfg, len(sources.train))

@@ -226,6 +226,39 @@ def test_config_temperature_reaches_the_loss():
     LossSpec(objective="ucch", ucch_temperature=0.0).validate()
 
 
+def test_the_runs_seed_draws_the_bank_and_the_negatives():
+  """`get_objective(spec, bits, seed)`: UCCH's bank and sampled negatives come from the
+  run's seed, so seeds differ in them as in everything else; with
+  `ucch_seed_per_run=False` (the runs recorded before, and the methods pinned to them)
+  every seed draws from 0. At seed 0 the two are the same run."""
+  hx, hy = _codes(3)
+  memory, index = _bank(4), np.arange(8) * 5
+  old = dataclasses.replace(SPEC, ucch_seed_per_run=False)
+  for seed in (0, 1, 2):
+    obj = objectives.get_objective(SPEC, 16, seed)
+    assert obj.settings.seed == seed
+    assert objectives.get_objective(old, 16, seed).settings.seed == 0
+    total, _, _ = _call(jax.jit(obj), hx, hy, memory, index, 5)  # samples (past warm-up)
+    neg = np.asarray(deep.sample_negatives(seed, 5, 8, 40, obj.settings.num_negatives))
+    want, _, _ = np_total(hx, hy, memory, index, neg, deep.UcchSettings(seed=seed), False)
+    np.testing.assert_allclose(float(total), want, rtol=1e-5)
+  banks = [np.asarray(objectives.get_objective(SPEC, 16, s).init_state(40)["memory"])
+           for s in (0, 1)]
+  assert (banks[0] != banks[1]).mean() > 0.3  # independent signs: about half differ
+  np.testing.assert_array_equal(
+      banks[0], objectives.get_objective(old, 16, 1).init_state(40)["memory"])
+
+
+def test_the_methods_recorded_before_keep_seed_0():
+  """Today's `ucch` draws from the run's seed; the UCCH methods whose runs were recorded
+  before (`ucch_r10`, `ucch_paper`, the carve's `ucch_t*`) pin seed 0, which is what they
+  ran with; CMAH's objective reads neither."""
+  from cmah_jax.experiments import methods  # pylint: disable=import-outside-toplevel
+  assert "loss.ucch_seed_per_run" not in dict(methods.get_method("ucch").pinned)
+  for name in ("ucch_r10", "ucch_paper", "ucch_t0.07", "ucch_t0.2", "ucch_t0.5"):
+    assert dict(methods.get_method(name).pinned)["loss.ucch_seed_per_run"] is False, name
+
+
 # -- objective -------------------------------------------------------------------------
 def test_objective_warmup_then_memory_against_numpy():
   """N = 40, B = 8: steps 0-4 are the warm-up epoch, step 5 samples from the bank."""

@@ -211,16 +211,19 @@ class UcchObjective:
   Unsupervised, no reconstruction: needs `config.loss.lambda_r=0` and
   `config.loss.pairs=full_full`, and the code-quality weights at 0. `settings` None (what
   `config.loss.objective="ucch"` builds): UCCH's published settings with the temperature
-  `spec.ucch_temperature`; given, they are used as they are.
+  `spec.ucch_temperature`, drawing from `seed` (0 with `spec.ucch_seed_per_run=False`);
+  given, they are used as they are.
   """
   spec: LossSpec
   bits: int
   settings: UcchSettings | None = None
+  seed: int = 0  # the run's (`config.seed`): read when `settings` is None
 
   def __post_init__(self):
     if self.settings is None:
-      object.__setattr__(self, "settings",
-                         UcchSettings(temperature=float(self.spec.ucch_temperature)))
+      object.__setattr__(self, "settings", UcchSettings(
+          temperature=float(self.spec.ucch_temperature),
+          seed=int(self.seed) if self.spec.ucch_seed_per_run else 0))
     self.settings.validate()
     spec = self.spec
     wrong = {

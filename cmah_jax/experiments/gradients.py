@@ -72,7 +72,7 @@ def main(argv):
   cfg = train.read_config(workdir)
   trained = load_trained(workdir)
   sources = retrieval_sources(prepare_on_every_process(cfg.dataset), cfg.eval)
-  objective = get_objective(cfg.loss, cfg.model.bits)
+  objective = get_objective(cfg.loss, cfg.model.bits, cfg.seed)
   term_gradients = make_term_gradients(trained.model, objective)
   loss_state = objective.init_state(len(sources.train)) or None
   sums: dict = {}

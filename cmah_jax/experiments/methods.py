@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cmah_jax.config import DEFAULTS_ROUND10, LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS
+from cmah_jax.config import (DEFAULTS_ROUND10, LINEAR_PATCHES, PAPER_OBJECTIVE, PAPER_PAIRS,
+                             UCCH_SEED_0)
 
 
 # The group of a trained method pinned to earlier defaults: tabled beside today's runs, not
@@ -92,6 +93,8 @@ def _c(name, label, group, source, **overrides):
 # recorded then ran (L_c's pairs were the paper's until round 18, the image tokens MAE's
 # linear embedding until round 25).
 R10 = {**DEFAULTS_ROUND10, **PAPER_PAIRS, **LINEAR_PATCHES}
+# UCCH's runs under them also drew its bank and negatives from seed 0 in every run.
+UCCH_R10 = {**R10, **UCCH_SEED_0}
 R10_WHEN = "defaults of rounds 10-16"
 # The defaults of rounds 18-24: today's but MAE's linear patch embedding.
 R18 = LINEAR_PATCHES
@@ -160,8 +163,8 @@ _CMAH_AND_BASELINES = [
 # overrides set every pinned key (it is the same run either way).
 _RAN_UNDER_ROUND10 = ("contrastive", "ucch", "supervised", "no_point_recon", "no_image_recon",
                       "no_cross_attention", "full_full_only", "with_full_masked")
-_ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, R10) for m in _CMAH_AND_BASELINES
-                  if m.name in _RAN_UNDER_ROUND10]
+_ROUND10_TWINS = [earlier_default(m, "_r10", R10_WHEN, UCCH_R10 if m.name == "ucch" else R10)
+                  for m in _CMAH_AND_BASELINES if m.name in _RAN_UNDER_ROUND10]
 # The trained methods whose runs were recorded under the defaults of rounds 18-24 (MAE's
 # linear patch embedding), on the test splits or the carve: kept as `<name>_r18`. Not
 # CMAH (its runs then are the ablation `linear_patches`), nor `cmah_paper` (it pins the
@@ -180,7 +183,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # UCCH at its published temperature: the runs made before the carve's screen
     # (recorded as "ucch"; 0.9 is the field's neutral value, so the fingerprint is theirs).
     _m("ucch_paper", "UCCH, its published temperature 0.9", EARLIER,
-       "[Hu et al., TPAMI 2023]", recorded_as="ucch", pinned=R10, **UCCH,
+       "[Hu et al., TPAMI 2023]", recorded_as="ucch", pinned=UCCH_R10, **UCCH,
        loss__ucch_temperature=0.9),
     # The defaults before round 10 (L_2D weight 1 with temperature 0.2 and isotropic
     # scaling): their runs were recorded as "cmah" and "supervised".
@@ -422,7 +425,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # UCCH at its published t 0.9 on the same carve (0.2 won: `ucch` trains at it since;
     # `ucch_paper` keeps 0.9). Only UCCH's rows read the result.
     *[_m(f"ucch_t{t}", f"UCCH, temperature {t}", "candidate",
-         "[Hu et al., TPAMI 2023; the temperature ours]", pinned=R10, **UCCH,
+         "[Hu et al., TPAMI 2023; the temperature ours]", pinned=UCCH_R10, **UCCH,
          loss__ucch_temperature=t)
       for t in (0.07, 0.2, 0.5)],
 ]}

@@ -111,6 +111,11 @@ class LossSpec:
   # pretrained features]; here its towers train from scratch, so t is screened on the
   # validation carve as CMAH's temperature was (`ucch_t*` candidates, docs/tuning.md).
   ucch_temperature: float = 0.9
+  # Whether UCCH's memory-bank initialisation and sampled negatives are drawn from the
+  # run's seed (`config.seed`), as every other random choice of a run is; False: seed 0
+  # whatever the run's seed, as UCCH's runs recorded before 2026-12-07 did (their seeds
+  # then differed in initialisation and data order only) [ours].
+  ucch_seed_per_run: bool = True
   # The first this many training steps train the reconstruction alone, `lambda_r (w_3D
   # L_3D + w_2D L_2D)`; every other term of `cmah_loss` is multiplied by 0 until then, and
   # by 1 from this step on; 0 = off (the paper's joint objective from step 0) [ours, after
