@@ -1,9 +1,11 @@
 """The retrieval protocol: which records train the model, which are queries, which form the
 database (`config.eval`).
 
-- `protocol="test"`: the model trains on the `train` split; queries are the `query` split;
-  the database is the held-out `database` split, or with `database_split="train"` the
-  training set itself (the UCCH protocol, where the retrieval set is the training set).
+- `protocol="test"`: the model trains on the `train` split. With `database_split=
+  "database"` the queries are the `query` split and the database the held-out `database`
+  split; with `database_split="train"` (the UCCH protocol: queries from the test side,
+  the training set as retrieval set [docs/PAPER.md]) the queries are the whole test side,
+  the `query` split then the `database` split, and the database the training set.
 - `protocol="validation"`, for choosing hyper-parameters without ever looking at the query
   or database splits: a fixed, seeded fraction (`validation_fraction`) of the train split
   is held out of training; `validation_query_fraction` of it are the queries, the rest the
@@ -17,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from cmah_jax.config import EvalSpec
-from cmah_jax.input import SubsetSource, as_source
+from cmah_jax.input import ConcatSource, SubsetSource, as_source
 
 VALIDATION_SEED = 20241125  # the fixed validation carve [ours]
 
@@ -57,11 +59,13 @@ def retrieval_sources(builder, eval_spec: EvalSpec) -> RetrievalSources:
         SubsetSource(train, database),
         f"validation protocol: {len(queries)} queries against {len(database)} database "
         f"objects, both held out of the train split (the model trains on {len(fit)})")
-  query = as_source(builder, "query")
+  query, held_out = as_source(builder, "query"), as_source(builder, "database")
   if eval_spec.database_split == "train":
-    database, what = train, "the training set (UCCH protocol)"
-  else:
-    database, what = as_source(builder, "database"), "the held-out database split"
-  return RetrievalSources(train, query, database,
-                          f"{len(query)} queries (query split) against {len(database)} "
-                          f"database objects, {what}")
+    return RetrievalSources(
+        train, ConcatSource(query, held_out), train,
+        f"{len(query) + len(held_out)} queries (the query and database splits: the whole "
+        f"test side) against {len(train)} database objects, the training set (UCCH "
+        "protocol)")
+  return RetrievalSources(train, query, held_out,
+                          f"{len(query)} queries (query split) against {len(held_out)} "
+                          "database objects, the held-out database split")

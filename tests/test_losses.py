@@ -431,6 +431,12 @@ def test_masked_points_against_the_full_image_average_the_point_views():
   assert abs(masked - one_view) > 1e-3  # the extra views count
   with pytest.raises(ValueError, match="as many extra masked image views"):
     losses.cmah_loss(out, dataclasses.replace(spec, pairs=("full_full", "masked_masked")))
+  # The wide embeddings z have no extra views: their pairs would read view 0 alone.
+  for name in ("point/z", "image/z", "point/z_masked", "image/z_masked"):
+    out[name] = out[name.replace("/z", "/h")]
+  with pytest.raises(ValueError, match=r"loss.embed_weight > 0.*point/z of the first masked "
+                     r"view only.*encodes 3"):
+    losses.cmah_loss(out, dataclasses.replace(spec, embed_weight=1.0))
 
 
 def test_reconstruction_on_is_what_cmah_loss_computes():

@@ -11,6 +11,7 @@ import pytest
 from cmah_jax import losses
 from cmah_jax.models import (CMAH, abstract_variables, build, encode_images,
                              encode_points, hash_features, init_variables, resolve_config)
+from cmah_jax.models.encoders import global_pool
 from cmah_jax.models.hash_head import HashHead
 from cmah_jax.models.image_tokenizer import ImageTokenizer, sincos_2d
 from cmah_jax.models.point_tokenizer import MiniPointNet
@@ -215,6 +216,44 @@ def test_masked_pass_sees_visible_tokens_only(tiny):
     np.testing.assert_allclose(out2[k], out[k], atol=1e-6, err_msg=k)
   assert not np.allclose(out2["image/h"], out["image/h"], atol=1e-4)
   assert not np.allclose(out2["image/target"], out["image/target"])
+
+
+def test_masked_pass_and_decoders_against_per_example_boolean_gathers():
+  """The masked pass and both decoders, recomputed one example at a time from the full
+  pass's tokens with NumPy boolean indexing on the returned masks: each encoder sees its
+  visible tokens at their own positions, each decoder the visible tokens' positions and
+  then the masked ones', and the other modality's visible tokens as context. (Scrambling
+  inputs, above, cannot see a position gathered from the wrong row.)"""
+  model, variables = build("tiny", BITS, jax.random.key(0), drop_path=0.0)
+  images, points = _inputs(model, b=3, seed=4)
+  out = model.apply(variables, images, points, train=True, mask_key=jax.random.key(7))
+  mask_i, mask_p = np.asarray(out["image/mask"]), np.asarray(out["point/mask"])
+  assert mask_i.any(axis=1).all() and (~mask_i).any(axis=1).all()
+
+  def reference(m, images, points):
+    i_tok, i_pos, _ = m.image_tokenizer(images)
+    p_tok, p_pos, _, centers = m.point_tokenizer(points)
+    i_pos = jnp.broadcast_to(i_pos, i_tok.shape)
+    dec_pos = m.point_decoder_pos(centers)
+    rows = []
+    for b in range(images.shape[0]):
+      vi, vp = ~mask_i[b], ~mask_p[b]  # visible
+      i_vis = m.image_encoder(i_tok[b:b + 1, vi], i_pos[b:b + 1, vi], True)
+      p_vis = m.point_encoder(p_tok[b:b + 1, vp], p_pos[b:b + 1, vp], True)
+      rows.append({
+          "image/h_masked": m.image_hash(global_pool(i_vis))[0],
+          "point/h_masked": m.point_hash(global_pool(p_vis))[0],
+          "image/pred": m.image_decoder(i_vis, i_pos[b:b + 1, vi],
+                                        i_pos[b:b + 1, mask_i[b]], p_vis, True),
+          "point/pred": m.point_decoder(p_vis, dec_pos[b:b + 1, vp],
+                                        dec_pos[b:b + 1, mask_p[b]], i_vis, True),
+      })
+    return {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+  want = model.apply(variables, images, points, method=reference)
+  for k, v in want.items():
+    got = np.asarray(out[k]).reshape(v.shape)
+    np.testing.assert_allclose(got, v, atol=2e-5, err_msg=k)
 
 
 # -- gradient reach ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from cmah_jax import datasets
 from cmah_jax.config import EvalSpec
-from cmah_jax.input import InputSpec, TrainPipeline
+from cmah_jax.input import InputSpec, TrainPipeline, eval_local_batch, eval_subset_index
 from cmah_jax.protocol import VALIDATION_SEED, retrieval_sources, validation_carve
 
 
@@ -43,16 +43,43 @@ def test_validation_carve_hand_checked():
 def test_sources_of_each_protocol(tiny):
   test = retrieval_sources(tiny, EvalSpec())
   assert (len(test.train), len(test.query), len(test.database)) == (80, 40, 60)
-  ucch = retrieval_sources(tiny, EvalSpec(database_split="train"))
-  assert len(ucch.database) == 80 and "UCCH" in ucch.description
   val = retrieval_sources(tiny, EvalSpec(protocol="validation"))
   assert (len(val.train), len(val.query), len(val.database)) == (64, 3, 13)
-  ids = lambda src: {src[i]["object_id"] for i in range(len(src))}
-  # The validation objects come from the train split and are held out of training.
-  train_ids = ids(test.train)
-  assert ids(val.query) | ids(val.database) <= train_ids
-  assert not (ids(val.query) | ids(val.database)) & ids(val.train)
-  assert not ids(val.query) & (ids(test.query) | ids(test.database))
+  # Objects by their point clouds (ids name their split, so comparing ids across splits
+  # could not fail): the validation objects come from the train split, are held out of
+  # training, and are none of the test side's.
+  clouds = lambda src: {src[i]["points"].tobytes() for i in range(len(src))}
+  assert len(clouds(test.train)) == 80
+  assert clouds(val.query) | clouds(val.database) <= clouds(test.train)
+  assert not (clouds(val.query) | clouds(val.database)) & clouds(val.train)
+  assert not clouds(val.query) & (clouds(test.query) | clouds(test.database))
+
+
+def test_the_ucch_protocol_queries_the_training_set_with_the_whole_test_side(tiny):
+  """`database_split="train"`: the queries are the query split, then the database split
+  (UCCH: queries from the test split [docs/PAPER.md]), the database the training set."""
+  test = retrieval_sources(tiny, EvalSpec())
+  ucch = retrieval_sources(tiny, EvalSpec(database_split="train"))
+  assert (len(ucch.query), len(ucch.database)) == (100, 80)
+  assert "100 queries (the query and database splits" in ucch.description
+  assert "80 database objects, the training set (UCCH protocol)" in ucch.description
+  side = [test.query[i] for i in range(40)] + [test.database[i] for i in range(60)]
+  for i in (0, 39, 40, 99):
+    assert ucch.query[i]["object_id"] == side[i]["object_id"]
+  ids = [3, 70, 41, 3, 0]  # across both parts, out of order, repeated
+  got = ucch.query.__getitems__(ids)
+  assert [g["object_id"] for g in got] == [side[i]["object_id"] for i in ids]
+  with pytest.raises(IndexError, match="record 100 of 100"):
+    ucch.query[100]
+  assert ucch.database[5]["object_id"] == test.train[5]["object_id"]
+  # Each query is evaluated as in its own split: the same fixed point subset.
+  spec = InputSpec(eval_batch_size=50, num_points=64, image_size=16)
+  assert tiny.info.features["points"].shape[0] > 64  # a subset is drawn
+  joined = eval_local_batch(ucch.query, 0, spec)  # rows 0-49: query 0-39, database 0-9
+  alone = [eval_local_batch(test.query, 0, spec), eval_local_batch(test.database, 0, spec)]
+  np.testing.assert_array_equal(joined["points"][:40], alone[0]["points"][:40])
+  np.testing.assert_array_equal(joined["points"][40:], alone[1]["points"][:10])
+  assert [eval_subset_index(ucch.query, i) for i in (39, 40, 99)] == [39, 0, 59]
 
 
 def test_training_never_reads_validation_records(tiny):

@@ -761,10 +761,10 @@ def test_trainer_prepares_and_trains_one_step(name, tmp_path):
   assert np.isfinite(result.metrics["loss/total"])
   bits = str(config.model.bits)
   report = json.load(open(tmp_path / "work" / "report.json"))
-  # UCCH protocol: the query split (split rule: 1 query per class of 3) against the
-  # training set as database (shapenet_render: 8 of 10 per class; the others 3 per class).
+  # UCCH protocol: the whole test side (shapenet_render: 2 of 10 per class; the others 3
+  # per class) against the training set as database (8 of 10 per class; 3 per class).
   assert (report["num_queries"], report["num_database"]) == (
-      (3, 24) if name == "shapenet_render" else (3, 9))
+      (6, 24) if name == "shapenet_render" else (9, 9))
   assert "the training set (UCCH protocol)" in report["protocol"]
   assert report["bits"] == config.model.bits
   for d in ("i2p", "p2i"):
@@ -795,7 +795,7 @@ def test_suite_runs_on_a_real_dataset_config_unchanged(tmp_path):
   for r in data["runs"]:
     report = json.load(open(os.path.join(r["workdir"], "report.json")))
     assert ("itq" in report) == r["method"].startswith("cmah"), r["method"]
-    assert (report["num_queries"], report["num_database"]) == (3, 24), r["method"]
+    assert (report["num_queries"], report["num_database"]) == (6, 24), r["method"]
     assert "the training set (UCCH protocol)" in report["protocol"], r["method"]
     assert np.isfinite(r["map"]["i2p"]) and np.isfinite(r["map"]["p2i"])
   assert "the training set (UCCH protocol)" in (tmp_path / "suite" / "results.md").read_text()

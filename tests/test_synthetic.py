@@ -265,8 +265,7 @@ def test_splits_are_disjoint(tiny_builder):
     assert len(ids[split]) == len(exs) and len(clouds[split]) == len(exs)
   for a in SPLITS:
     for b in SPLITS:
-      if a < b:
-        assert not ids[a] & ids[b]
+      if a < b:  # (ids name their split, so only the clouds can tell)
         assert not clouds[a] & clouds[b]
 
 

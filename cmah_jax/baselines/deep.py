@@ -98,7 +98,8 @@ def hash_keys(v: jax.Array) -> jax.Array:
 
 
 def init_memory(num_examples: int, bits: int, seed: int = 0) -> jax.Array:
-  """Random unit-norm binary rows `[N, L]` float32 [UCCH: normalize(sign(uniform))]."""
+  """Random unit-norm binary rows `[N, L]` float32: unbiased +-1/sqrt(L) [ours; UCCH's
+  sgn(2s z - s), z ~ N(0, 1), is +1 with probability 0.31: module docstring]."""
   key = jax.random.fold_in(jax.random.key(seed), 0)
   return jax.random.rademacher(key, (num_examples, bits), jnp.float32) / math.sqrt(bits)
 

@@ -1,7 +1,7 @@
 """Offline datasets of cmah_jax: the registry of TFDS builders, one per dataset.
 
 Every builder yields examples of one format (`features.make_features`)
-  {"points": float32 [P, 3], "images": uint8 [V, H, W, 3], "label": int64, "object_id": str}
+  {"points": float32 [P, 3], "images": uint8 [V, H, W, 3], "label": int64, "object_id": bytes}
 with class names in `info.metadata["class_names"]`, is prepared once (`prepare`) and is
 read through `as_data_source()` (ArrayRecord, no TensorFlow).
 """

@@ -1,6 +1,6 @@
 """The one example format of every cmah_jax dataset, as TFDS features.
 
-  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": str}
+  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": bytes}
 
 Only `Tensor` features, so preparing and reading (ArrayRecord through `as_data_source()`)
 need no TensorFlow. Class names are not a feature: builders store them in

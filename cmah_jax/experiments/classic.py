@@ -18,7 +18,7 @@ import numpy as np
 from cmah_jax import config as config_lib
 from cmah_jax.baselines import CcaItq, image_features, point_features, random_codes
 from cmah_jax.evaluate import retrieval_metrics
-from cmah_jax.input import eval_example, resize_images
+from cmah_jax.input import eval_example, eval_subset_index, resize_images
 from cmah_jax.protocol import retrieval_sources
 
 FEATURE_SEED = 0  # pair/triple sampling of the point descriptors [ours]
@@ -32,7 +32,7 @@ def load_objects(source, spec, all_views: bool = False) -> dict:
   points, images, labels = [], [], []
   for i in range(len(source)):
     ex = source[i]
-    p, im = eval_example(ex, i, spec)
+    p, im = eval_example(ex, eval_subset_index(source, i), spec)
     if all_views:
       im = np.stack([resize_images(v, spec.image_size) for v in np.asarray(ex["images"])])
     points.append(p)

@@ -49,6 +49,54 @@ class SubsetSource:
     return _read(self.source, self.indices[np.asarray(ids, np.int64)])
 
 
+class ConcatSource:
+  """The records of `sources` one after another, numbered 0..len-1 (random access)."""
+
+  def __init__(self, *sources):
+    if not sources:
+      raise ValueError("ConcatSource needs at least one source")
+    self.sources = sources
+    self.starts = np.cumsum([0] + [len(s) for s in sources])
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def _locate(self, i: int) -> tuple[int, int]:
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(f"ConcatSource: record {i} of {len(self)}")
+    part = int(np.searchsorted(self.starts, i, side="right")) - 1
+    return part, i - int(self.starts[part])
+
+  def __getitem__(self, i):
+    part, j = self._locate(i)
+    return self.sources[part][j]
+
+  def split_index(self, i: int) -> int:
+    """Record `i`'s index within its own part (its split): what keys its fixed eval point
+    subset (`eval_subset_index`), so an object is evaluated as it is in its split."""
+    part, j = self._locate(i)
+    return eval_subset_index(self.sources[part], j)
+
+  def __getitems__(self, ids):
+    """Records `ids` in their order, each part read in one call."""
+    located = [self._locate(i) for i in ids]
+    out = [None] * len(located)
+    for part in sorted({p for p, _ in located}):
+      slots = [k for k, (p, _) in enumerate(located) if p == part]
+      for k, record in zip(slots, _read(self.sources[part],
+                                        np.array([located[k][1] for k in slots]))):
+        out[k] = record
+    return out
+
+
+def eval_subset_index(source, i: int) -> int:
+  """The index that keys record `i`'s fixed eval point subset (`eval_example`): its index
+  within its split, also when `source` joins splits (`ConcatSource`). A `SubsetSource`
+  (the validation carve) numbers its own records, as every carve run was evaluated."""
+  return int(source.split_index(i)) if hasattr(source, "split_index") else int(i)
+
+
 def num_examples(builder, split: str) -> int:
   """Number of examples in `split` of a prepared builder (or len of a source)."""
   if hasattr(builder, "info"):
@@ -120,7 +168,7 @@ def eval_local_batch(source, batch_index: int, spec: InputSpec, process_index: i
   examples = _read(source, pos % n)
   points, images = [], []
   for p, ex in zip(pos, examples):
-    pt, im = eval_example(ex, int(p % n), spec)
+    pt, im = eval_example(ex, eval_subset_index(source, int(p % n)), spec)
     points.append(pt)
     images.append(im)
   labels = np.asarray([int(ex["label"]) for ex in examples], np.int32)

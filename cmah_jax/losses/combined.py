@@ -132,6 +132,11 @@ def cmah_loss(outputs: Mapping[str, jax.Array], spec: LossSpec, labels=None, que
         h[tower, "masked"] = transform(_need(outputs, f"{tower}/{name}_masked",
                                              f"pairs={pairs}"))
       extra = outputs.get(f"{tower}/{name}_masked_extra")  # [V - 1, B, K] or absent
+      if extra is None and f"{tower}/h_masked_extra" in outputs:
+        raise ValueError(
+            f"cmah_loss: {why} reads {tower}/{name} of the first masked view only, but the "
+            f"model encodes {1 + len(outputs[f'{tower}/h_masked_extra'])} "
+            "(model.masked_views > 1); the extra views give codes h only")
       h[tower, "extra"] = [] if extra is None else [transform(v) for v in extra]
     if SECOND_VIEW_PAIR in pairs:
       h["image", "second"] = transform(_need(

@@ -108,8 +108,9 @@ def read_dataset(spec: str, data_dir: str, modality: str, num_points: int, image
                  eval_view: int = 0, indices=None
                  ) -> tuple[int, Iterator[tuple[str, str, np.ndarray]]]:
   """(number of objects, items) of a prepared dataset split (or of its objects `indices`),
-  each object exactly as the evaluator sees it (`eval_example`: view `eval_view`, the fixed
-  point subset)."""
+  each object exactly as the test protocol's evaluator sees it (`eval_example`: view
+  `eval_view`, the fixed point subset of its index in the split; the validation carve
+  numbers its records within the carve, so it draws other subsets)."""
   name, config, split = parse_dataset(spec)
   get_builder = _lazy("cmah_jax.datasets:get_builder", "cmah_jax.data:get_builder")
   eval_example = _lazy("cmah_jax.input:eval_example", "cmah_jax.input.transforms:eval_example",

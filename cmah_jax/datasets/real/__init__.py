@@ -13,7 +13,7 @@ and writes them, identically for all three:
 * `skips`: what is skipped and why, the skip limit, the preparation summary.
 
 Every example has the project's format (`cmah_jax.datasets.features`)
-  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": str}
+  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": bytes}
 and the splits are "train", "query" and "database" (disjoint objects). The recipe per
 dataset is in docs/real_datasets.md.
 """

@@ -12,7 +12,7 @@ order); the real datasets' records are stored in a seeded shuffle instead.
 Stored as ArrayRecord with the `Tensor` features of `cmah_jax.datasets.features` (raw
 bytes: fast to write and read, and ArrayRecord compresses the records), so preparing and
 reading need no TensorFlow:
-  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": str}
+  {"points": float32 [P, 3], "images": uint8 [V, S, S, 3], "label": int64, "object_id": bytes}
 
     builder = cmah_jax.datasets.get_builder("synthetic_shapes", data_dir, config="tiny")
     builder.download_and_prepare()          # no-op when already prepared
