@@ -5,6 +5,9 @@
 
 Multi-host: pass --distributed (or run under a cluster that JAX detects: SLURM, TPU pod,
 Open MPI) and every process runs this same command; see launch/.
+
+Exit status: 0 finished (report written); 3 stopped by SIGTERM/SIGINT with a checkpoint
+saved (the same command resumes it); 1 an error, named on stderr.
 """
 import os
 import sys
@@ -23,6 +26,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "different config (e.g. more steps). Without it such a resume stops and lists the "
     "changed fields.")
 flags.mark_flags_as_required(["config", "workdir"])
+STOPPED_EXIT = 3  # stopped by a signal, checkpointed: resumable (as the suite's workers)
 
 
 def _cluster_detected() -> bool:
@@ -47,11 +51,13 @@ def main(argv):
 
   from cmah_jax import checkpointing, resume, run, workdir_lock
   try:
-    run.run_experiment(_CONFIG.value, _WORKDIR.value,
-                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    result = run.run_experiment(_CONFIG.value, _WORKDIR.value,
+                                allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (resume.ConfigChangedError, checkpointing.CheckpointWriteError,
           checkpointing.DamagedCheckpointError, workdir_lock.WorkdirBusyError) as e:
     sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
+  if "stopped_at" in result.metrics:  # checkpointed, not finished: a scheduler requeues
+    sys.exit(STOPPED_EXIT)
 
 
 def _flag_error(error: Exception) -> str:

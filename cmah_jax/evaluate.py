@@ -130,8 +130,9 @@ class RetrievalEvaluator:
     valid = cat["valid"].astype(bool)
     order = np.argsort(cat["index"][valid], kind="stable")
     out = {k: cat[k][valid][order] for k in cat if k not in ("index", "valid")}
-    if not np.array_equal(cat["index"][valid][order], np.arange(len(out["label"]))):
-      raise RuntimeError(f"eval pipeline of {name!r} did not cover each object once")
+    if not np.array_equal(cat["index"][valid][order], np.arange(len(source))):
+      raise RuntimeError(f"eval pipeline of {name!r} did not cover each of its "
+                         f"{len(source)} objects once ({int(valid.sum())} rows)")
     return out
 
   @classmethod

@@ -44,7 +44,6 @@ class JsonlWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
-
   def truncate_after(self, step: int) -> None:
     """Drop rows with `step > step` (a resumed run logs those steps again)."""
     if not self.enabled or not os.path.exists(self.path):
@@ -54,6 +53,25 @@ class JsonlWriter:
     with open(tmp, "w") as f:   # replaced whole, so a kill now loses no row
       f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, self.path)
+
+  def training_seconds(self) -> float:
+    """Training time of the run so far, from its logged windows (`training_seconds`);
+    0 where this process does not write the file or there is none."""
+    if not self.enabled or not os.path.exists(self.path):
+      return 0.0
+    return training_seconds(read_jsonl(self.path))
+
+
+def training_seconds(rows: list[dict]) -> float:
+  """Seconds of training the rows log: each row with `steps_per_second` closes a window of
+  the steps since the previous such row (the first from step 0), so the window took
+  (step - previous step) / steps_per_second. Summed over every invocation of a resumed
+  run, since rows past its checkpoint are dropped (`truncate_after`) and logged again."""
+  total, previous = 0.0, 0
+  for row in sorted((r for r in rows if r.get("steps_per_second")), key=lambda r: r["step"]):
+    total += (int(row["step"]) - previous) / float(row["steps_per_second"])
+    previous = int(row["step"])
+  return total
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -66,7 +66,10 @@ def restarted_at(inner: optax.GradientTransformation, restart_step: int
 
 
 def decay_mask(params):
-  """Weight decay on matrices only, not on biases, norms or 1D embeddings [MAE]."""
+  """Weight decay on arrays of 2+ dimensions only, not on biases, norms or 1D embeddings
+  [MAE's `param_groups_weight_decay`]. So the decoders' mask tokens `[1, 1, C]` decay, as
+  in MAE's pre-training; Point-MAE's `add_weight_decay` also exempts names containing
+  'token' (its mask and cls tokens) [departure from Point-MAE, kept: every run so far]."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 

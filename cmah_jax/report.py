@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from cmah_jax import metrics  # noqa: E402
 from cmah_jax.datasets import class_names  # noqa: E402
 from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
+from cmah_jax.metric_writer import read_jsonl  # noqa: E402
 from cmah_jax.plotting import draw_points  # noqa: E402
 
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
@@ -46,7 +47,14 @@ def update_report_json(workdir: str, extra: dict, report: dict | None = None) ->
   return report
 
 
-def write_markdown(path: str, results: dict, config) -> None:
+def config_changes(workdir: str) -> list[dict]:
+  """The config changes a run was resumed with (`resume.record_change`, in order):
+  [{"resumed_at_step", "changes": [{"field", "old", "new"}]}], [] for none."""
+  path = os.path.join(workdir, "config_changes.jsonl")
+  return read_jsonl(path) if os.path.exists(path) else []
+
+
+def write_markdown(path: str, results: dict, config, changes: list[dict] = ()) -> None:
   bits = str(results["bits"])
   radius = results["precision_within_radius"]["radius"]
   lines = [
@@ -84,6 +92,11 @@ def write_markdown(path: str, results: dict, config) -> None:
         u = usage[role][m]
         lines.append(f"| {role} {m} | {u['distinct']} of {n} | {u['majority_fraction']:.3f} "
                      f"| {u['bit_entropy']:.3f} | {u['mean_abs_correlation']:.3f} |")
+  for change in changes:
+    fields = "; ".join(f"`{c['field']}` {c['old']} -> {c['new']}" for c in change["changes"])
+    lines += ["", f"**Resumed at step {change['resumed_at_step']} with a changed config** "
+              f"(`--allow_config_change`): {fields}. The config recorded is the one the run "
+              "ended with; the steps before ran with the old values."]
   lines += ["", f"Chance mAP (random codes): {results['chance_map']:.4f}", "",
             "![PR curves](pr_curve.png)", "", "![Retrieval examples](retrieval_examples.png)",
             ""]
@@ -176,9 +189,14 @@ def write_report(workdir: str, results: dict, config, builder, sources) -> str:
     the path of report.md.
   """
   data = _json_ready(results, config)
-  with open(os.path.join(workdir, "report.json"), "w") as f:
+  changes = config_changes(workdir)
+  if changes:  # `--allow_config_change`: the config recorded is the one it ended with
+    data["config_changes"] = changes
+  path = os.path.join(workdir, "report.json")
+  with open(path + ".tmp", "w") as f:  # replaced whole: a kill now leaves the old one
     json.dump(data, f, indent=2)
-  write_markdown(os.path.join(workdir, "report.md"), results, config)
+  os.replace(path + ".tmp", path)
+  write_markdown(os.path.join(workdir, "report.md"), results, config, changes)
   plot_pr_curves(os.path.join(workdir, "pr_curve.png"), results)
   names = class_names(builder)
   plot_retrieval_examples(os.path.join(workdir, "retrieval_examples.png"), results, sources,

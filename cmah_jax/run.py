@@ -86,5 +86,6 @@ def _add_quantizer(workdir: str, report: dict) -> dict:
   if jax.process_index() == 0:
     quantizer_lib.save(workdir, quantizer, step=trained.step)
     report_lib.update_report_json(workdir, {}, report)
-    report_lib.write_markdown(os.path.join(workdir, "report.md"), report, trained.config)
+    report_lib.write_markdown(os.path.join(workdir, "report.md"), report, trained.config,
+                              report.get("config_changes", []))
   return report

@@ -77,6 +77,9 @@ def main(argv):
         raise SystemExit(f"[sweep] stopped during {workdir}; the same command resumes it")
     with open(report_path) as f:
       rows.append(json.load(f))
+    if rows[-1].get("config_changes"):
+      print(f"[sweep] note: {workdir} was resumed with a changed config (report.json "
+            "`config_changes`); its row mixes both", flush=True)
   table = sweep_table(rows)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "sweep.md"), "w") as f:

@@ -164,18 +164,14 @@ def log(msg: str, *args):
 class MetricsWindow:
   """Device metrics of the steps since the last log, fetched (and checked) together."""
 
-  def __init__(self, start_step: int, batch_size: int):
+  def __init__(self, start_step: int, batch_size: int, seconds: float = 0.0):
     self.batch_size = batch_size
-    self.seconds = 0.0  # training time of closed windows
+    self.seconds = seconds  # training time of closed windows (and of earlier invocations)
     self.restart(start_step)
 
   def restart(self, step: int):
     """Start a new, empty window at `step`."""
     self.rows, self.start, self.t0 = [], step, time.perf_counter()
-
-  def reset_clock(self):
-    """Restart the window's clock (after an evaluation, whose time is not training)."""
-    self.t0 = time.perf_counter()
 
   def add(self, metrics: dict):
     self.rows.append(metrics)
@@ -430,9 +426,9 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
                                  state, first_batch, mesh)
 
     total = cfg.total_steps
-    window = MetricsWindow(start_step, cfg.input.batch_size)
+    # Training time of the whole run: earlier invocations' from their logged windows.
+    window = MetricsWindow(start_step, cfg.input.batch_size, writer.training_seconds())
     last_metrics: dict = {}
-    last_saved = start_step
     with _StopSignal() as stop, train_pipe:
       for step in range(start_step, total):
         batch = first_batch if step == start_step else next(it)
@@ -440,31 +436,36 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
         window.add(metrics)
         done = step + 1
         is_last = done == total
-        save_now = done % cfg.checkpoint_every_steps == 0 or is_last
-        # Metrics are fetched (and checked for NaN/inf) at log steps and before every
-        # checkpoint, so a non-finite state is never saved.
-        if done % cfg.log_every_steps == 0 or save_now:
+        evaluate_now = bool(cfg.eval_every_steps) and done % cfg.eval_every_steps == 0 \
+            and not is_last
+        # A stop is asked before an evaluation (a grace period may be shorter than it).
+        # Multi-process runs agree on it at log and evaluation steps (a collective); one
+        # process checks every step.
+        check = (jax.process_count() == 1 or done % cfg.log_every_steps == 0
+                 or evaluate_now)
+        stopping = check and stop.requested()
+        save_now = done % cfg.checkpoint_every_steps == 0 or is_last or stopping
+        # Metrics are fetched (and checked for NaN/inf) at log steps, before every
+        # checkpoint (a non-finite state is never saved) and before an evaluation (whose
+        # time is not training).
+        if done % cfg.log_every_steps == 0 or save_now or evaluate_now:
           last_metrics = window.close(done, manager.latest_step())
           writer.write(done, last_metrics)
           _log_progress(last_metrics, done, total)
         if save_now:
           checkpointing.save(manager, done, state, force=True)
-          last_saved = done
-        if cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and not is_last:
-          results = evaluator.evaluate(state["params"])
-          writer.write(done, flat_metrics(results))
-          log("eval @%d: %s", done, summary(results))
-          window.reset_clock()
-        # Multi-process runs agree on stopping at log steps (a collective); one process
-        # checks every step.
-        check = jax.process_count() == 1 or done % cfg.log_every_steps == 0
-        if check and stop.requested():
-          if last_saved != done:
-            checkpointing.save(manager, done, state, force=True)
+          # Asked while it saved (every process saves at this step: they agree here too).
+          stopping = stopping or stop.requested()
+        if stopping:
           checkpointing.wait(manager)
           log("Stopped by signal at step %d; checkpoint saved. Re-run to resume.", done)
           return TrainResult(state, dict(last_metrics, stopped_at=done), model, cfg,
                              builder=builder, sources=sources)
+        if evaluate_now:
+          results = evaluator.evaluate(state["params"])
+          writer.write(done, flat_metrics(results))
+          log("eval @%d: %s", done, summary(results))
+          window.restart(done)
     checkpointing.wait(manager)
   finally:
     checkpointing.close(manager)
@@ -481,7 +482,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
   results = evaluator.evaluate(state["params"], quantizer)
   results["eval_seconds"] = time.perf_counter() - t_eval
   results["steps"] = steps_done
-  results["train_seconds"] = window.seconds  # of this invocation (0 if it only evaluated)
+  results["train_seconds"] = window.seconds  # of the whole run, over every invocation
   writer.write(results["steps"], flat_metrics(results))
   log("Retrieval: %s", summary(results))
   return TrainResult(state, dict(last_metrics, **flat_metrics(results)), model, cfg,

@@ -258,6 +258,22 @@ def _evaluator_codes(model, params, builder, num_points, image_size, split):
   return RetrievalEvaluator(model, builder, spec, sharding.make_mesh()).encode(params, split)
 
 
+def test_the_evaluator_refuses_a_pipeline_that_drops_a_batch(tmp_path, monkeypatch):
+  """The coverage guard counts the source's objects, not the rows that arrived: a last
+  batch lost (60 objects, batches of 8: 7 full and one of 4) is an error, not a smaller
+  database."""
+  from cmah_jax import evaluate  # pylint: disable=import-outside-toplevel
+  builder = get_builder("synthetic_shapes", str(tmp_path / "data"), "tiny")
+  builder.download_and_prepare()
+  bound = fake_loader(make_fake_workdir(tmp_path / "run"))
+  everything = evaluate.eval_batches
+  monkeypatch.setattr(evaluate, "eval_batches",
+                      lambda *a, **k: list(everything(*a, **k))[:-1])
+  with pytest.raises(RuntimeError, match="did not cover each of its 60 objects once "
+                     r"\(56 rows\)"):
+    _evaluator_codes(bound.model, bound.params, builder, 256, 32, "database")
+
+
 def test_dataset_build_equals_evaluator_codes(tmp_path, capsys):
   data_dir = tmp_path / "data"
   builder = get_builder("synthetic_shapes", str(data_dir), "tiny")

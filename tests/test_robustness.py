@@ -217,6 +217,11 @@ def test_changed_config_stops_with_a_readable_diff(data_dir, tmp_path):
   assert checkpointing.step_config(manager, 6)["loss"]["temperature"] == 0.5
   report = json.loads(read_text(os.path.join(workdir, "report.json")))
   assert report["config"]["total_steps"] == 6
+  # The report says the run mixes two configs: the recorded one is the last.
+  assert report["config_changes"] == rows
+  assert "Resumed at step 3 with a changed config" in read_text(
+      os.path.join(workdir, "report.md"))
+  assert "`loss.temperature` 0.2 -> 0.5" in read_text(os.path.join(workdir, "report.md"))
   manager.close()
 
 

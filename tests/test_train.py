@@ -14,7 +14,7 @@ from cmah_jax import checkpointing, evaluate, run, train
 from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.inference import load_trained
 from cmah_jax.metrics import mean_average_precision, tie_aware_mean_average_precision
-from cmah_jax.metric_writer import read_jsonl
+from cmah_jax.metric_writer import read_jsonl, training_seconds
 from configs import default
 from tiny_runs import tiny_config
 
@@ -36,7 +36,8 @@ def losses_of(workdir):
 
 
 def assert_trees_close(a, b, **tol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(x, y, **tol)
 
 
@@ -132,6 +133,63 @@ def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypat
   assert_trees_close(params_of(resumed), params_of(full), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(losses_of(str(tmp_path / "resumed")),
                              losses_of(str(tmp_path / "full")), rtol=1e-5)
+
+
+def _signal_at_step(monkeypatch, at_step, poison=False):
+  """SIGTERM while step `at_step` runs (its batch is drawn); `poison`: that batch's points
+  are NaN too."""
+  from cmah_jax.input import pipeline  # pylint: disable=import-outside-toplevel
+  real_next = pipeline.TrainPipeline.__next__
+
+  def next_then_signal(self):
+    step = self.step
+    batch = real_next(self)
+    if step == at_step - 1:
+      if poison:
+        batch = dict(batch, points=batch["points"] * float("nan"))
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  monkeypatch.setattr(pipeline.TrainPipeline, "__next__", next_then_signal)
+
+
+def test_a_stop_between_log_and_checkpoint_steps_loses_nothing(data_dir, tmp_path,
+                                                              monkeypatch):
+  """Logging every 2 steps, checkpoints (which log too) at 3 and 6, SIGTERM during step 5:
+  the open window (step 5) is logged and checked, step 5 saved, and the resumed run logs step 6 on
+  its own: the per-step losses are the uninterrupted run's. Its training time is the
+  whole run's, both invocations. A NaN in the stopping step is caught, not saved."""
+  config = lambda: tiny_config(data_dir, log_every_steps=2)
+  full = train.train_and_evaluate(config(), str(tmp_path / "full"))
+  rows = lambda wd: {r["step"]: r for r in read_jsonl(os.path.join(wd, "metrics.jsonl"))
+                     if "loss/total" in r}
+  with monkeypatch.context() as m:
+    _signal_at_step(m, 5)
+    stopped = run.run_experiment(config(), str(tmp_path / "resumed"))
+  assert stopped.metrics["stopped_at"] == 5
+  first = rows(str(tmp_path / "resumed"))
+  assert sorted(first) == [2, 3, 4, 5]
+  first_seconds = training_seconds(list(first.values()))
+  resumed = run.run_experiment(config(), str(tmp_path / "resumed"))
+  assert int(resumed.state["step"]) == 6
+  assert_trees_close(params_of(resumed), params_of(full), rtol=1e-5, atol=1e-6)
+  got, want = rows(str(tmp_path / "resumed")), rows(str(tmp_path / "full"))
+  assert sorted(got) == [2, 3, 4, 5, 6] and sorted(want) == [2, 3, 4, 6]
+  for s in (2, 3, 4):
+    assert got[s]["loss/total"] == pytest.approx(want[s]["loss/total"], rel=1e-5)
+  assert (got[5]["loss/total"] + got[6]["loss/total"]) / 2 == pytest.approx(
+      want[6]["loss/total"], rel=1e-5)  # the window 5-6, in two parts
+  report = json.load(open(tmp_path / "resumed" / "report.json"))
+  assert report["train_seconds"] == pytest.approx(training_seconds(list(got.values())))
+  assert report["train_seconds"] > first_seconds > 0
+
+  with monkeypatch.context() as m:
+    _signal_at_step(m, 5, poison=True)
+    with pytest.raises(FloatingPointError, match=r"at step 5 .*Last good checkpoint: 3"):
+      train.train_and_evaluate(config(), str(tmp_path / "nan"))
+  manager = checkpointing.make_manager(str(tmp_path / "nan" / "checkpoints"), max_to_keep=2)
+  assert manager.latest_step() == 3  # the NaN state was not saved
+  manager.close()
 
 
 def test_restore_on_another_topology_and_device_count_equivalence(data_dir, tmp_path,
@@ -295,3 +353,22 @@ def test_progress_line_shows_every_logged_term():
   assert train.progress_terms(m) == (
       "c 1.2346, 3d 0.0100, 2d 0.5000, balance 2.0000, relation 0.5500")
   assert train.progress_terms({"loss/contrastive": 2.0, "loss/total": 2.0}) == "c 2.0000"
+
+
+def test_main_exits_3_when_stopped_by_a_signal(data_dir, tmp_path):
+  """`main.py` stopped by SIGTERM saves a checkpoint and exits 3 (resumable, not done), so
+  a scheduler's requeue-on-failure resumes it; it used to exit 0, as if finished."""
+  proc = subprocess.Popen(
+      [sys.executable, "main.py", f"--config=configs/default.py:runlocal,steps=100000,"
+       f"data_dir={data_dir}", "--config.log_every_steps=1", f"--workdir={tmp_path}"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  for line in proc.stdout:  # training has started
+    if line.startswith("step 2/"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 3, err[-3000:]
+  assert "Stopped by signal at step" in out and "Traceback" not in err
+  assert not (tmp_path / "report.json").exists()
+  assert any(name.isdigit() for name in os.listdir(tmp_path / "checkpoints"))

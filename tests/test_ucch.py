@@ -215,7 +215,8 @@ def test_config_temperature_reaches_the_loss():
   assert deep.UcchObjective(spec, 16, deep.UcchSettings()).settings.temperature == 0.9
   hx, hy = _codes(3)
   memory, index = _bank(4), np.arange(8) * 5
-  neg = np.asarray(deep.sample_negatives(0, 5, 8, 40, obj.settings.num_negatives))
+  neg = np.asarray(deep.sample_negatives(0, 5, 8, 40, obj.settings.num_negatives,
+                                         obj.settings.stream))
   total, _, _ = _call(jax.jit(obj), hx, hy, memory, index, 5)
   want, _, _ = np_total(hx, hy, memory, index, neg, deep.UcchSettings(temperature=0.2),
                         False)
@@ -228,25 +229,35 @@ def test_config_temperature_reaches_the_loss():
 
 def test_the_runs_seed_draws_the_bank_and_the_negatives():
   """`get_objective(spec, bits, seed)`: UCCH's bank and sampled negatives come from the
-  run's seed, so seeds differ in them as in everything else; with
-  `ucch_seed_per_run=False` (the runs recorded before, and the methods pinned to them)
-  every seed draws from 0. At seed 0 the two are the same run."""
+  run's seed, on a key stream of their own (`UCCH_STREAM`), so seeds differ in them as in
+  everything else and no trainer key is reused; with `ucch_seed_per_run=False` (the runs
+  recorded before, and the methods pinned to them) every seed draws from key(0) itself."""
+  from cmah_jax import train  # pylint: disable=import-outside-toplevel
   hx, hy = _codes(3)
   memory, index = _bank(4), np.arange(8) * 5
   old = dataclasses.replace(SPEC, ucch_seed_per_run=False)
   for seed in (0, 1, 2):
     obj = objectives.get_objective(SPEC, 16, seed)
-    assert obj.settings.seed == seed
-    assert objectives.get_objective(old, 16, seed).settings.seed == 0
+    assert (obj.settings.seed, obj.settings.stream) == (seed, deep.UCCH_STREAM)
+    before = objectives.get_objective(old, 16, seed).settings
+    assert (before.seed, before.stream) == (0, None)
     total, _, _ = _call(jax.jit(obj), hx, hy, memory, index, 5)  # samples (past warm-up)
-    neg = np.asarray(deep.sample_negatives(seed, 5, 8, 40, obj.settings.num_negatives))
+    key = jax.random.fold_in(jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(seed), deep.UCCH_STREAM), 1), 5)
+    neg = np.asarray(jax.random.randint(key, (8, obj.settings.num_negatives), 0, 40))
     want, _, _ = np_total(hx, hy, memory, index, neg, deep.UcchSettings(seed=seed), False)
     np.testing.assert_allclose(float(total), want, rtol=1e-5)
   banks = [np.asarray(objectives.get_objective(SPEC, 16, s).init_state(40)["memory"])
            for s in (0, 1)]
   assert (banks[0] != banks[1]).mean() > 0.3  # independent signs: about half differ
-  np.testing.assert_array_equal(
-      banks[0], objectives.get_objective(old, 16, 1).init_state(40)["memory"])
+  old_bank = np.asarray(objectives.get_objective(old, 16, 1).init_state(40)["memory"])
+  np.testing.assert_array_equal(old_bank, deep.init_memory(40, 16, 0))
+  # The old bank's key was the parameters' initialisation key of a seed-0 run; today's
+  # is none of the trainer's.
+  init_key, train_key = train.run_keys(0)
+  rademacher = lambda k: np.asarray(jax.random.rademacher(k, (40, 16), jnp.float32)) / 4
+  np.testing.assert_array_equal(old_bank, rademacher(init_key))
+  assert not any(np.array_equal(banks[0], rademacher(k)) for k in (init_key, train_key))
 
 
 def test_the_methods_recorded_before_keep_seed_0():

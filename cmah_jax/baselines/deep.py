@@ -66,6 +66,8 @@ class UcchSettings:
   kappa: float = 1.0         # kappa of Eq. (14) [UCCH code: ContrastiveLoss tau = 1]
   warmup_epochs: int = 1     # in-batch keys and d = 0 [UCCH code `--warmup_epoch 1`]
   seed: int = 0              # bank initialisation and negative sampling [ours]
+  stream: int | None = None  # their keys fold this in first (UCCH_STREAM: apart from the
+                             # trainer's keys); None: key(seed) itself, as runs before
 
   def validate(self) -> "UcchSettings":
     checks = {"0 <= beta <= 1": 0 <= self.beta <= 1, "temperature > 0": self.temperature > 0,
@@ -97,17 +99,30 @@ def hash_keys(v: jax.Array) -> jax.Array:
   return jax.lax.stop_gradient(sgn(v) / math.sqrt(v.shape[-1]))
 
 
-def init_memory(num_examples: int, bits: int, seed: int = 0) -> jax.Array:
+# UCCH's own key stream, apart from the trainer's: `train.run_keys(seed)` is
+# `split(key(seed))`, whose halves are `fold_in(key(seed), 0 / 1)` (partitionable
+# threefry), the keys the bank and the negatives drew from before (`UcchSettings.stream`).
+UCCH_STREAM = 0x55CC
+
+
+def _ucch_key(seed: int, stream: int | None) -> jax.Array:
+  key = jax.random.key(seed)
+  return key if stream is None else jax.random.fold_in(key, stream)
+
+
+def init_memory(num_examples: int, bits: int, seed: int = 0,
+                stream: int | None = None) -> jax.Array:
   """Random unit-norm binary rows `[N, L]` float32: unbiased +-1/sqrt(L) [ours; UCCH's
   sgn(2s z - s), z ~ N(0, 1), is +1 with probability 0.31: module docstring]."""
-  key = jax.random.fold_in(jax.random.key(seed), 0)
+  key = jax.random.fold_in(_ucch_key(seed, stream), 0)
   return jax.random.rademacher(key, (num_examples, bits), jnp.float32) / math.sqrt(bits)
 
 
-def sample_negatives(seed: int, step, batch: int, num_examples: int, k: int) -> jax.Array:
-  """K uniform bank indices per row, int32 `[B, K]`, a function of `(seed, step)` only
-  [UCCH: AliasMethod over uniform unigrams, with replacement; the key is ours]."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+def sample_negatives(seed: int, step, batch: int, num_examples: int, k: int,
+                     stream: int | None = None) -> jax.Array:
+  """K uniform bank indices per row, int32 `[B, K]`, a function of `(seed, stream, step)`
+  only [UCCH: AliasMethod over uniform unigrams, with replacement; the key is ours]."""
+  key = jax.random.fold_in(jax.random.fold_in(_ucch_key(seed, stream), 1), step)
   return jax.random.randint(key, (batch, k), 0, num_examples, dtype=jnp.int32)
 
 
@@ -224,7 +239,8 @@ class UcchObjective:
     if self.settings is None:
       object.__setattr__(self, "settings", UcchSettings(
           temperature=float(self.spec.ucch_temperature),
-          seed=int(self.seed) if self.spec.ucch_seed_per_run else 0))
+          **(dict(seed=int(self.seed), stream=UCCH_STREAM) if self.spec.ucch_seed_per_run
+             else dict(seed=0))))
     self.settings.validate()
     spec = self.spec
     wrong = {
@@ -249,7 +265,8 @@ class UcchObjective:
     """`{"memory": [num_examples, bits] float32}`, random unit-norm binary rows."""
     if num_examples <= 0:
       raise ValueError(f"UcchObjective: num_examples must be > 0, got {num_examples}")
-    return {"memory": init_memory(num_examples, self.bits, self.settings.seed)}
+    return {"memory": init_memory(num_examples, self.bits, self.settings.seed,
+                                  self.settings.stream)}
 
   def warmup_steps(self, num_examples: int, batch: int) -> int:
     """Steps of the warm-up epochs: `warmup_epochs * (N // B)` (our epochs drop the rest)."""
@@ -268,7 +285,7 @@ class UcchObjective:
     index = batch["index"].astype(jnp.int32)
     u_x, u_y = l2_normalize(h_x), l2_normalize(h_y)
 
-    negatives = (sample_negatives(st.seed, step, b, n, st.num_negatives)
+    negatives = (sample_negatives(st.seed, step, b, n, st.num_negatives, st.stream)
                  if st.num_negatives else None)
     l_c = memory_contrastive_loss(u_x, u_y, memory, index, negatives, st.temperature)
     warm_steps = self.warmup_steps(n, b)
