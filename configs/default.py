@@ -17,10 +17,11 @@ from cmah_jax.config_args import parse_config_arg
 
 ARGS = dict(bits=64, variant="small", supervised=False, runlocal=False, steps=None,
             batch=None, seed=0, data_dir="work/data", dataset_config=None, paper=False)
+ARG_TYPES = dict(steps=int, batch=int, dataset_config=str)  # where the default is None
 
 
 def get_config(arg=None):
-  return make_config(parse_config_arg(arg, ARGS))
+  return make_config(parse_config_arg(arg, ARGS, ARG_TYPES))
 
 
 def make_config(a: dict):

@@ -17,11 +17,12 @@ from cmah_jax.config_args import parse_config_arg
 from configs import default
 
 ARGS = dict(default.ARGS, variant="base", manual_dir=None, epochs=300)
+ARG_TYPES = dict(default.ARG_TYPES, manual_dir=str, epochs=float)
 
 
 def get_paper_config(dataset: str, arg=None):
   """Config for `dataset` at paper scale (arguments: see `ARGS`)."""
-  a = parse_config_arg(arg, ARGS)
+  a = parse_config_arg(arg, ARGS, ARG_TYPES)
   c = default.make_config(dict(a, runlocal=False, steps=None, batch=None))
   c.dataset.name = dataset
   c.dataset.config = a["dataset_config"] or ("tiny" if a["runlocal"] else "default")

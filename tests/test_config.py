@@ -278,3 +278,33 @@ def test_model_overrides_are_settable_on_the_command_line():
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
     assert want in bad.stderr, bad.stderr
+
+
+def test_config_arguments_are_read_as_their_types():
+  """`configs/X.py:key=value`: a bool takes true/false (false used to be the text "false",
+  which is truthy: `paper=false` applied the paper's objective), an int an integer
+  (`steps=1.5` used to run 1 step), a float any number; a bad value names its argument."""
+  from cmah_jax.config_args import parse_config_arg  # pylint: disable=import-outside-toplevel
+  defaults = dict(flag=False, n=3, x=2.0, name="a", steps=None, path=None)
+  types = dict(steps=int, path=str)
+  read = lambda arg: parse_config_arg(arg, defaults, types)
+  assert read("flag=false,n=7") == dict(defaults, n=7)
+  for text, want in (("flag", True), ("flag=True", True), ("flag=yes", True),
+                     ("flag=0", False), ("flag=Off", False)):
+    assert read(text)["flag"] is want, text
+  assert read("x=3")["x"] == 3.0 and isinstance(read("x=3")["x"], float)
+  assert read("name=7,path=123")["name"] == "7" and read("path=123")["path"] == "123"
+  assert read("steps=40")["steps"] == 40 and read("steps=none,path=None") == defaults
+  for arg, words in (("flag=maybe", "flag takes true or false"),
+                     ("steps=1.5", "steps takes an integer"), ("n=True", "n takes an integer"),
+                     ("x=abc", "x takes a number"), ("n", "'n' in 'n' needs a value"),
+                     ("bogus=1", "Unknown config argument 'bogus'")):
+    with pytest.raises(ValueError, match=words):
+      read(arg)
+  # The shipped config files: `paper=false` is today's objective, `runlocal=false` the
+  # full run.
+  default = importlib.import_module("configs.default")
+  assert default.get_config("paper=false").loss.temperature == 0.2
+  assert default.get_config("runlocal=false").total_steps == 2400
+  with pytest.raises(ValueError, match="steps takes an integer"):
+    default.get_config("steps=1.5")
