@@ -120,7 +120,9 @@ class EvalSpec:
   precision_ks: tuple[int, ...] = (1, 10, 50, 100)
   num_examples_in_figure: int = 4      # query rows in retrieval_examples.png
   protocol: str = "test"               # "test" | "validation" (carved from train) [ours]
-  database_split: str = "database"     # test protocol: "database" (held out) or "train"
+  # test protocol: "database" (held out) [ours: the embedded set's default; docs/PAPER.md]
+  # or "train" (the UCCH protocol: the real-dataset configs)
+  database_split: str = "database"
                                        # (the UCCH protocol's retrieval set)
   validation_fraction: float = 0.2     # of train held out by the validation protocol [ours]
   validation_query_fraction: float = 0.2  # of the held-out part, used as queries [ours]

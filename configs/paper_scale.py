@@ -9,9 +9,10 @@ split (`cmah_jax.config.resolve_schedule`); the warm-up is 1/30 of the run (10 o
 epochs) and periodic evaluation every 1/12 of it (25 of 300 epochs). `steps=N` replaces
 the epoch count with N steps and keeps warm-up and evaluation in the same proportions.
 
-Retrieval follows the UCCH protocol (docs/PAPER.md): queries from the query split against
-the training set as database (`eval.database_split="train"`); pass
-`--config.eval.database_split=database` for the smaller held-out database split.
+Retrieval follows the UCCH protocol (docs/PAPER.md): the whole test side (query and
+database splits) queries the training set as database (`eval.database_split="train"`);
+pass `--config.eval.database_split=database` to match the query split against the smaller
+held-out database split.
 """
 from cmah_jax.config_args import parse_config_arg
 from configs import default

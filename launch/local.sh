@@ -14,6 +14,20 @@ import jax
 print(f"[launch/local.sh] topology: {jax.process_count()} process, {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s)")
 PY
-time .venv/bin/python main.py --config="$CONFIG" --workdir="$WORKDIR" "$@"
+# main.py runs as a child that SIGTERM/SIGINT sent to this script are passed on to: it
+# saves a checkpoint and exits 3 (the same command resumes it), 0 when finished.
+start=$SECONDS
+.venv/bin/python main.py --config="$CONFIG" --workdir="$WORKDIR" "$@" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null || true' TERM INT
+set +e
+wait "$pid"; rc=$?
+while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done  # a trapped signal ends wait
+set -e
+echo "[launch/local.sh] main.py exited with status $rc after $((SECONDS - start)) s"
+if [ "$rc" -ne 0 ]; then
+  [ "$rc" -eq 3 ] && echo "[launch/local.sh] stopped with a checkpoint saved: run the same command again to resume"
+  exit "$rc"
+fi
 echo "[launch/local.sh] report: $WORKDIR/report.md"
 cat "$WORKDIR/report.md"
