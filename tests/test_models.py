@@ -47,7 +47,9 @@ def tiny():
 
 
 def _equal_trees(a, b):
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  """Same structure (no leaf more or less) and the same values."""
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 # -- purity and masking ------------------------------------------------------------------

@@ -91,6 +91,22 @@ def test_gradient_matches_finite_differences_and_skips_the_neighbours():
   np.testing.assert_allclose(float(two[0]), float(f(jnp.asarray(p))), rtol=1e-6)
 
 
+def test_with_no_neighbour_the_own_code_stands_in_without_a_gradient():
+  """An empty memory (the first steps): each code stands in for itself, as a constant, so
+  the loss is InfoNCE(p, i) and its gradient half of InfoNCE's: only the path through the
+  other modality's side. (Without the stop-gradient it would be InfoNCE's whole.)"""
+  p, i, index = jnp.asarray(_codes(24, 4)), jnp.asarray(_codes(25, 4)), jnp.arange(4)
+  empty = NegativeQueue.empty(6, p.shape[1])
+  f = lambda p_, i_: losses.nearest_neighbour_contrastive_loss(p_, i_, empty, index, 0.2)
+  plain = lambda p_, i_: losses.contrastive_loss(p_, i_, 0.2)
+  np.testing.assert_allclose(float(f(p, i)), float(plain(p, i)), rtol=1e-6)
+  for arg in (0, 1):
+    got = np.asarray(jax.grad(f, argnums=arg)(p, i))
+    want = 0.5 * np.asarray(jax.grad(plain, argnums=arg)(p, i))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert np.abs(want).max() > 1e-3
+
+
 def test_objective_adds_the_weighted_term_and_fills_its_memory():
   spec = LossSpec(nn_positive_weight=0.5, nn_support_size=6, pairs=("full_full",),
                   lambda_r=0.0)

@@ -322,6 +322,12 @@ def test_eval_sharded_and_two_simulated_hosts(tiny):
                                np.asarray(normalize_images(np.concatenate(
                                    [h0["images"], h1["images"]]))), atol=1e-6)
   assert int(np.asarray(glob[-1]["valid"]).sum()) == 40 - 32
+  # The hosts' images are the stored view 2 (eval_view), resized, of each object.
+  src = tiny.as_data_source(split="query")
+  for h in hosts[0] + hosts[1]:
+    for r in np.flatnonzero(h["valid"]):
+      np.testing.assert_array_equal(
+          h["images"][r], P.resize_images(src[int(h["index"][r])]["images"][2], 16))
 
 
 def test_bad_config_values_name_the_key(tiny):

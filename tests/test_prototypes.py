@@ -177,8 +177,11 @@ def test_config_and_loss_refuse_missing_prototypes():
   with pytest.raises(KeyError, match="num_prototypes"):
     losses.cmah_loss({"point/h": jnp.ones((2, 4)), "image/h": jnp.ones((2, 4))},
                      LossSpec(prototype_weight=1.0, pairs=("full_full",), lambda_r=0.0))
-  for kwargs in (dict(prototype_weight=-1.0), dict(sinkhorn_epsilon=0.0),
-                 dict(sinkhorn_iterations=0), dict(prototype_queue_size=64),
-                 dict(prototype_weight=1.0, supervised=True)):
-    with pytest.raises(ValueError):
+  for kwargs, words in ((dict(prototype_weight=-1.0), "prototype_weight must be >= 0"),
+                        (dict(sinkhorn_epsilon=0.0), "sinkhorn_epsilon must be > 0"),
+                        (dict(sinkhorn_iterations=0), "sinkhorn_iterations must be an int"),
+                        (dict(prototype_queue_size=64), "> 0 only with prototype_weight > 0"),
+                        (dict(prototype_weight=1.0, supervised=True),
+                         "is for the unsupervised loss")):
+    with pytest.raises(ValueError, match=words):
       LossSpec(**kwargs).validate()

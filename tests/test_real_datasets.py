@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 
 import h5py
 import numpy as np
@@ -28,7 +29,7 @@ from cmah_jax.datasets.real import shapenet55 as sn55
 from cmah_jax.datasets.real import shapenet_render as snr
 from cmah_jax.datasets.real.builder import RealDatasetConfig
 from cmah_jax.datasets.real.points import (
-    BadPointCloudError, check_points, fps_indices, random_subset_indices)
+    BadPointCloudError, check_points, fps_indices)
 from cmah_jax.datasets.real.readers import LayoutError, UnreadableFileError, select_views
 from cmah_jax.datasets.real.skips import TooManySkippedError
 from cmah_jax.datasets.real.splits import (
@@ -263,8 +264,9 @@ def check_common(builder, objs, views_of, config):
       assert int(ex["label"]) == label
       if config.subsample == "fps":
         idx = fps_reference(pts.astype(np.float64), config.num_points)
-      else:
-        idx = random_subset_indices(len(pts), config.num_points, config.split_seed, oid)
+      else:  # the documented rule, written out: a sorted subset keyed by seed and id
+        rng = np.random.default_rng([config.split_seed, zlib.crc32(oid.encode("utf-8"))])
+        idx = np.sort(rng.choice(len(pts), config.num_points, replace=False))
       np.testing.assert_allclose(ex["points"], normalize_reference(pts[idx]), atol=1e-5)
       np.testing.assert_allclose(np.linalg.norm(ex["points"], axis=1).max(), 1.0, atol=1e-5)
       for v, src_view in enumerate(views_of(oid)):
