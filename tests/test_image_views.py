@@ -209,3 +209,23 @@ def test_train_step_reads_the_second_view(tmp_path):
   assert 0.5 * np.log(8) < extra < 1.5 * np.log(8)
   np.testing.assert_allclose(logged["views"]["loss/point_recon"],
                              logged["plain"]["loss/point_recon"], rtol=1e-5)
+  # The band above holds at initialisation whatever the second images are; the step must
+  # read the batch's own: the same run with them put in reverse batch order logs another
+  # L_c at step 0 (a step that read the first view twice, or no second view, would not).
+  from cmah_jax.input import pipeline  # pylint: disable=import-outside-toplevel
+  real_next = pipeline.TrainPipeline.__next__
+
+  def reversed_second(self):
+    batch = real_next(self)
+    return dict(batch, images_second=batch["images_second"][::-1])
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(pipeline.TrainPipeline, "__next__", reversed_second)
+    cfg = tiny_config(data_dir, steps=2)
+    cfg.loss.pairs = PAIRS
+    train.train_and_evaluate(cfg, str(tmp_path / "reversed"))
+  rows = [r for r in read_jsonl(str(tmp_path / "reversed" / "metrics.jsonl"))
+          if "loss/contrastive" in r]
+  assert abs(rows[0]["loss/contrastive"] - logged["views"]["loss/contrastive"]) > 1e-3
+  np.testing.assert_allclose(rows[0]["loss/point_recon"], logged["views"]["loss/point_recon"],
+                             rtol=1e-5)

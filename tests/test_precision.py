@@ -62,10 +62,12 @@ def fp32_run():
 def test_half_precision_train_step_close_to_fp32(fp32_run, dtype):
   ref, _ = fp32_run
   got, state = _steps(dtype)
-  for m_ref, m in zip(ref, got):  # step 1 (same params) and step 2 (after one update)
+  for m_ref, m in zip(ref, got, strict=True):  # step 1 (same params), step 2 (one update)
     for key in ("loss/total", "loss/contrastive", "loss/point_recon", "loss/image_recon"):
       assert np.isfinite(m[key])
       assert abs(m[key] - m_ref[key]) <= REL_TOL[dtype] * abs(m_ref[key]), (key, m, m_ref)
+  # ... and not equal: the half type is used (a dtype silently ignored would give 0).
+  assert got[0]["loss/total"] != ref[0]["loss/total"]
   # Params, optimizer state and the gradient norm stay float32.
   assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype(jnp.float32)}
   float_leaves = [x for x in jax.tree.leaves(state["opt_state"])
