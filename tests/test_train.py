@@ -85,6 +85,22 @@ def test_end_to_end_report(data_dir, tmp_path):
   trained = load_trained(str(tmp_path))
   assert trained.step == 6 and trained.fingerprint["config_hash"] == report["config_fingerprint"]
   assert_trees_close(jax.tree.map(np.asarray, trained.params), params_of(result), rtol=0, atol=0)
+  # The evaluator's query codes and labels are the model's own, object by object: each
+  # query record read here (its fixed eval view and points) and encoded by one
+  # `apply(train=False)` of the loaded params, in record order.
+  from cmah_jax.datasets import get_builder  # pylint: disable=import-outside-toplevel
+  from cmah_jax.input import eval_example  # pylint: disable=import-outside-toplevel
+  cfg = trained.config
+  source = get_builder(cfg.dataset.name, cfg.dataset.data_dir,
+                       cfg.dataset.config).as_data_source(split="query")
+  records = [source[i] for i in range(len(source))]
+  inputs = [eval_example(ex, i, cfg.input) for i, ex in enumerate(records)]
+  out = trained.model.apply({"params": trained.params},
+                            np.stack([im for _, im in inputs]), np.stack([p for p, _ in inputs]),
+                            train=False)
+  np.testing.assert_array_equal(arrays["query"]["label"], [int(ex["label"]) for ex in records])
+  for tower in ("image", "point"):
+    np.testing.assert_array_equal(arrays["query"][tower], np.asarray(out[f"{tower}/code"]))
   for f in ("report.md", "pr_curve.png", "retrieval_examples.png", "metrics.jsonl"):
     assert (tmp_path / f).stat().st_size > 0, f
   assert len(losses_of(str(tmp_path))) == 6
