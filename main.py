@@ -26,7 +26,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "different config (e.g. more steps). Without it such a resume stops and lists the "
     "changed fields.")
 flags.mark_flags_as_required(["config", "workdir"])
-STOPPED_EXIT = 3  # stopped by a signal, checkpointed: resumable (as the suite's workers)
 
 
 def _cluster_detected() -> bool:
@@ -56,8 +55,8 @@ def main(argv):
   except (resume.ConfigChangedError, checkpointing.CheckpointWriteError,
           checkpointing.DamagedCheckpointError, workdir_lock.WorkdirBusyError) as e:
     sys.exit(f"[cmah_jax] {type(e).__name__}: {e}")  # the message says what to do
-  if "stopped_at" in result.metrics:  # checkpointed, not finished: a scheduler requeues
-    sys.exit(STOPPED_EXIT)
+  if result.stopped:  # checkpointed, not finished: a scheduler requeues it
+    sys.exit(run.STOPPED_EXIT)
 
 
 def _flag_error(error: Exception) -> str:

@@ -10,6 +10,10 @@ from jax.experimental import multihost_utils
 
 from cmah_jax import checkpointing, multihost, train, workdir_lock
 
+# Exit status of a process whose run was stopped by a signal with a checkpoint saved
+# (`TrainResult.stopped`): resumable, not finished. `main.py` and the suite's workers.
+STOPPED_EXIT = 3
+
 
 def run_experiment(config, workdir: str, devices=None, *,
                    allow_config_change: bool = False) -> train.TrainResult:

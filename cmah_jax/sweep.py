@@ -73,7 +73,7 @@ def main(argv):
       except resume.ConfigChangedError as e:
         raise SystemExit(f"[sweep] {workdir}: {e}\n(the sweep has no --allow_config_change: "
                          "give it another --workdir)") from None
-      if result.results is None:  # stopped by a signal: checkpointed, no report yet
+      if result.stopped:  # by a signal: checkpointed, no report yet
         raise SystemExit(f"[sweep] stopped during {workdir}; the same command resumes it")
     with open(report_path) as f:
       rows.append(json.load(f))

@@ -354,6 +354,11 @@ class TrainResult:
   builder: Any = None
   sources: Any = None
 
+  @property
+  def stopped(self) -> bool:
+    """Stopped by a signal with a checkpoint saved: resumable, not finished (no results)."""
+    return "stopped_at" in self.metrics
+
 
 # ----------------------------------------------------------------------------- main entry
 def train_and_evaluate(config, workdir: str, devices=None, *,

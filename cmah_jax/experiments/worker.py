@@ -1,7 +1,8 @@
 """One run of a suite, in its own process: `python -m cmah_jax.experiments.worker RUN.json`.
 
-Exit status: 0 done, `STOPPED_EXIT` stopped by a signal (resumable), `BUSY_EXIT` the run
-directory is in use by another process (`cmah_jax.workdir_lock`), anything else a failure.
+Exit status: 0 done, `cmah_jax.run.STOPPED_EXIT` stopped by a signal (resumable),
+`BUSY_EXIT` the run directory is in use by another process (`cmah_jax.workdir_lock`),
+anything else a failure.
 
 RUN.json (written by the suite): {"method", "kind", "fingerprint", "workdir", "config": the
 resolved config}. A trained method goes through `cmah_jax.run.run_experiment` (resumable
@@ -16,7 +17,6 @@ import json
 import os
 import sys
 
-STOPPED_EXIT = 3  # stopped by a signal: resumable, not finished
 BUSY_EXIT = 4     # another process holds the run's directory (`cmah_jax.workdir_lock`)
 
 
@@ -60,8 +60,8 @@ def _run(spec: dict) -> int:
     run.add_quantizer(workdir)
     return 0
   result = run.run_experiment(cfg, workdir)
-  if result.results is None:
-    return STOPPED_EXIT
+  if result.stopped:
+    return run.STOPPED_EXIT
   update_report_json(workdir, extra)
   return 0
 
