@@ -44,22 +44,17 @@ class JsonlWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
-  def truncate_after(self, step: int) -> None:
-    """Drop rows with `step > step` (a resumed run logs those steps again)."""
+  def truncate_after(self, step: int) -> list[dict]:
+    """Drop rows with `step > step` (a resumed run logs those steps again); returns the rows
+    kept ([] on processes other than 0, or without a file)."""
     if not self.enabled or not os.path.exists(self.path):
-      return
+      return []
     rows = [r for r in read_jsonl(self.path) if r.get("step", step) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:   # replaced whole, so a kill now loses no row
       f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, self.path)
-
-  def training_seconds(self) -> float:
-    """Training time of the run so far, from its logged windows (`training_seconds`);
-    0 where this process does not write the file or there is none."""
-    if not self.enabled or not os.path.exists(self.path):
-      return 0.0
-    return training_seconds(read_jsonl(self.path))
+    return rows
 
 
 def training_seconds(rows: list[dict]) -> float:

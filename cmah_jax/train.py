@@ -38,7 +38,7 @@ from cmah_jax import quantizer as quantizer_lib
 from cmah_jax.datasets import prepare as prepare_lib
 from cmah_jax.evaluate import RetrievalEvaluator, flat_metrics, summary
 from cmah_jax.input import TrainPipeline
-from cmah_jax.metric_writer import JsonlWriter
+from cmah_jax.metric_writer import JsonlWriter, training_seconds
 from cmah_jax.models import CMAH, init_variables
 from cmah_jax.models.hash_head import hash_sharpness
 from cmah_jax.objectives import get_objective
@@ -420,7 +420,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
       write_config(workdir, cfg)  # after the resume check: the config this run goes on with
     # Rows past the checkpoint (or all, when starting afresh after a run killed before its
     # first checkpoint) are logged again.
-    writer.truncate_after(restored or 0)
+    logged = writer.truncate_after(restored or 0)
     start_step = int(jax.device_get(state["step"]))
     train_pipe = TrainPipeline(sources.train, "train", cfg.input, mesh, seed=cfg.seed,
                                start_step=start_step)
@@ -432,7 +432,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
 
     total = cfg.total_steps
     # Training time of the whole run: earlier invocations' from their logged windows.
-    window = MetricsWindow(start_step, cfg.input.batch_size, writer.training_seconds())
+    window = MetricsWindow(start_step, cfg.input.batch_size, training_seconds(logged))
     last_metrics: dict = {}
     with _StopSignal() as stop, train_pipe:
       for step in range(start_step, total):
