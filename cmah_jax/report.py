@@ -10,10 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cmah_jax import metrics  # noqa: E402
+from cmah_jax import metrics, resume  # noqa: E402
 from cmah_jax.datasets import class_names  # noqa: E402
 from cmah_jax.evaluate import DIRECTIONS  # noqa: E402
-from cmah_jax.metric_writer import read_jsonl  # noqa: E402
 from cmah_jax.plotting import draw_points  # noqa: E402
 
 _NAMES = {"i2p": "image -> point cloud", "p2i": "point cloud -> image"}
@@ -40,18 +39,16 @@ def update_report_json(workdir: str, extra: dict, report: dict | None = None) ->
     with open(path) as f:
       report = json.load(f)
   report = dict(report, **extra)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, path)
+  _write_json(path, report)
   return report
 
 
-def config_changes(workdir: str) -> list[dict]:
-  """The config changes a run was resumed with (`resume.record_change`, in order):
-  [{"resumed_at_step", "changes": [{"field", "old", "new"}]}], [] for none."""
-  path = os.path.join(workdir, "config_changes.jsonl")
-  return read_jsonl(path) if os.path.exists(path) else []
+def _write_json(path: str, data: dict) -> None:
+  """`data` to `path` whole: a temporary file, then `os.replace` (a kill leaves the old
+  file)."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def write_markdown(path: str, results: dict, config, changes: list[dict] = ()) -> None:
@@ -189,13 +186,10 @@ def write_report(workdir: str, results: dict, config, builder, sources) -> str:
     the path of report.md.
   """
   data = _json_ready(results, config)
-  changes = config_changes(workdir)
+  changes = resume.recorded_changes(workdir)
   if changes:  # `--allow_config_change`: the config recorded is the one it ended with
     data["config_changes"] = changes
-  path = os.path.join(workdir, "report.json")
-  with open(path + ".tmp", "w") as f:  # replaced whole: a kill now leaves the old one
-    json.dump(data, f, indent=2)
-  os.replace(path + ".tmp", path)
+  _write_json(os.path.join(workdir, "report.json"), data)
   write_markdown(os.path.join(workdir, "report.md"), results, config, changes)
   plot_pr_curves(os.path.join(workdir, "pr_curve.png"), results)
   names = class_names(builder)

@@ -129,11 +129,22 @@ def _lookup(d: Mapping[str, Any], path: str):
   return d
 
 
+CHANGES_FILE = "config_changes.jsonl"
+
+
 def record_change(workdir: str, step: int, changes) -> str:
   """Append an allowed change to `workdir/config_changes.jsonl`; returns the path."""
-  path = os.path.join(workdir, "config_changes.jsonl")
+  path = os.path.join(workdir, CHANGES_FILE)
   row = {"resumed_at_step": int(step),
          "changes": [{"field": p, "old": o, "new": n} for p, o, n in changes]}
   with open(path, "a") as f:
     f.write(json.dumps(row, default=str) + "\n")
   return path
+
+
+def recorded_changes(workdir: str) -> list[dict]:
+  """The changes a run was resumed with (`record_change`), in order:
+  [{"resumed_at_step", "changes": [{"field", "old", "new"}]}]; [] for none."""
+  from cmah_jax.metric_writer import read_jsonl  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, CHANGES_FILE)
+  return read_jsonl(path) if os.path.exists(path) else []
