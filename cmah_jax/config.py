@@ -123,7 +123,6 @@ class EvalSpec:
   # test protocol: "database" (held out) [ours: the embedded set's default; docs/PAPER.md]
   # or "train" (the UCCH protocol: the real-dataset configs)
   database_split: str = "database"
-                                       # (the UCCH protocol's retrieval set)
   validation_fraction: float = 0.2     # of train held out by the validation protocol [ours]
   validation_query_fraction: float = 0.2  # of the held-out part, used as queries [ours]
   hamming_radius: int = 2              # precision within this radius [hashing literature]

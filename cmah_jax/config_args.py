@@ -52,7 +52,7 @@ def parse_config_arg(arg: str | None, defaults: Mapping[str, Any],
   out = dict(defaults)
   if not arg:
     return out
-  types = dict(types or {})
+  types = types or {}
   for item in arg.split(","):
     item = item.strip()
     if not item:

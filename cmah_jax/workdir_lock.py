@@ -83,8 +83,8 @@ def _is_me(owner: dict) -> bool:
 def _checkable_here(owner: dict) -> bool:
   """Whether the holder's pid can be looked up here: same host and same pid namespace (a
   lock written before namespaces were recorded has none: read as this one)."""
-  return (owner.get("host") == socket.gethostname()
-          and owner.get("pid_ns", _pid_namespace()) == _pid_namespace())
+  here = _pid_namespace()
+  return owner.get("host") == socket.gethostname() and owner.get("pid_ns", here) == here
 
 
 def _alive(owner: dict) -> bool:
