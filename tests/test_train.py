@@ -151,22 +151,23 @@ def test_resume_after_signal_matches_uninterrupted(data_dir, tmp_path, monkeypat
                              losses_of(str(tmp_path / "full")), rtol=1e-5)
 
 
-def _signal_at_step(monkeypatch, at_step, poison=False):
-  """SIGTERM while step `at_step` runs (its batch is drawn); `poison`: that batch's points
-  are NaN too."""
+def _at_step(monkeypatch, at_step, *, poison=False, sigterm=False):
+  """When step `at_step`'s batch is drawn: `poison` makes its points NaN, `sigterm` sends
+  this process SIGTERM (the step then runs, and the loop sees the stop after it)."""
   from cmah_jax.input import pipeline  # pylint: disable=import-outside-toplevel
   real_next = pipeline.TrainPipeline.__next__
 
-  def next_then_signal(self):
+  def patched_next(self):
     step = self.step
     batch = real_next(self)
     if step == at_step - 1:
       if poison:
         batch = dict(batch, points=batch["points"] * float("nan"))
-      os.kill(os.getpid(), signal.SIGTERM)
+      if sigterm:
+        os.kill(os.getpid(), signal.SIGTERM)
     return batch
 
-  monkeypatch.setattr(pipeline.TrainPipeline, "__next__", next_then_signal)
+  monkeypatch.setattr(pipeline.TrainPipeline, "__next__", patched_next)
 
 
 def test_a_stop_between_log_and_checkpoint_steps_loses_nothing(data_dir, tmp_path,
@@ -180,7 +181,7 @@ def test_a_stop_between_log_and_checkpoint_steps_loses_nothing(data_dir, tmp_pat
   rows = lambda wd: {r["step"]: r for r in read_jsonl(os.path.join(wd, "metrics.jsonl"))
                      if "loss/total" in r}
   with monkeypatch.context() as m:
-    _signal_at_step(m, 5)
+    _at_step(m, 5, sigterm=True)
     stopped = run.run_experiment(config(), str(tmp_path / "resumed"))
   assert stopped.metrics["stopped_at"] == 5
   first = rows(str(tmp_path / "resumed"))
@@ -200,7 +201,7 @@ def test_a_stop_between_log_and_checkpoint_steps_loses_nothing(data_dir, tmp_pat
   assert report["train_seconds"] > first_seconds > 0
 
   with monkeypatch.context() as m:
-    _signal_at_step(m, 5, poison=True)
+    _at_step(m, 5, poison=True, sigterm=True)
     with pytest.raises(FloatingPointError, match=r"at step 5 .*Last good checkpoint: 3"):
       train.train_and_evaluate(config(), str(tmp_path / "nan"))
   manager = checkpointing.make_manager(str(tmp_path / "nan" / "checkpoints"), max_to_keep=2)
@@ -311,17 +312,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
 
 def test_nan_loss_stops_naming_the_step(data_dir, tmp_path, monkeypatch):
   """A NaN in the 4th batch's points stops the run with a message naming step 4."""
-  from cmah_jax.input import pipeline
-  real_next = pipeline.TrainPipeline.__next__
-
-  def poisoned_next(self):
-    step = self.step
-    batch = real_next(self)
-    if step == 3:
-      batch = dict(batch, points=batch["points"] * float("nan"))
-    return batch
-
-  monkeypatch.setattr(pipeline.TrainPipeline, "__next__", poisoned_next)
+  _at_step(monkeypatch, 4, poison=True)
   with pytest.raises(FloatingPointError, match=r"at step 4 \(window of steps 4-6\)"):
     train.train_and_evaluate(tiny_config(data_dir, log_every_steps=6), str(tmp_path))
 
