@@ -251,6 +251,7 @@ ADDED_LATER = {
     "loss.relation_targets": "image_image",
     "model.image_stem_dims": [],
     "loss.ucch_seed_per_run": False,
+    "model.fusion_context": "tokens",
 }
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips

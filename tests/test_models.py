@@ -299,6 +299,88 @@ def test_each_loss_term_reaches_exactly_its_params(tiny):
         assert norm == 0, f"{where} should receive none, got {norm}"
 
 
+# With `fusion_context="code"` (round 26) each decoder reads the other modality's code:
+# the reconstruction terms reach that modality's hash head and the linear map of its code,
+# and no longer need its decoder-side tokens.
+CODE_CONTEXT_REACH = {
+    **REACH,
+    "point_recon": REACH["point_recon"] | {"image_hash", "image_code_context"},
+    "image_recon": REACH["image_recon"] | {"point_hash", "point_code_context"},
+}
+
+
+@pytest.mark.parametrize("context", ["tokens", "code"])
+def test_each_loss_term_reaches_exactly_its_params_by_fusion_context(context):
+  """The reach of every loss term, per `fusion_context`: with "code" L_3D reaches the image
+  hash head and L_2D the point hash head (through the code each decoder reads); with
+  "tokens" (the paper) neither reconstruction reaches a hash head."""
+  model, variables = build("tiny", BITS, jax.random.key(0), fusion_context=context)
+  images, points = _inputs(model)
+  params = variables["params"]
+  extra = {"point_code_context", "image_code_context"} if context == "code" else set()
+  assert set(params) == TOP_LEVEL | extra
+  reach = CODE_CONTEXT_REACH if context == "code" else REACH
+
+  def terms(params):
+    out = model.apply({"params": params}, images, points, train=True,
+                      mask_key=jax.random.key(1))
+    return jnp.stack([
+        losses.contrastive_loss(out["point/h"], out["image/h"], 0.07),
+        losses.contrastive_loss(out["point/h_masked"], out["image/h_masked"], 0.07),
+        losses.point_reconstruction_loss(out["point/pred"], out["point/target"]),
+        losses.image_reconstruction_loss(out["image/pred"], out["image/target"]),
+    ])
+
+  jac = jax.jit(jax.jacrev(terms))(params)
+  for row, (name, reached) in enumerate(reach.items()):
+    got = {path[0].key for path, g in jax.tree_util.tree_leaves_with_path(jac)
+           if float(jnp.max(jnp.abs(g[row]))) > 0}
+    assert got == reached, f"{context}, {name}: reaches {sorted(got ^ reached)} wrongly"
+
+
+def test_code_context_is_the_only_route_from_the_other_modality():
+  """With `fusion_context="code"` the point decoder sees the images only through the linear
+  map of the image code: zero that map's kernel and the point predictions no longer change
+  when only the images do; with it, they do (and the predictions differ from the token
+  context's, the same parameters elsewhere)."""
+  key = jax.random.key(0)
+  rng = np.random.default_rng(8)
+  model, variables = build("tiny", 16, key, fusion_context="code", drop_path=0.0)
+  c = model.config
+  pts = jnp.asarray(rng.normal(size=(2, c.num_points, 3)).astype(np.float32))
+  imgs = [jnp.asarray(rng.normal(size=(2, c.image_size, c.image_size, 3)).astype(np.float32))
+          for _ in range(2)]
+
+  def preds(variables):
+    return [model.apply(variables, images=im, points=pts, train=True,
+                        mask_key=jax.random.key(1))["point/pred"] for im in imgs]
+
+  live = preds(variables)
+  assert not np.allclose(live[0], live[1], atol=1e-6)
+  params = dict(variables["params"])
+  params["image_code_context"] = dict(params["image_code_context"],
+                                      kernel=jnp.zeros_like(
+                                          params["image_code_context"]["kernel"]))
+  cut = preds({"params": params})
+  np.testing.assert_array_equal(cut[0], cut[1])
+  tokens_model, _ = build("tiny", 16, key, drop_path=0.0)
+  shared = {k: v for k, v in variables["params"].items() if not k.endswith("code_context")}
+  by_tokens = tokens_model.apply({"params": shared}, images=imgs[0], points=pts, train=True,
+                                 mask_key=jax.random.key(1))
+  assert not np.allclose(by_tokens["point/pred"], live[0], atol=1e-6)
+  np.testing.assert_array_equal(by_tokens["point/h"], model.apply(
+      variables, images=imgs[0], points=pts, train=True,
+      mask_key=jax.random.key(1))["point/h"])
+
+
+def test_fusion_context_is_validated():
+  with pytest.raises(ValueError, match="fusion_context must be 'tokens' or 'code', got 'pixels'"):
+    resolve_config("tiny", 16, dict(fusion_context="pixels"))
+  with pytest.raises(ValueError, match="fusion_context='code' is read by the decoders' "
+                     "cross-attention, which fusion_cross_attention=False removes"):
+    resolve_config("tiny", 16, dict(fusion_context="code", fusion_cross_attention=False))
+
+
 # -- layers against references -----------------------------------------------------------
 def _np_layer_norm(x, scale, bias, eps=1e-6):
   mu = x.mean(-1, keepdims=True)

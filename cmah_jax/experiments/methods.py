@@ -419,6 +419,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # [ours; after Touvron et al. ECCV 2022]. Kept (docs/tuning.md): the `small` variant's
     # default since, so its runs are today's `cmah`'s (`recorded_as="image_stem"`), and
     # the CMAH it was compared with is the ablation `linear_patches`.
+    # Round 26: reconstruction through the codes. The decoders read the hash codes of
+    # neither modality, so no gradient of L_3D or L_2D reaches the hash heads (the encoders
+    # hear L_3D at 0.0004x of L_c, round 20). Here each decoder's cross-attention reads one
+    # token made from the other modality's full-pass code h instead of its visible tokens:
+    # a masked cloud is completed from its visible groups and its image's code, and the
+    # reverse [ours; after DBRC, Hu et al. ACM MM 2017, and semantic hashing].
+    _m("code_context", "CMAH, the decoders read the other modality's code", "candidate",
+       "[ours; after DBRC]", model__overrides__fusion_context="code"),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference was

@@ -9,7 +9,9 @@
 - `apply(variables, images, points, train=True, mask_key=k, rngs={"dropout": d})`
   (the `"dropout"` stream only when `drop_path > 0` or `dropout > 0`): a full (unmasked)
   encoder pass gives `h` and codes; a masked pass (visible tokens only) gives `h_masked`;
-  the fusion decoders reconstruct the masked point groups and image patches.
+  the fusion decoders reconstruct the masked point groups and image patches, their
+  cross-attention reading the other modality's visible tokens or, with
+  `config.fusion_context="code"`, one token made from its full-pass code h.
 - `hash_sharpness=beta` (either call): the hash heads compute `tanh(beta * LayerNorm(.))`;
   the train step passes HashNet's schedule when `config.hash_sharpness_end > 1`, other
   calls get that end value (the codes, signs of h, do not depend on beta).
@@ -93,6 +95,9 @@ class CMAH(nn.Module):
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
         out_dim=3 * cfg.group_size, pos_every_block=True,
         cross_attention=cfg.fusion_cross_attention)
+    if cfg.fusion_context == "code":  # [ours, round 26] each decoder reads the other's code
+      self.point_code_context = dense(cfg.width, dt, "point_code_context")
+      self.image_code_context = dense(cfg.width, dt, "image_code_context")
     # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
     self.image_tokenizer = ImageTokenizer(cfg.patch_size, cfg.width, dt, cfg.image_stem_dims)
     self.image_encoder = TokenEncoder(stack(cfg.depth, cfg.num_heads, cfg.image_qkv_bias),
@@ -208,13 +213,20 @@ class CMAH(nn.Module):
 
     if cfg.num_prototypes:
       out["prototypes"] = self.prototypes
+    # What each decoder's cross-attention reads: the other modality's visible tokens
+    # [paper], or one token made from its full-pass code h [ours, round 26].
+    if cfg.fusion_context == "code":
+      point_context = self.image_code_context(out["image/h"])[:, None, :]
+      image_context = self.point_code_context(out["point/h"])[:, None, :]
+    else:
+      point_context, image_context = i_vis, p_vis
     dec_pos = self.point_decoder_pos(centers)
     p_pred = self.point_decoder(p_vis, take_tokens(dec_pos, keep_p),
-                                take_tokens(dec_pos, masked_p), i_vis, det)
+                                take_tokens(dec_pos, masked_p), point_context, det)
     out["point/pred"] = p_pred.reshape(b, masked_p.shape[1], cfg.group_size, 3)
     out["point/target"] = take_tokens(neighborhoods, masked_p)
     out["image/pred"] = self.image_decoder(i_vis, take_tokens(i_pos, keep_i),
-                                           take_tokens(i_pos, masked_i), p_vis, det)
+                                           take_tokens(i_pos, masked_i), image_context, det)
     out["image/target"] = take_tokens(patches, masked_i)
     out["point/mask"], out["image/mask"] = mask_p, mask_i
     out["point/pooled"], out["image/pooled"] = p_pooled, i_pooled

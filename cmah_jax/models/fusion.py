@@ -3,7 +3,8 @@
 Per modality: the visible tokens from the masked encoder pass are joined by a learned mask
 token for every masked position ([visible; masked], each with its position embedding);
 `depth` fusion `Block`s then apply self-attention over that set followed by cross-attention
-whose keys/values are the *other* modality's encoded visible tokens; a final LayerNorm and
+whose keys/values are the *other* modality's encoded visible tokens (or, with
+`fusion_context="code"`, one token made from its code [ours, round 26]); a final LayerNorm and
 a linear head predict the masked content (k x 3 coordinates per point group [Point-MAE],
 p*p*3 pixels per patch [MAE]). Width equals the encoder's, so no input projection.
 """
@@ -33,8 +34,8 @@ class FusionDecoder(nn.Module):
   def __call__(self, visible: jax.Array, pos_visible: jax.Array, pos_masked: jax.Array,
                context: jax.Array, deterministic: bool) -> jax.Array:
     """visible: `[B, Tv, C]` encoded visible tokens; pos_visible: `[B, Tv, C]`;
-    pos_masked: `[B, Tm, C]`; context: `[B, S, C]` the other modality's encoded visible
-    tokens. Returns predictions for the masked positions `[B, Tm, out_dim]` float32."""
+    pos_masked: `[B, Tm, C]`; context: `[B, S, C]` what cross-attention reads: the other
+    modality's encoded visible tokens, or (S = 1) a token made from its code. Returns predictions for the masked positions `[B, Tm, out_dim]` float32."""
     b, _, c = visible.shape
     tm = pos_masked.shape[1]
     mask_token = self.param("mask_token", MASK_TOKEN_INIT, (1, 1, c), jnp.float32)

@@ -51,6 +51,12 @@ class ModelConfig:
   fusion_cross_attention: bool = True  # decoders attend to the other modality [paper: MFB];
                                        # False: each decoder sees its own modality only
                                        # (an ablation) [ours]
+  fusion_context: str = "tokens"       # what that cross-attention reads: "tokens", the
+                                       # other modality's encoded visible tokens [paper:
+                                       # MFB]; "code", one token, a linear map of the other
+                                       # modality's full-pass continuous code h, so the
+                                       # reconstruction reaches the codes [ours, round 26;
+                                       # after DBRC, Hu et al. ACM MM 2017]
   embed_dim: int = 0                   # > 0: each tower also projects its pooled feature
                                        # to an embed_dim-wide embedding z for an auxiliary
                                        # contrastive loss (loss.embed_weight), so the
@@ -136,6 +142,11 @@ class ModelConfig:
            f"{name} must be an int >= {least}, got {v!r}")
     need(isinstance(self.extra_image_views, bool),
          f"extra_image_views must be True or False, got {self.extra_image_views!r}")
+    need(self.fusion_context in ("tokens", "code"),
+         f"fusion_context must be 'tokens' or 'code', got {self.fusion_context!r}")
+    need(self.fusion_context == "tokens" or self.fusion_cross_attention,
+         f"fusion_context={self.fusion_context!r} is read by the decoders' cross-attention, "
+         "which fusion_cross_attention=False removes")
     need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio!r}")
     need(isinstance(self.hash_sharpness_end, (int, float))
          and not isinstance(self.hash_sharpness_end, bool) and self.hash_sharpness_end >= 1,
