@@ -16,11 +16,18 @@ def peak_learning_rate(optim: OptimSpec, batch_size: int) -> float:
   return optim.base_learning_rate * batch_size / optim.learning_rate_base_batch
 
 
+def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
+  """The warm-up a run of `total_steps` gets: `warmup_steps`, cut to `total_steps - 1` when
+  the run is shorter (the train log says so)."""
+  return min(int(warmup_steps), max(int(total_steps) - 1, 0))
+
+
 def learning_rate_schedule(optim: OptimSpec, batch_size: int, total_steps: int):
   """Linear warm-up from 0 to the peak, then cosine decay to `min_learning_rate_ratio` of
-  it at `total_steps`. The warm-up is cut to `total_steps - 1` for very short runs."""
+  it at `total_steps`. The warm-up is cut to `total_steps - 1` for very short runs
+  (`effective_warmup_steps`)."""
   peak = peak_learning_rate(optim, batch_size)
-  warmup = min(int(optim.warmup_steps), max(int(total_steps) - 1, 0))
+  warmup = effective_warmup_steps(optim.warmup_steps, total_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
       decay_steps=max(int(total_steps), warmup + 1),

@@ -1,4 +1,6 @@
 """The optimiser's restart for `loss.reconstruction_only_steps`, against a NumPy Adam."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,28 @@ def test_restarted_adam_is_a_fresh_adam_from_the_restart_step():
   assert np.mean(np.abs(carried)) > 2 * np.mean(np.abs(want[4]))
   with pytest.raises(ValueError, match="needs params"):
     tx.update(jnp.ones(5), state)
+
+
+@pytest.mark.parametrize("warmup,total,want", [(10, 100, 10), (100, 50, 49), (5, 1, 0)])
+def test_a_warmup_longer_than_the_run_is_cut_and_the_log_says_so(warmup, total, want):
+  """The schedule peaks at the effective warm-up (linear from 0 before it), and the train
+  log's schedule line reports that warm-up and, where it differs, the configured one."""
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from cmah_jax import train  # pylint: disable=import-outside-toplevel
+  spec = OptimSpec(warmup_steps=warmup)
+  assert optim.effective_warmup_steps(warmup, total) == want
+  lr = optim.learning_rate_schedule(spec, 128, total)
+  peak = optim.peak_learning_rate(spec, 128)
+  assert float(lr(want)) == pytest.approx(peak)
+  if want > 1:
+    assert float(lr(want // 2)) == pytest.approx(peak * (want // 2) / want)
+  from configs import default  # pylint: disable=import-outside-toplevel
+  cfg = dataclasses.replace(config_lib.resolve(default.get_config()), total_steps=total,
+                            optim=spec, eval_every_steps=0)
+  line = train.schedule_line(cfg, 640)
+  assert f"warm-up {want} steps" in line
+  assert (f"config.optim.warmup_steps={warmup} cut to fit {total} steps" in line) == (
+      want != warmup)
 
 
 def test_rewarmed_schedule_warms_up_again_at_the_restart():
