@@ -155,7 +155,10 @@ def parse_variant(spec: str) -> tuple[str, dict, losses.LossSpec]:
     key, sep, value = item.partition("=")
     if not sep:
       raise SystemExit(f"--variants: {item!r} in {spec!r} is not FIELD=VALUE")
-    overrides[key] = ast.literal_eval(value)
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # a bare word: a string field (fusion_context=code)
+      overrides[key] = value
   try:
     loss_spec = losses.LossSpec(pairs=pairs).validate()
   except ValueError as e:

@@ -145,7 +145,8 @@ def part_of(op_name: str) -> str:
            else "knn+group")
     return f"{phase}/point_tokenizer/{sub}"
   modules = ("point_encoder", "image_encoder", "point_decoder", "image_decoder",
-             "point_hash", "image_hash", "image_tokenizer", "point_decoder_pos")
+             "point_hash", "image_hash", "image_tokenizer", "point_decoder_pos",
+             "point_code_context", "image_code_context")
   for i, p in enumerate(path):
     if p in modules:
       if p.endswith("encoder") and i + 3 < len(path) and path[i + 2].startswith("block_"):

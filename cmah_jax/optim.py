@@ -18,7 +18,7 @@ def peak_learning_rate(optim: OptimSpec, batch_size: int) -> float:
 
 def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
   """The warm-up a run of `total_steps` gets: `warmup_steps`, cut to `total_steps - 1` when
-  the run is shorter (the train log says so)."""
+  `warmup_steps >= total_steps` (the train log says so)."""
   return min(int(warmup_steps), max(int(total_steps) - 1, 0))
 
 

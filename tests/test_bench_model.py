@@ -39,6 +39,10 @@ def test_overrides_are_python_literals():
       "base:masked_views=2:image_stem_dims=(32,):point_mask_ratio=0.4")
   assert name == "base"
   assert overrides == {"masked_views": 2, "image_stem_dims": (32,), "point_mask_ratio": 0.4}
+  # A bare word is a string field's value; quoted, the same.
+  for value in ("code", "'code'"):
+    assert bench_model.parse_variant(f"small:fusion_context={value}")[1] == {
+        "fusion_context": "code"}
 
 
 @pytest.mark.parametrize("spec, named", [

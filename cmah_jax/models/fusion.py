@@ -35,7 +35,8 @@ class FusionDecoder(nn.Module):
                context: jax.Array, deterministic: bool) -> jax.Array:
     """visible: `[B, Tv, C]` encoded visible tokens; pos_visible: `[B, Tv, C]`;
     pos_masked: `[B, Tm, C]`; context: `[B, S, C]` what cross-attention reads: the other
-    modality's encoded visible tokens, or (S = 1) a token made from its code. Returns predictions for the masked positions `[B, Tm, out_dim]` float32."""
+    modality's encoded visible tokens, or (S = 1) a token made from its code. Returns
+    predictions for the masked positions `[B, Tm, out_dim]` float32."""
     b, _, c = visible.shape
     tm = pos_masked.shape[1]
     mask_token = self.param("mask_token", MASK_TOKEN_INIT, (1, 1, c), jnp.float32)

@@ -161,7 +161,8 @@ class Block(nn.Module):
     """x: `[B, T, C]`; context: `[B, S, C]` (fusion blocks only). Returns `[B, T, C]`."""
     s, dt = self.spec, self.spec.dtype
     if self.cross_attention and context is None:
-      raise ValueError("a fusion Block needs the other modality's tokens as `context`")
+      raise ValueError("a fusion Block needs a `context` [B, S, C] (the other modality's "
+                       "tokens, or a token made from its code)")
     dp = DropPath(self.drop_path)
     attn = SelfAttention(s.num_heads, s.qkv_bias, s.dropout, dt,
                          name="self_attn" if self.cross_attention else "attn")
