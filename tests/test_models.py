@@ -272,11 +272,9 @@ REACH = {
 }
 
 
-def test_each_loss_term_reaches_exactly_its_params(tiny):
-  model, variables, _, images, points = tiny
-  params = variables["params"]
-  assert set(params) == TOP_LEVEL
-
+def _term_jacobian(model, params, images, points):
+  """The Jacobian of the four terms of `REACH` (in its order) w.r.t. `params`: each leaf
+  `[4, *leaf.shape]`."""
   def terms(params):
     out = model.apply({"params": params}, images, points, train=True,
                       mask_key=jax.random.key(1))
@@ -286,8 +284,15 @@ def test_each_loss_term_reaches_exactly_its_params(tiny):
         losses.point_reconstruction_loss(out["point/pred"], out["point/target"]),
         losses.image_reconstruction_loss(out["image/pred"], out["image/target"]),
     ])
+  return jax.jit(jax.jacrev(terms))(params)
 
-  jac = jax.jit(jax.jacrev(terms))(params)
+
+def test_each_loss_term_reaches_exactly_its_params(tiny):
+  model, variables, _, images, points = tiny
+  params = variables["params"]
+  assert set(params) == TOP_LEVEL
+
+  jac = _term_jacobian(model, params, images, points)
   for row, (name, reach) in enumerate(REACH.items()):
     for path, g in jax.tree_util.tree_leaves_with_path(jac):
       top = path[0].key
@@ -321,17 +326,7 @@ def test_each_loss_term_reaches_exactly_its_params_under_the_code_context():
   params = variables["params"]
   assert set(params) == TOP_LEVEL | {"point_code_context", "image_code_context"}
 
-  def terms(params):
-    out = model.apply({"params": params}, images, points, train=True,
-                      mask_key=jax.random.key(1))
-    return jnp.stack([
-        losses.contrastive_loss(out["point/h"], out["image/h"], 0.07),
-        losses.contrastive_loss(out["point/h_masked"], out["image/h_masked"], 0.07),
-        losses.point_reconstruction_loss(out["point/pred"], out["point/target"]),
-        losses.image_reconstruction_loss(out["image/pred"], out["image/target"]),
-    ])
-
-  jac = jax.jit(jax.jacrev(terms))(params)
+  jac = _term_jacobian(model, params, images, points)
   inert = 0
   for row, (name, reach) in enumerate(CODE_CONTEXT_REACH.items()):
     for path, g in jax.tree_util.tree_leaves_with_path(jac):
