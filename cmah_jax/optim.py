@@ -1,5 +1,6 @@
 """The optimizer: AdamW with global-norm clipping, linear warm-up then cosine decay
-[Point-MAE]; weight decay on matrices only [MAE]."""
+[Point-MAE]; weight decay on matrices only [MAE]; and the train log's line on the step
+schedule it follows (`describe_schedule`)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cmah_jax import config as config_lib
 from cmah_jax.config import OptimSpec
 
 
@@ -18,8 +20,22 @@ def peak_learning_rate(optim: OptimSpec, batch_size: int) -> float:
 
 def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
   """The warm-up a run of `total_steps` gets: `warmup_steps`, cut to `total_steps - 1` when
-  `warmup_steps >= total_steps` (the train log says so)."""
+  `warmup_steps >= total_steps` (`describe_schedule` says so)."""
   return min(int(warmup_steps), max(int(total_steps) - 1, 0))
+
+
+def describe_schedule(cfg: config_lib.ExperimentConfig, train_examples: int) -> str:
+  """The train log's line on a resolved schedule (`config.resolve_schedule`); it names a warm-up
+  cut to fit a short run (`effective_warmup_steps`)."""
+  warmup = effective_warmup_steps(cfg.optim.warmup_steps, cfg.total_steps)
+  cut = (f" (config.optim.warmup_steps={cfg.optim.warmup_steps} cut to fit "
+         f"{cfg.total_steps} steps)" if warmup != cfg.optim.warmup_steps else "")
+  evals = (f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
+           else "evaluation at the end")
+  return (f"Schedule: {cfg.total_steps} steps "
+          f"({cfg.total_steps * cfg.input.batch_size / max(train_examples, 1):.1f} epochs of "
+          f"{train_examples} training examples at batch {cfg.input.batch_size}), warm-up "
+          f"{warmup} steps{cut}, {evals}")
 
 
 def learning_rate_schedule(optim: OptimSpec, batch_size: int, total_steps: int):

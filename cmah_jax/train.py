@@ -42,7 +42,7 @@ from cmah_jax.metric_writer import JsonlWriter, training_seconds
 from cmah_jax.models import CMAH, init_variables
 from cmah_jax.models.hash_head import hash_sharpness
 from cmah_jax.objectives import get_objective
-from cmah_jax.optim import effective_warmup_steps, make_optimizer
+from cmah_jax.optim import describe_schedule, make_optimizer
 from cmah_jax.protocol import retrieval_sources
 
 
@@ -225,20 +225,6 @@ def _log_progress(m: dict, done: int, total: int):
 CONFIG_FILE = "config.json"
 
 
-def schedule_line(cfg: config_lib.ExperimentConfig, train_examples: int) -> str:
-  """The train log's line on a resolved schedule; it names a warm-up cut to fit a short
-  run (`optim.effective_warmup_steps`)."""
-  warmup = effective_warmup_steps(cfg.optim.warmup_steps, cfg.total_steps)
-  cut = (f" (config.optim.warmup_steps={cfg.optim.warmup_steps} cut to fit "
-         f"{cfg.total_steps} steps)" if warmup != cfg.optim.warmup_steps else "")
-  evals = (f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
-           else "evaluation at the end")
-  return (f"Schedule: {cfg.total_steps} steps "
-          f"({cfg.total_steps * cfg.input.batch_size / max(train_examples, 1):.1f} epochs of "
-          f"{train_examples} training examples at batch {cfg.input.batch_size}), warm-up "
-          f"{warmup} steps{cut}, {evals}")
-
-
 def write_config(workdir: str, cfg: config_lib.ExperimentConfig) -> str:
   """Write the resolved config and its fingerprint to `workdir/config.json` (atomically)."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -410,7 +396,7 @@ def train_and_evaluate(config, workdir: str, devices=None, *,
   sources = retrieval_sources(builder, cfg.eval)
   log("Protocol: %s", sources.description)
   cfg = config_lib.resolve_schedule(cfg, len(sources.train))
-  log("%s", schedule_line(cfg, len(sources.train)))
+  log("%s", describe_schedule(cfg, len(sources.train)))
   tx, schedule = make_optimizer(cfg.optim, cfg.input.batch_size, cfg.total_steps,
                                 restart_step=cfg.loss.reconstruction_only_steps)
   evaluator = RetrievalEvaluator(model, sources, cfg.input, mesh, eval_spec=cfg.eval,

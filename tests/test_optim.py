@@ -51,7 +51,6 @@ def test_a_warmup_longer_than_the_run_is_cut_and_the_log_says_so(warmup, total, 
   """The schedule peaks at the effective warm-up (linear from 0 before it), and the train
   log's schedule line reports that warm-up and, where it differs, the configured one."""
   from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from cmah_jax import train  # pylint: disable=import-outside-toplevel
   spec = OptimSpec(warmup_steps=warmup)
   assert optim.effective_warmup_steps(warmup, total) == want
   lr = optim.learning_rate_schedule(spec, 128, total)
@@ -62,7 +61,7 @@ def test_a_warmup_longer_than_the_run_is_cut_and_the_log_says_so(warmup, total, 
   from configs import default  # pylint: disable=import-outside-toplevel
   cfg = dataclasses.replace(config_lib.resolve(default.get_config()), total_steps=total,
                             optim=spec, eval_every_steps=0)
-  line = train.schedule_line(cfg, 640)
+  line = optim.describe_schedule(cfg, 640)
   assert f"warm-up {want} steps" in line
   assert (f"config.optim.warmup_steps={warmup} cut to fit {total} steps" in line) == (
       want != warmup)
