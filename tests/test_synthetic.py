@@ -274,6 +274,7 @@ def test_no_mesh_is_in_two_splits(tiny_builder):
   `test_splits_are_disjoint` cannot see. Each stored object is regenerated from its id
   (`<class>/<split>-<index>`): the stored cloud must come back bit for bit, and the meshes
   behind all stored objects of all splits must be pairwise different."""
+  cfg = tiny_builder.builder_config
   meshes = {}
   for split in SPLITS:
     src = tiny_builder.as_data_source(split=split)
@@ -281,14 +282,12 @@ def test_no_mesh_is_in_two_splits(tiny_builder):
       e = src[i]
       name, index = str(e["object_id"], "utf-8").rsplit("-", 1)
       assert name == f"{categories.CATEGORIES[int(e['label'])]}/{split}"
-      rng = np.random.default_rng([tiny_builder.builder_config.seed,
-                                   generate.SPLIT_IDS[split], int(index)])
-      mesh = categories.make_mesh(int(e["label"]), rng)
-      categories.random_palette(rng)
-      pts = sample_surface(mesh.vertices, mesh.faces, e["points"].shape[0], rng)
-      centre = pts.mean(0)
-      pts = (pts - centre) / np.linalg.norm(pts - centre, axis=1).max()
-      np.testing.assert_array_equal(pts.astype(np.float32), e["points"])
+      np.testing.assert_array_equal(e["points"], generate.generate_object(
+          cfg.seed, split, int(index), num_points=cfg.num_points, num_views=cfg.num_views,
+          image_size=cfg.image_size, supersample=cfg.supersample)["points"])
+      # The object's mesh is the first draw of its generator (`generate_object`).
+      mesh = categories.make_mesh(int(e["label"]), np.random.default_rng(
+          [cfg.seed, generate.SPLIT_IDS[split], int(index)]))
       key = np.round(mesh.vertices, 9).tobytes() + mesh.faces.tobytes()
       assert key not in meshes, (e["object_id"], meshes.get(key))
       meshes[key] = e["object_id"]
