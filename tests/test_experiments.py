@@ -302,18 +302,22 @@ def test_round18_cmah_differs_from_the_paper_masked_pair_only_in_the_masked_pair
       ("loss.pairs", ("full_full", "masked_masked"), ("full_full", "masked_point_full_image"))]
 
 
-def test_round26_candidate_differs_from_cmah_only_in_the_fusion_context(tmp_path):
-  """Round 26's `code_context` is today's CMAH with the decoders reading the other
-  modality's code (resolved configs, field by field); today's CMAH's fingerprint leaves the
-  new field out at its neutral "tokens", the candidate's records it."""
+@pytest.mark.parametrize("method, context", [("code_context", "code"),  # round 26
+                                             ("code_beside_tokens", "tokens_and_code")])  # 27
+def test_rounds_26_27_candidates_differ_from_cmah_only_in_the_fusion_context(tmp_path, method,
+                                                                             context):
+  """Rounds 26-27's candidates are today's CMAH with the decoders reading the other
+  modality's code, instead of or beside its tokens (resolved configs, field by field);
+  today's CMAH's fingerprint leaves the new field out at its neutral "tokens", the
+  candidate's records it."""
   cmah, candidate = plan_lib.plan(get_suite("tuning"), default.get_config("steps=100"),
                                   str(tmp_path), seeds=[0], bits=[64],
-                                  methods=["cmah", "code_context"])
+                                  methods=["cmah", method])
   assert resume.config_diff(dataclasses.asdict(cmah.config),
                             dataclasses.asdict(candidate.config)) == [
-      ("model.fusion_context", "tokens", "code")]
+      ("model.fusion_context", "tokens", context)]
   assert "fusion_context" not in cmah.config.fingerprint_dict()["model"]
-  assert candidate.config.fingerprint_dict()["model"]["fusion_context"] == "code"
+  assert candidate.config.fingerprint_dict()["model"]["fusion_context"] == context
 
 
 def test_round24_candidate_differs_from_cmah_only_in_the_point_mask_ratio(tmp_path):

@@ -220,17 +220,28 @@ def test_masked_pass_sees_visible_tokens_only(tiny):
   assert not np.allclose(out2["image/target"], out["image/target"])
 
 
-def test_masked_pass_and_decoders_against_per_example_boolean_gathers():
+@pytest.mark.parametrize("fusion_context", ["tokens", "code", "tokens_and_code"])
+def test_masked_pass_and_decoders_against_per_example_boolean_gathers(fusion_context):
   """The masked pass and both decoders, recomputed one example at a time from the full
   pass's tokens with NumPy boolean indexing on the returned masks: each encoder sees its
   visible tokens at their own positions, each decoder the visible tokens' positions and
-  then the masked ones', and the other modality's visible tokens as context. (Scrambling
-  inputs, above, cannot see a position gathered from the wrong row.)"""
-  model, variables = build("tiny", BITS, jax.random.key(0), drop_path=0.0)
+  then the masked ones', and as context the other modality's visible tokens ("tokens"),
+  the linear map of its full-pass h as one token ("code", round 26), or those tokens and
+  then that token ("tokens_and_code", round 27). (Scrambling inputs, above, cannot see a
+  position gathered from the wrong row.)"""
+  model, variables = build("tiny", BITS, jax.random.key(0), drop_path=0.0,
+                           fusion_context=fusion_context)
   images, points = _inputs(model, b=3, seed=4)
   out = model.apply(variables, images, points, train=True, mask_key=jax.random.key(7))
   mask_i, mask_p = np.asarray(out["image/mask"]), np.asarray(out["point/mask"])
   assert mask_i.any(axis=1).all() and (~mask_i).any(axis=1).all()
+
+  def context(m, vis, other, b):
+    """What a decoder reads of the other modality (`other` "image" or "point") for row b."""
+    if fusion_context == "tokens":
+      return vis
+    code = getattr(m, f"{other}_code_context")(out[f"{other}/h"][b:b + 1])[:, None, :]
+    return code if fusion_context == "code" else jnp.concatenate([vis, code], axis=1)
 
   def reference(m, images, points):
     i_tok, i_pos, _ = m.image_tokenizer(images)
@@ -246,9 +257,11 @@ def test_masked_pass_and_decoders_against_per_example_boolean_gathers():
           "image/h_masked": m.image_hash(global_pool(i_vis))[0],
           "point/h_masked": m.point_hash(global_pool(p_vis))[0],
           "image/pred": m.image_decoder(i_vis, i_pos[b:b + 1, vi],
-                                        i_pos[b:b + 1, mask_i[b]], p_vis, True),
+                                        i_pos[b:b + 1, mask_i[b]],
+                                        context(m, p_vis, "point", b), True),
           "point/pred": m.point_decoder(p_vis, dec_pos[b:b + 1, vp],
-                                        dec_pos[b:b + 1, mask_p[b]], i_vis, True),
+                                        dec_pos[b:b + 1, mask_p[b]],
+                                        context(m, i_vis, "image", b), True),
       })
     return {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]}
 
@@ -316,12 +329,18 @@ CODE_CONTEXT_REACH = {
 INERT_UNDER_ONE_KEY = ("cross_attn']['q']", "['norm_q']")
 
 
-def test_each_loss_term_reaches_exactly_its_params_under_the_code_context():
+@pytest.mark.parametrize("fusion_context, inert_leaves", [
+    ("code", 4 * (3 + 4)),  # q kernel and bias (qkv_bias: image decoder only), norm_q's two
+    ("tokens_and_code", 0),  # more than one key: every query projection is live
+])
+def test_each_loss_term_reaches_exactly_its_params_under_the_code_context(fusion_context,
+                                                                          inert_leaves):
   """Leaf by leaf, as `test_each_loss_term_reaches_exactly_its_params`: with
-  `fusion_context="code"` L_3D reaches the image hash head and L_2D the point hash head
-  (through the code each decoder reads), every leaf of a reached group gets gradient but
-  the fusion blocks' query projections and norms, which get none from any term."""
-  model, variables = build("tiny", BITS, jax.random.key(0), fusion_context="code")
+  `fusion_context="code"` (round 26) or `"tokens_and_code"` (round 27) L_3D reaches the
+  image hash head and L_2D the point hash head (through the code each decoder reads), and
+  every leaf of a reached group gets gradient, but under "code" the fusion blocks' query
+  projections and norms, which get none from any term."""
+  model, variables = build("tiny", BITS, jax.random.key(0), fusion_context=fusion_context)
   images, points = _inputs(model)
   params = variables["params"]
   assert set(params) == TOP_LEVEL | {"point_code_context", "image_code_context"}
@@ -332,7 +351,8 @@ def test_each_loss_term_reaches_exactly_its_params_under_the_code_context():
     for path, g in jax.tree_util.tree_leaves_with_path(jac):
       where = f"{name}: {jax.tree_util.keystr(path)}"
       norm = float(jnp.max(jnp.abs(g[row])))
-      if any(part in jax.tree_util.keystr(path) for part in INERT_UNDER_ONE_KEY):
+      if inert_leaves and any(part in jax.tree_util.keystr(path)
+                              for part in INERT_UNDER_ONE_KEY):
         assert path[0].key in ("point_decoder", "image_decoder"), where
         assert norm == 0, f"{where} should receive none under one key, got {norm}"
         inert += 1
@@ -340,8 +360,7 @@ def test_each_loss_term_reaches_exactly_its_params_under_the_code_context():
         assert norm > 0, f"{where} should receive gradient"
       else:
         assert norm == 0, f"{where} should receive none, got {norm}"
-  # q kernel and bias (qkv_bias: image decoder only) and norm_q scale and bias, per term
-  assert inert == 4 * (3 + 4)
+  assert inert == inert_leaves
 
 
 def test_code_context_is_the_only_route_from_the_other_modality():
@@ -390,11 +409,13 @@ def test_code_context_is_the_only_route_from_the_other_modality():
 
 
 def test_fusion_context_is_validated():
-  with pytest.raises(ValueError, match="fusion_context must be 'tokens' or 'code', got 'pixels'"):
+  with pytest.raises(ValueError, match="fusion_context must be one of 'tokens', 'code', "
+                     "'tokens_and_code', got 'pixels'"):
     resolve_config("tiny", 16, dict(fusion_context="pixels"))
-  with pytest.raises(ValueError, match="fusion_context='code' is read by the decoders' "
-                     "cross-attention, which fusion_cross_attention=False removes"):
-    resolve_config("tiny", 16, dict(fusion_context="code", fusion_cross_attention=False))
+  for context in ("code", "tokens_and_code"):
+    with pytest.raises(ValueError, match=f"fusion_context='{context}' is read by the decoders' "
+                       "cross-attention, which fusion_cross_attention=False removes"):
+      resolve_config("tiny", 16, dict(fusion_context=context, fusion_cross_attention=False))
 
 
 # -- layers against references -----------------------------------------------------------

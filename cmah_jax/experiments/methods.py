@@ -427,6 +427,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # reverse [ours; after DBRC, Hu et al. ACM MM 2017, and semantic hashing].
     _m("code_context", "CMAH, the decoders read the other modality's code", "candidate",
        "[ours; after DBRC]", model__overrides__fusion_context="code"),
+    # Round 27: round 26's code token beside the other modality's visible tokens, not
+    # instead of them. Round 26 helped at 64 bits and cost one seed 0.03-0.04 at 16, where
+    # the code alone had to carry all the other modality's reconstruction needs; with the
+    # tokens kept the decoder can take the detail from them and the codes still hear the
+    # reconstruction [ours; after DBRC].
+    _m("code_beside_tokens", "CMAH, the decoders read the other modality's code beside its "
+       "tokens", "candidate", "[ours; after DBRC]",
+       model__overrides__fusion_context="tokens_and_code"),
     # UCCH's own temperature (t of its Eq. 4), screened as CMAH's was in round 1 (0.07, 0.2,
     # 0.5 against the published value): UCCH's 0.9 was chosen for MLP hash nets on frozen
     # pretrained features, and our towers train from scratch [ours]. The reference was

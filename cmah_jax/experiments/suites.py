@@ -95,6 +95,7 @@ SUITES = {s.name: s for s in [
             + ("point_mask0.75",)  # round 24
             + LINEAR  # round 25: `cmah` before it (`cmah` is its candidate `image_stem`)
             + ("code_context",)  # round 26
+            + ("code_beside_tokens",)  # round 27
             # the references that ran under the defaults of rounds 18-24
             + ("contrastive_r18", "supervised_r18", "full_full_only_r18",
                "no_reconstruction_r18", "paper_masked_pair_r18"), (16, 64)),),

@@ -11,7 +11,8 @@
   encoder pass gives `h` and codes; a masked pass (visible tokens only) gives `h_masked`;
   the fusion decoders reconstruct the masked point groups and image patches, their
   cross-attention reading the other modality's visible tokens or, with
-  `config.fusion_context="code"`, one token made from its full-pass code h.
+  `config.fusion_context="code"`, one token made from its full-pass code h (with
+  `"tokens_and_code"`, both: that token beside the tokens).
 - `hash_sharpness=beta` (either call): the hash heads compute `tanh(beta * LayerNorm(.))`;
   the train step passes HashNet's schedule when `config.hash_sharpness_end > 1`, other
   calls get that end value (the codes, signs of h, do not depend on beta).
@@ -95,7 +96,7 @@ class CMAH(nn.Module):
         stack(cfg.decoder_depth, cfg.decoder_num_heads, cfg.point_qkv_bias),
         out_dim=3 * cfg.group_size, pos_every_block=True,
         cross_attention=cfg.fusion_cross_attention)
-    if cfg.fusion_context == "code":  # [ours, round 26] each decoder reads the other's code
+    if cfg.fusion_context != "tokens":  # [ours, rounds 26-27] decoders read the other's code
       self.point_code_context = dense(cfg.width, dt, "point_code_context")
       self.image_code_context = dense(cfg.width, dt, "image_code_context")
     # Image tower [MAE]: fixed sin-cos positions added once, encoder and decoder.
@@ -214,12 +215,17 @@ class CMAH(nn.Module):
     if cfg.num_prototypes:
       out["prototypes"] = self.prototypes
     # What each decoder's cross-attention reads: the other modality's visible tokens
-    # [paper], or one token made from its full-pass code h [ours, round 26].
-    if cfg.fusion_context == "code":
-      point_context = self.image_code_context(out["image/h"])[:, None, :]
-      image_context = self.point_code_context(out["point/h"])[:, None, :]
-    else:
-      point_context, image_context = i_vis, p_vis
+    # [paper], one token made from its full-pass code h [ours, round 26], or both, the
+    # code's token after the tokens [ours, round 27].
+    point_context, image_context = i_vis, p_vis
+    if cfg.fusion_context != "tokens":
+      image_code = self.image_code_context(out["image/h"])[:, None, :].astype(i_vis.dtype)
+      point_code = self.point_code_context(out["point/h"])[:, None, :].astype(p_vis.dtype)
+      if cfg.fusion_context == "code":
+        point_context, image_context = image_code, point_code
+      else:
+        point_context = jnp.concatenate([i_vis, image_code], axis=1)
+        image_context = jnp.concatenate([p_vis, point_code], axis=1)
     dec_pos = self.point_decoder_pos(centers)
     p_pred = self.point_decoder(p_vis, take_tokens(dec_pos, keep_p),
                                 take_tokens(dec_pos, masked_p), point_context, det)

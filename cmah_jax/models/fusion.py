@@ -4,7 +4,8 @@ Per modality: the visible tokens from the masked encoder pass are joined by a le
 token for every masked position ([visible; masked], each with its position embedding);
 `depth` fusion `Block`s then apply self-attention over that set followed by cross-attention
 whose keys/values are the *other* modality's encoded visible tokens (or, with
-`fusion_context="code"`, one token made from its code [ours, round 26]); a final LayerNorm and
+`fusion_context="code"`, one token made from its code [ours, round 26]; with
+`"tokens_and_code"`, that token after the tokens [ours, round 27]); a final LayerNorm and
 a linear head predict the masked content (k x 3 coordinates per point group [Point-MAE],
 p*p*3 pixels per patch [MAE]). Width equals the encoder's, so no input projection.
 """
@@ -35,7 +36,7 @@ class FusionDecoder(nn.Module):
                context: jax.Array, deterministic: bool) -> jax.Array:
     """visible: `[B, Tv, C]` encoded visible tokens; pos_visible: `[B, Tv, C]`;
     pos_masked: `[B, Tm, C]`; context: `[B, S, C]` what cross-attention reads: the other
-    modality's encoded visible tokens, or (S = 1) a token made from its code. Returns
+    modality's encoded visible tokens, (S = 1) a token made from its code, or both. Returns
     predictions for the masked positions `[B, Tm, out_dim]` float32."""
     b, _, c = visible.shape
     tm = pos_masked.shape[1]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+# What the fusion decoders' cross-attention may read (`ModelConfig.fusion_context`).
+FUSION_CONTEXTS = ("tokens", "code", "tokens_and_code")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -56,7 +59,9 @@ class ModelConfig:
                                        # MFB]; "code", one token, a linear map of the other
                                        # modality's full-pass continuous code h, so the
                                        # reconstruction reaches the codes [ours, round 26;
-                                       # after DBRC, Hu et al. ACM MM 2017]
+                                       # after DBRC, Hu et al. ACM MM 2017];
+                                       # "tokens_and_code", the tokens and that token beside
+                                       # them [ours, round 27]
   embed_dim: int = 0                   # > 0: each tower also projects its pooled feature
                                        # to an embed_dim-wide embedding z for an auxiliary
                                        # contrastive loss (loss.embed_weight), so the
@@ -142,8 +147,9 @@ class ModelConfig:
            f"{name} must be an int >= {least}, got {v!r}")
     need(isinstance(self.extra_image_views, bool),
          f"extra_image_views must be True or False, got {self.extra_image_views!r}")
-    need(self.fusion_context in ("tokens", "code"),
-         f"fusion_context must be 'tokens' or 'code', got {self.fusion_context!r}")
+    need(self.fusion_context in FUSION_CONTEXTS,
+         f"fusion_context must be one of {', '.join(map(repr, FUSION_CONTEXTS))}, "
+         f"got {self.fusion_context!r}")
     need(self.fusion_context == "tokens" or self.fusion_cross_attention,
          f"fusion_context={self.fusion_context!r} is read by the decoders' cross-attention, "
          "which fusion_cross_attention=False removes")
