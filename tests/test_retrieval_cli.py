@@ -6,6 +6,7 @@ Until `cmah_jax.inference.load_trained` lands, the CLI gets its model from `fake
 which reads a fake run directory written by `make_fake_workdir` (`main(argv, loader=...)`);
 `test_cli_with_load_trained` runs the same commands through the real loader once it exists.
 """
+import dataclasses
 import functools
 import hashlib
 import io
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -21,6 +23,7 @@ from PIL import Image
 
 import test_retrieval_readers as files_lib
 from cmah_jax import index as cli
+from cmah_jax import config as config_lib
 from cmah_jax import models, sharding
 from cmah_jax.datasets import get_builder
 from cmah_jax.evaluate import RetrievalEvaluator
@@ -91,6 +94,28 @@ def photo_like(path, size=(75, 52)):
 
 
 # ----------------------------------------------------------------------------- encoder
+def test_bind_hash_covers_weights_and_config_but_not_a_later_field_at_its_neutral(
+    monkeypatch):
+  """A model bound without a run's hash is fingerprinted by its weights and its config; a
+  model field that a later release adds (registered in `config.ADDED_LATER`) leaves the
+  fingerprint of a model that keeps it at its neutral value as it was, and changes it when
+  set, as a field of today's does."""
+  model, params = _model("tiny", BITS, 0)
+  base = encode.bind(model, params).config_hash
+  assert base.startswith("model:")
+  assert encode.bind(model, _model("tiny", BITS, 1)[1]).config_hash != base
+  later_cls = dataclasses.make_dataclass(
+      "LaterModelConfig", [("future_field", int, dataclasses.field(default=0))],
+      bases=(type(model.config),), frozen=True)
+  monkeypatch.setitem(config_lib.ADDED_LATER, "model.future_field", 0)
+  for value, same in ((0, True), (3, False)):
+    later = later_cls(**dataclasses.asdict(model.config), future_field=value)
+    assert (encode.bind(types.SimpleNamespace(config=later), params).config_hash
+            == base) == same, value
+  changed = dataclasses.replace(model.config, fusion_context="code")
+  assert encode.bind(types.SimpleNamespace(config=changed), params).config_hash != base
+
+
 def test_sharded_encoder_equals_one_example_at_a_time():
   bound = fake_loader(make_fake_workdir(os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                      "cmah_fake_run_enc")))

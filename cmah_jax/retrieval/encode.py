@@ -28,6 +28,7 @@ import numpy as np
 
 from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
+from cmah_jax.config import ADDED_LATER
 from cmah_jax.inference import TrainedModel
 
 # modality -> (CMAH argument, its code output, its continuous-code output)
@@ -70,15 +71,30 @@ def params_digest(params) -> str:
   return h.hexdigest()[:16]
 
 
+def model_identity(cfg) -> dict:
+  """`dataclasses.asdict(cfg)` of a `ModelConfig` without the model fields added after
+  fingerprints were first stored (`config.ADDED_LATER`) while they hold their neutral
+  value: a field added to the library leaves the identity of a model that does not use it
+  unchanged, as `Config.fingerprint` does for training runs."""
+  d = dataclasses.asdict(cfg)
+  for path, neutral in ADDED_LATER.items():
+    section, _, field = path.partition(".")
+    # compared as JSON, where a tuple field and its list default are one value
+    if section == "model" and field in d and json.loads(json.dumps(d[field])) == neutral:
+      del d[field]
+  return d
+
+
 def bind(model, params, step: int = 0, config_hash: str | None = None) -> BoundModel:
   """A `BoundModel` for a model built in code.
 
-  Without `config_hash`, the hash covers the model config and the parameter values
-  (`"model:" + sha256`), so two different initialisations never share a fingerprint.
+  Without `config_hash`, the hash covers the model config (`model_identity`) and the
+  parameter values (`"model:" + sha256`), so two different initialisations never share a
+  fingerprint, and a later release's new model field (at its neutral value) changes none.
   """
   cfg = model.config
   if config_hash is None:
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    blob = json.dumps(model_identity(cfg), sort_keys=True, default=str)
     config_hash = "model:" + hashlib.sha256(
         (blob + params_digest(params)).encode()).hexdigest()[:16]
   return BoundModel(model=model, params=params, step=int(step), bits=int(cfg.bits),
