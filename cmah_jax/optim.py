@@ -32,10 +32,14 @@ def describe_schedule(cfg: config_lib.ExperimentConfig, train_examples: int) -> 
          f"{cfg.total_steps} steps)" if warmup != cfg.optim.warmup_steps else "")
   evals = (f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
            else "evaluation at the end")
+  restart = cfg.loss.reconstruction_only_steps
+  rewarm = (f", reconstruction alone until step {restart}, then the full objective with a "
+            f"fresh Adam and a second warm-up of {max(int(cfg.optim.warmup_steps), 1)} "
+            f"steps (config.loss.reconstruction_only_steps)" if restart else "")
   return (f"Schedule: {cfg.total_steps} steps "
           f"({cfg.total_steps * cfg.input.batch_size / max(train_examples, 1):.1f} epochs of "
           f"{train_examples} training examples at batch {cfg.input.batch_size}), warm-up "
-          f"{warmup} steps{cut}, {evals}")
+          f"{warmup} steps{cut}{rewarm}, {evals}")
 
 
 def learning_rate_schedule(optim: OptimSpec, batch_size: int, total_steps: int):

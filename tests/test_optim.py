@@ -67,6 +67,29 @@ def test_a_warmup_longer_than_the_run_is_cut_and_the_log_says_so(warmup, total, 
       want != warmup)
 
 
+def test_the_schedule_line_names_the_restart_and_its_second_warmup():
+  """With `loss.reconstruction_only_steps` the log's schedule line says where L_c joins and
+  that the learning rate warms up again there, over the warm-up that `make_optimizer`'s
+  re-warmed schedule uses (its learning rate is back at the plain schedule's exactly
+  `optim.warmup_steps` after the restart)."""
+  from cmah_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.resolve(default.get_config())
+  cfg = dataclasses.replace(cfg, total_steps=400, eval_every_steps=0,
+                            optim=OptimSpec(warmup_steps=30),
+                            loss=dataclasses.replace(cfg.loss, reconstruction_only_steps=120))
+  line = optim.describe_schedule(cfg, 640)
+  assert ("reconstruction alone until step 120, then the full objective with a fresh Adam "
+          "and a second warm-up of 30 steps") in line, line
+  _, lr = optim.make_optimizer(cfg.optim, 128, 400, restart_step=120)
+  plain = optim.learning_rate_schedule(cfg.optim, 128, 400)
+  assert float(lr(120 + 29)) < float(plain(120 + 29))
+  assert float(lr(120 + 30)) == pytest.approx(float(plain(120 + 30)))
+  plain_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss,
+                                                                reconstruction_only_steps=0))
+  assert "reconstruction alone" not in optim.describe_schedule(plain_cfg, 640)
+
+
 def test_rewarmed_schedule_warms_up_again_at_the_restart():
   spec = OptimSpec(warmup_steps=10)
   base = optim.learning_rate_schedule(spec, 128, 100)
