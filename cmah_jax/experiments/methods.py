@@ -424,14 +424,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # hear L_3D at 0.0004x of L_c, round 20). Here each decoder's cross-attention reads one
     # token made from the other modality's full-pass code h instead of its visible tokens:
     # a masked cloud is completed from its visible groups and its image's code, and the
-    # reverse [ours; after DBRC, Hu et al. ACM MM 2017, and semantic hashing].
+    # reverse [ours; after DBRC, Hu et al. ACM MM 2017, and semantic hashing]. Not kept:
+    # +0.014 / +0.009 at 64 bits, -0.010 / -0.019 at 16, seeds 0-1 (docs/tuning.md).
     _m("code_context", "CMAH, the decoders read the other modality's code", "candidate",
        "[ours; after DBRC]", model__overrides__fusion_context="code"),
     # Round 27: round 26's code token beside the other modality's visible tokens, not
     # instead of them. Round 26 helped at 64 bits and cost one seed 0.03-0.04 at 16, where
     # the code alone had to carry all the other modality's reconstruction needs; with the
     # tokens kept the decoder can take the detail from them and the codes still hear the
-    # reconstruction [ours; after DBRC].
+    # reconstruction [ours; after DBRC]. Not kept: -0.019 / -0.032 at 16 bits, seeds 0-1
+    # (docs/tuning.md); the 64-bit runs were not made.
     _m("code_beside_tokens", "CMAH, the decoders read the other modality's code beside its "
        "tokens", "candidate", "[ours; after DBRC]",
        model__overrides__fusion_context="tokens_and_code"),
