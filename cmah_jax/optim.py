@@ -26,16 +26,20 @@ def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
 
 def describe_schedule(cfg: config_lib.ExperimentConfig, train_examples: int) -> str:
   """The train log's line on a resolved schedule (`config.resolve_schedule`); it names a warm-up
-  cut to fit a short run (`effective_warmup_steps`)."""
+  cut to fit a short run (`effective_warmup_steps`) and, with
+  `loss.reconstruction_only_steps`, the restart and its second warm-up (`make_optimizer`),
+  saying so when the run ends before that warm-up does."""
   warmup = effective_warmup_steps(cfg.optim.warmup_steps, cfg.total_steps)
   cut = (f" (config.optim.warmup_steps={cfg.optim.warmup_steps} cut to fit "
          f"{cfg.total_steps} steps)" if warmup != cfg.optim.warmup_steps else "")
   evals = (f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
            else "evaluation at the end")
-  restart = cfg.loss.reconstruction_only_steps
+  restart, rewarmup = cfg.loss.reconstruction_only_steps, max(int(cfg.optim.warmup_steps), 1)
+  unfinished = (f", which the run ends before ({cfg.total_steps - restart} steps after the "
+                f"restart)" if restart + rewarmup > cfg.total_steps else "")
   rewarm = (f", reconstruction alone until step {restart}, then the full objective with a "
-            f"fresh Adam and a second warm-up of {max(int(cfg.optim.warmup_steps), 1)} "
-            f"steps (config.loss.reconstruction_only_steps)" if restart else "")
+            f"fresh Adam and a second warm-up of {rewarmup} steps{unfinished} "
+            f"(config.loss.reconstruction_only_steps)" if restart else "")
   return (f"Schedule: {cfg.total_steps} steps "
           f"({cfg.total_steps * cfg.input.batch_size / max(train_examples, 1):.1f} epochs of "
           f"{train_examples} training examples at batch {cfg.input.batch_size}), warm-up "

@@ -338,8 +338,8 @@ def test_each_loss_term_reaches_exactly_its_params_under_the_code_context(fusion
   """Leaf by leaf, as `test_each_loss_term_reaches_exactly_its_params`: with
   `fusion_context="code"` (round 26) or `"tokens_and_code"` (round 27) L_3D reaches the
   image hash head and L_2D the point hash head (through the code each decoder reads), and
-  every leaf of a reached group gets gradient, but under "code" the fusion blocks' query
-  projections and norms, which get none from any term."""
+  every leaf of a reached group gets gradient except, under "code", the fusion blocks'
+  query projections and norms, which get none from any term."""
   model, variables = build("tiny", BITS, jax.random.key(0), fusion_context=fusion_context)
   images, points = _inputs(model)
   params = variables["params"]

@@ -88,6 +88,11 @@ def test_the_schedule_line_names_the_restart_and_its_second_warmup():
   plain_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss,
                                                                 reconstruction_only_steps=0))
   assert "reconstruction alone" not in optim.describe_schedule(plain_cfg, 640)
+  assert "run ends before" not in line
+  late = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss,
+                                                           reconstruction_only_steps=380))
+  assert ("second warm-up of 30 steps, which the run ends before (20 steps after the "
+          "restart)") in optim.describe_schedule(late, 640)
 
 
 def test_rewarmed_schedule_warms_up_again_at_the_restart():

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 import test_retrieval_readers as files_lib
-from cmah_jax import index as cli
 from cmah_jax import config as config_lib
+from cmah_jax import index as cli
 from cmah_jax import models, sharding
 from cmah_jax.datasets import get_builder
 from cmah_jax.evaluate import RetrievalEvaluator
@@ -114,6 +114,11 @@ def test_bind_hash_covers_weights_and_config_but_not_a_later_field_at_its_neutra
             == base) == same, value
   changed = dataclasses.replace(model.config, fusion_context="code")
   assert encode.bind(types.SimpleNamespace(config=changed), params).config_hash != base
+  # A tuple field is compared as JSON with its neutral list: () is MAE's linear patches.
+  assert "image_stem_dims" not in encode.model_identity(
+      dataclasses.replace(model.config, image_stem_dims=()))
+  assert encode.model_identity(dataclasses.replace(model.config, image_stem_dims=(32,)))[
+      "image_stem_dims"] == (32,)
 
 
 def test_sharded_encoder_equals_one_example_at_a_time():

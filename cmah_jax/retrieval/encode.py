@@ -90,7 +90,9 @@ def bind(model, params, step: int = 0, config_hash: str | None = None) -> BoundM
 
   Without `config_hash`, the hash covers the model config (`model_identity`) and the
   parameter values (`"model:" + sha256`), so two different initialisations never share a
-  fingerprint, and a later release's new model field (at its neutral value) changes none.
+  fingerprint, and a model field added later and registered in `config.ADDED_LATER` (as
+  every new field must be) changes none while at its neutral value. (Hashes made before
+  `model_identity`, 2026-12-08, included every field and differ from today's.)
   """
   cfg = model.config
   if config_hash is None:
