@@ -206,12 +206,12 @@ class ExperimentConfig:
     for field, (_, inert) in INERT_WHEN.items():
       if not trains or inert(loss):
         loss[field] = ADDED_LATER[f"loss.{field}"]
-    for path, neutral in ADDED_LATER.items():
+    for path in ADDED_LATER:
       *parents, leaf = path.split(".")
       node = d
       for p in parents:
         node = node.get(p, {})
-      if leaf in node and (node[leaf] == neutral or (not trains and parents == ["model"])):
+      if leaf in node and (is_neutral(path, node[leaf]) or (not trains and parents == ["model"])):
         del node[leaf]
     return d
 
@@ -253,6 +253,13 @@ ADDED_LATER = {
     "loss.ucch_seed_per_run": False,
     "model.fusion_context": "tokens",
 }
+
+
+def is_neutral(path: str, value) -> bool:
+  """Whether `value` of the field `path` (a key of `ADDED_LATER`) is its neutral value,
+  compared as JSON, where a tuple and its list default are one value."""
+  return json.loads(json.dumps(value)) == ADDED_LATER[path]
+
 
 # Loss weights that cannot change a run when their term is off (`losses.cmah_loss` skips
 # the term and adds an exact 0): field -> (why, predicate on the loss section's dict).

@@ -219,8 +219,8 @@ class CMAH(nn.Module):
     # code's token after the tokens [ours, round 27].
     point_context, image_context = i_vis, p_vis
     if cfg.fusion_context != "tokens":
-      image_code = self.image_code_context(out["image/h"])[:, None, :].astype(i_vis.dtype)
-      point_code = self.point_code_context(out["point/h"])[:, None, :].astype(p_vis.dtype)
+      image_code = self.image_code_context(out["image/h"])[:, None, :]
+      point_code = self.point_code_context(out["point/h"])[:, None, :]
       if cfg.fusion_context == "code":
         point_context, image_context = image_code, point_code
       else:

@@ -28,7 +28,7 @@ import numpy as np
 
 from cmah_jax import quantizer as quantizer_lib
 from cmah_jax import sharding as shd
-from cmah_jax.config import ADDED_LATER
+from cmah_jax.config import ADDED_LATER, is_neutral
 from cmah_jax.inference import TrainedModel
 
 # modality -> (CMAH argument, its code output, its continuous-code output)
@@ -77,10 +77,9 @@ def model_identity(cfg) -> dict:
   value: a field added to the library leaves the identity of a model that does not use it
   unchanged, as `Config.fingerprint` does for training runs."""
   d = dataclasses.asdict(cfg)
-  for path, neutral in ADDED_LATER.items():
+  for path in ADDED_LATER:
     section, _, field = path.partition(".")
-    # compared as JSON, where a tuple field and its list default are one value
-    if section == "model" and field in d and json.loads(json.dumps(d[field])) == neutral:
+    if section == "model" and field in d and is_neutral(path, d[field]):
       del d[field]
   return d
 
