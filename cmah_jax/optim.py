@@ -34,7 +34,8 @@ def describe_schedule(cfg: config_lib.ExperimentConfig, train_examples: int) -> 
          f"{cfg.total_steps} steps)" if warmup != cfg.optim.warmup_steps else "")
   evals = (f"evaluation every {cfg.eval_every_steps} steps" if cfg.eval_every_steps
            else "evaluation at the end")
-  restart, rewarmup = cfg.loss.reconstruction_only_steps, max(int(cfg.optim.warmup_steps), 1)
+  restart = cfg.loss.reconstruction_only_steps
+  rewarmup = rewarmup_steps(cfg.optim.warmup_steps)
   unfinished = (f", which the run ends before ({cfg.total_steps - restart} steps after the "
                 f"restart)" if restart + rewarmup > cfg.total_steps else "")
   rewarm = (f", reconstruction alone until step {restart}, then the full objective with a "
@@ -58,10 +59,15 @@ def learning_rate_schedule(optim: OptimSpec, batch_size: int, total_steps: int):
       end_value=peak * optim.min_learning_rate_ratio)
 
 
+def rewarmup_steps(warmup_steps: int) -> int:
+  """The length of `rewarmed_schedule`'s second warm-up: `warmup_steps`, at least 1."""
+  return max(int(warmup_steps), 1)
+
+
 def rewarmed_schedule(schedule, restart_step: int, warmup_steps: int):
   """`schedule(t)`, times a second linear warm-up from 0 over `warmup_steps` that starts at
   `restart_step`: `schedule(t) * min(1, (t - restart_step) / warmup_steps)` from then on."""
-  restart, warmup = int(restart_step), max(int(warmup_steps), 1)
+  restart, warmup = int(restart_step), rewarmup_steps(warmup_steps)
 
   def rewarmed(step):
     ramp = jnp.clip((jnp.asarray(step, jnp.float32) - restart) / warmup, 0.0, 1.0)
