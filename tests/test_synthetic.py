@@ -286,8 +286,8 @@ def test_no_mesh_is_in_two_splits(tiny_builder):
           cfg.seed, split, int(index), num_points=cfg.num_points, num_views=cfg.num_views,
           image_size=cfg.image_size, supersample=cfg.supersample)["points"])
       # The object's mesh is the first draw of its generator (`generate_object`).
-      mesh = categories.make_mesh(int(e["label"]), np.random.default_rng(
-          [cfg.seed, generate.SPLIT_IDS[split], int(index)]))
+      mesh = categories.make_mesh(int(e["label"]),
+                                  generate.object_rng(cfg.seed, split, int(index)))
       key = np.round(mesh.vertices, 9).tobytes() + mesh.faces.tobytes()
       assert key not in meshes, (e["object_id"], meshes.get(key))
       meshes[key] = e["object_id"]

@@ -22,6 +22,11 @@ from cmah_jax.geometry import sample_surface
 SPLIT_IDS = {"train": 0, "query": 1, "database": 2}
 
 
+def object_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  """The generator that draws object `index` of `split`: its mesh first, then the rest."""
+  return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
 def generate_object(seed: int, split: str, index: int, *, num_points: int = 2048,
                     num_views: int = 8, image_size: int = 64, supersample: int = 2,
                     num_categories: int | None = None) -> dict:
@@ -35,7 +40,7 @@ def generate_object(seed: int, split: str, index: int, *, num_points: int = 2048
     raise ValueError(f"Unknown split {split!r}; known: {sorted(SPLIT_IDS)}")
   num_categories = num_categories or len(CATEGORIES)
   label = index % num_categories
-  rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+  rng = object_rng(seed, split, index)
   mesh = make_mesh(label, rng)
   palette = random_palette(rng)
   points = sample_surface(mesh.vertices, mesh.faces, num_points, rng)
