@@ -183,3 +183,32 @@ def test_a_renamed_method_keeps_its_runs_and_shows_its_own_name(tmp_path):
       plan_lib.plan(both, base, str(tmp_path), seeds=[0])
   finally:
     del methods.METHODS["cmah_before"]
+
+
+def test_a_baselines_own_quantiser_is_a_baseline_row_and_cmahs_an_ablation(tmp_path):
+  """`results.SIGN_ROWS`: a UCCH run's sign(h) codes (UCCH's own quantiser, sign(u)) are
+  tabled beside its ITQ row as a second baseline row, judged like it; CMAH's sign(h) codes
+  are an ablation of the learned quantiser; a method without an entry shows its ITQ row
+  alone."""
+  base = default.get_config("steps=100")
+  runs = {r.method.name: r for r in plan_lib.plan(
+      get_suite("smoke"), base, str(tmp_path), seeds=[0], bits=[16], methods=["cmah"])}
+  runs.update((r.method.name, r) for r in plan_lib.plan(
+      Suite("t", "test", ((("ucch", "contrastive"), (16,)),)), base, str(tmp_path),
+      seeds=[0]))
+  shown = {}
+  for name, run in runs.items():
+    itq = dict(_row(name, 0, run.fingerprint, 0.7, 0.6), codes="itq")
+    sign = dict(itq, method=f"{name}_sign", codes="sign", map={"i2p": 0.5, "p2i": 0.4})
+    shown[name] = [(r["method"], r["group"], r["codes"]) for r in results_lib.relabel(
+        run, [itq, sign])]
+  assert shown == {
+      "cmah": [("cmah", "ours", "itq"), ("cmah_sign", "ablation", "sign")],
+      "ucch": [("ucch", "baseline", "itq"), ("ucch_sign", "baseline", "sign")],
+      "contrastive": [("contrastive", "baseline", "itq")]}
+  rows = [dict(r, seed=s) for s in range(2) for name, run in runs.items()
+          for r in results_lib.relabel(run, [
+              dict(_row(name, 0, run.fingerprint, 0.7 + s / 10, 0.6), codes="itq"),
+              dict(_row(name, 0, run.fingerprint, 0.5, 0.4), codes="sign")])]
+  judged = {v["method"] for v in results_lib.verdicts(results_lib.aggregate(rows))}
+  assert judged == {"ucch", "ucch_sign", "contrastive", "cmah_sign"}

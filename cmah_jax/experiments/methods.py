@@ -118,12 +118,14 @@ _CMAH_AND_BASELINES = [
        "[CLIP-style; ours]", loss__pairs="full_full", loss__lambda_r=0.0),
     # UCCH at the temperature the validation carve chose among 0.07 / 0.2 / 0.5 / 0.9
     # (its published 0.9 was set for hash nets on frozen pretrained features; our towers
-    # train from scratch; docs/tuning.md "UCCH's temperature") [ours].
+    # train from scratch; docs/tuning.md "UCCH's temperature") [ours]. That screen ran
+    # under the defaults of rounds 10-16 and was not repeated under today's.
     _m("ucch", "UCCH (point tower for text)", "baseline",
        "[Hu et al., TPAMI 2023; temperature ours: validation carve]", **UCCH,
        loss__ucch_temperature=0.2),
-    # The bound keeps the paper's pairs, with which its runs were recorded: its labels,
-    #    not the choice of masked pair, make it the bound.
+    # The bound keeps the paper's pairs, as its runs under every earlier default did, so
+    #    its rows compare across defaults: its labels, not the choice of masked pair, make
+    #    it the bound. It is not today's CMAH objective plus labels (README, Methods).
     _m("supervised", "supervised upper bound (labels)", "bound", "[ours, SupCon-style]",
        pinned=PAPER_PAIRS, loss__supervised=True),
     # -- ablations of CMAH's parts, and of our departures from the paper

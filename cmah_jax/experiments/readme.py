@@ -93,7 +93,7 @@ def table(data: dict, command: str = "", seeds: int = PLAN_SEEDS) -> str:
   (its `--seeds`), to list the planned runs not yet in `data`."""
   aggs = data["aggregate"]
   hours = sum(r.get("train_seconds") or 0.0 for r in data["runs"]) / 3600
-  # A CMAH run also gives a sign(h) row (`results.SIGN_ROWS`): one run, counted once.
+  # A CMAH or UCCH run also gives a sign(h) row (`results.SIGN_ROWS`): one run, counted once.
   trained = sum(1 for r in data["runs"] if r.get("codes") != "sign")
   lines = [f"Suite `{data['suite']}` ({trained} runs; training time summed over "
            f"runs {hours:.1f} h). {data['protocol']}."]
@@ -101,7 +101,8 @@ def table(data: dict, command: str = "", seeds: int = PLAN_SEEDS) -> str:
     lines += ["", "Trained methods are scored with the learned quantiser's codes, sign((h - "
               "mean) R), ITQ fitted on the training objects' continuous codes after training "
               "(`cmah_jax/quantizer.py`); the row *CMAH, sign(h) codes* scores the same CMAH "
-              "runs with the network's own sign codes."]
+              "runs with the network's own sign codes, and *UCCH, sign(h) codes* UCCH's runs "
+              "with UCCH's own quantiser (a baseline is judged at both)."]
   lines += ["", f"Runs: {runs_listing(aggs)}."]
   missing, count = missing_listing(data, seeds)
   if missing:

@@ -18,8 +18,10 @@ USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"
 
 
 # The network's own sign(h) codes of these methods, tabled beside the learned quantiser's
-# as an ablation row: method -> (row name, label).
+# (an ablation row for CMAH's; a baseline's own quantiser, such as UCCH's sign(u), is a
+# baseline row, judged like its ITQ row): method -> (row name, label).
 SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)"),
+             "ucch": ("ucch_sign", "UCCH, sign(h) codes (its own quantiser)"),
              "cmah_r10": ("cmah_r10_sign", "CMAH, defaults of rounds 10-16, sign(h) codes"),
              "cmah_img1": ("cmah_img1_sign", "CMAH, L_2D weight 1, sign(h) codes"),
              "paper_masked_pair": ("paper_masked_pair_sign",
@@ -33,15 +35,15 @@ SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's qua
 
 def _shown_as(row: dict, method) -> dict | None:
   """`row` under `method`'s name, label and group; a sign(h) row under the name and label
-  `SIGN_ROWS` gives the method, as an ablation (of earlier defaults where the method is),
-  or None where it gives none."""
+  `SIGN_ROWS` gives the method, in the method's group where that is a baseline (or of
+  earlier defaults) and as an ablation otherwise, or None where it gives none."""
   if row["codes"] != "sign":
     return dict(row, method=method.name, label=method.label, group=method.group)
   if method.name not in SIGN_ROWS:
     return None
   name, label = SIGN_ROWS[method.name]
   return dict(row, method=name, label=label,
-              group=EARLIER if method.group == EARLIER else "ablation")
+              group=method.group if method.group in (EARLIER, "baseline") else "ablation")
 
 
 def run_rows(run, report: dict) -> list[dict]:
