@@ -18,8 +18,9 @@ USAGE = {"distinct": "distinct codes", "majority_fraction": "majority-bit share"
 
 
 # The network's own sign(h) codes of these methods, tabled beside the learned quantiser's
-# (an ablation row for CMAH's; a baseline's own quantiser, such as UCCH's sign(u), is a
-# baseline row, judged like its ITQ row): method -> (row name, label).
+# in the method's group (CMAH's: an ablation of the quantiser; a baseline's own quantiser,
+# such as UCCH's sign(u), a baseline row judged like its ITQ row): method -> (row name,
+# label).
 SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's quantiser)"),
              "ucch": ("ucch_sign", "UCCH, sign(h) codes (its own quantiser)"),
              "cmah_r10": ("cmah_r10_sign", "CMAH, defaults of rounds 10-16, sign(h) codes"),
@@ -35,15 +36,15 @@ SIGN_ROWS = {"cmah": ("cmah_sign", "CMAH, sign(h) codes (no ITQ: the paper's qua
 
 def _shown_as(row: dict, method) -> dict | None:
   """`row` under `method`'s name, label and group; a sign(h) row under the name and label
-  `SIGN_ROWS` gives the method, in the method's group where that is a baseline (or of
-  earlier defaults) and as an ablation otherwise, or None where it gives none."""
+  `SIGN_ROWS` gives the method, in the method's group (today's CMAH's as an ablation), or
+  None where it gives none."""
   if row["codes"] != "sign":
     return dict(row, method=method.name, label=method.label, group=method.group)
   if method.name not in SIGN_ROWS:
     return None
   name, label = SIGN_ROWS[method.name]
   return dict(row, method=name, label=label,
-              group=method.group if method.group in (EARLIER, "baseline") else "ablation")
+              group="ablation" if method.group == "ours" else method.group)
 
 
 def run_rows(run, report: dict) -> list[dict]:
